@@ -2,7 +2,7 @@
 plus the hot-path header codec generated from them."""
 
 from . import fastcodec, limits, schema
-from .enums import Complete, Direction, Operation, OpClass, Status
+from .enums import Complete, Direction, OpClass, Operation, Status
 from .limits import *  # noqa: F403 - the limits are the public vocabulary of the wire
 from .schema import (
     MESSAGES,

@@ -53,9 +53,15 @@ class Status(_Documented):
 
     OK = 0, "Success: stored (ADD), removed (REMOVE), present (HAVE)."
     NOTOK = 1, "Failure or absence: no such session (GET miss, REMOVE, HAVE)."
-    DISCONNECTED = 2, "Sent only by a proxy: its upstream link failed while the request was in flight."
+    DISCONNECTED = (
+        2,
+        "Sent only by a proxy: its upstream link failed while the request was in flight.",
+    )
     ADD_CORRUPT = 100, "ADD: id_len leaves no session byte or runs past the payload."
     ADD_MATCHING_SESSION = 101, "ADD: a live session is already stored under this id (unchanged)."
     ADD_TIMEOUT_RANGE = 102, "ADD: the timeout exceeds 604 800 000 ms (7 days)."
     ADD_ID_RANGE = 103, "ADD: the id is empty or longer than 64 bytes."
-    ADD_DATA_RANGE = 104, "ADD: the session is empty or longer than 32768 bytes (unreachable on the wire)."
+    ADD_DATA_RANGE = (
+        104,
+        "ADD: the session is empty or longer than 32768 bytes (unreachable on the wire).",
+    )

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .limits import HEADER_SIZE, MIN_BYTES_EXAMINED
 from .schema import FrameHeader, fields_of
@@ -98,13 +98,12 @@ def _generate_decoder() -> Callable:
         "    return None\n"
     )
     namespace = {"_unpack": HEADER_STRUCT.unpack_from}
-    exec(compile(source, "<distcache.wire.fastcodec>", "exec"), namespace)  # noqa: S102
+    exec(compile(source, "<distcache.wire.fastcodec>", "exec"), namespace)
     decode_header = namespace["decode_header"]
     decode_header.__doc__ = (
         "Unpack and validate the 14-byte header at ``buf[pos:]`` (which must hold 14 bytes).\n\n"
         "Returns the field values as a tuple in :data:`HEADER_FIELDS` order, or ``None`` when a\n"
-        "check fails (then :func:`first_failure` names it). Generated from the schema:\n\n"
-        + source
+        "check fails (then :func:`first_failure` names it). Generated from the schema:\n\n" + source
     )
     decode_header.source = source
     return decode_header

@@ -25,7 +25,7 @@ from construct import (
     this,
 )
 
-from .enums import Complete, Direction, Operation, OpClass, Status
+from .enums import Complete, Direction, OpClass, Operation, Status
 from .limits import (
     MAX_FRAME_DATA,
     PROTOCOL_LEVEL,
@@ -63,7 +63,7 @@ class Legal(Subconstruct):
         self.reason = reason
         self.legal = legal
         self.enum = enum
-        self.predicate = eval(f"lambda v: {test}")  # noqa: S307 - expressions are ours, not input
+        self.predicate = eval(f"lambda v: {test}")
 
     def _check(self, obj, path, when):
         if not self.predicate(obj):
@@ -103,7 +103,7 @@ class Rule(Construct):
         self.field = field
         self.legal = legal
         self.needs = needs
-        self.predicate = eval(f"lambda {', '.join(needs)}: {test}")  # noqa: S307
+        self.predicate = eval(f"lambda {', '.join(needs)}: {test}")
         self.flagbuildnone = True
 
     def _evaluate(self, context, path, when):
@@ -145,7 +145,9 @@ FrameHeader = Struct(
     / Int32ub
     * "Opaque request identifier chosen by the requester and echoed verbatim in every frame of the"
     " response; it matches a response to its request.",
-    "op_class" / enum_legal(Int8ub, OpClass, "bad_op_class") * "Operation class; only 0 (user) exists.",
+    "op_class"
+    / enum_legal(Int8ub, OpClass, "bad_op_class")
+    * "Operation class; only 0 (user) exists.",
     "operation"
     / enum_legal(Int8ub, Operation, "bad_operation")
     * "The operation: 0 ADD, 1 GET, 2 REMOVE, 3 HAVE. A response carries its request's operation.",
@@ -276,7 +278,9 @@ MESSAGES: tuple[MessageSchema, ...] = (
     MessageSchema("ADD response", Operation.ADD, Direction.RESPONSE, AddResponse, "always"),
     MessageSchema("GET request", Operation.GET, Direction.REQUEST, IdRequest, "always"),
     MessageSchema("GET response (hit)", Operation.GET, Direction.RESPONSE, GetHitResponse, "hit"),
-    MessageSchema("GET response (miss)", Operation.GET, Direction.RESPONSE, GetMissResponse, "miss"),
+    MessageSchema(
+        "GET response (miss)", Operation.GET, Direction.RESPONSE, GetMissResponse, "miss"
+    ),
     MessageSchema("REMOVE request", Operation.REMOVE, Direction.REQUEST, IdRequest, "always"),
     MessageSchema(
         "REMOVE response", Operation.REMOVE, Direction.RESPONSE, PresenceResponse, "always"
