@@ -1,0 +1,1 @@
+"""Command-line entry points: the legacy-named programs and the ``distcache`` umbrella command."""

@@ -1,0 +1,52 @@
+"""The ``distcache`` umbrella command: what the legacy tools never had.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``, which adds its parser
+and sets ``handler`` (a callable taking the parsed arguments and returning the exit status).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+
+#: Modules (in distcache.cli) that contribute subcommands, in the order ``--help`` lists them.
+SUBCOMMAND_MODULES = ("decode",)
+
+
+class UsageError(Exception):
+    """Bad usage detected after parsing; reported in one line with exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distcache",
+        description="distcache protocol tools: decoding, conformance, one-shot operations.",
+    )
+    parser.add_argument("--version", action="version", version=f"distcache {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in SUBCOMMAND_MODULES:
+        importlib.import_module(f"{__package__}.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except UsageError as error:
+        print(f"distcache {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader of our output went away (e.g. `| head`); nothing more to say.
+        sys.stderr.close()
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
