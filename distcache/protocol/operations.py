@@ -92,8 +92,9 @@ class Outcome:
 
     Exactly one of ``status``/``code`` (a status byte) or ``session`` (a GET hit) is set, unless the
     payload is empty (``empty``: a proxy without upstream answers so) or malformed (``malformed``:
-    a status response that is not exactly one byte). A 1-byte GET reply is reported as a status
-    with ``ambiguous`` set: the wire cannot tell it from a stored 1-byte session.
+    a status response that is not exactly one byte). A 1-byte GET reply holding 0x01 or 0x02 is
+    reported as that status with ``ambiguous`` set: the wire cannot tell it from a stored 1-byte
+    session; any other single byte can only be a session.
     """
 
     code: int | None = None
@@ -121,13 +122,18 @@ class Outcome:
         return status.name if status is not None else f"UNKNOWN_{self.code}"
 
 
+#: Status bytes a GET response can carry instead of a session (a miss, or a proxy's failure). A
+#: 1-byte GET response holding one of them is ambiguous: a stored 1-byte session looks the same.
+GET_STATUS_CODES = frozenset((Status.NOTOK, Status.DISCONNECTED))
+
+
 def interpret_response(operation: Operation, payload: bytes) -> Outcome:
     """Interpret a response payload for the given operation."""
     size = len(payload)
     if size == 0:
         return Outcome(empty=True)
     if operation is Operation.GET:
-        if size == 1:
+        if size == 1 and payload[0] in GET_STATUS_CODES:
             return Outcome(code=payload[0], ambiguous=True)
         return Outcome(session=payload)
     if size == 1:

@@ -1,0 +1,59 @@
+"""``distcache decode``: decode a raw byte stream of distcache messages."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from ..decoding import DIRECTIONS, decode_stream, record_text
+from .main import UsageError
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "decode",
+        help="decode a byte stream of requests or responses",
+        description="Decode a raw distcache byte stream (one direction of a connection) and print "
+        "each message. Exit status: 0 all decoded, 1 corrupt or truncated input, 2 usage error.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "file", nargs="?", default="-", help="file holding the raw stream ('-' or none: stdin)"
+    )
+    source.add_argument(
+        "--hex", metavar="HEX", help="the stream as hex (spaces and colons ignored)"
+    )
+    parser.add_argument(
+        "--direction",
+        choices=tuple(DIRECTIONS),
+        default="auto",
+        help="what the stream carries (default auto: each message's own header says)",
+    )
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    parser.set_defaults(handler=run)
+
+
+def _read_input(args) -> bytes:
+    if args.hex is not None:
+        text = "".join(args.hex.split()).replace(":", "")
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            raise UsageError("--hex: not a hexadecimal string") from None
+    if args.file == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(args.file, "rb") as stream:
+            return stream.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+
+
+def run(args) -> int:
+    data = _read_input(args)
+    status = 0
+    for record in decode_stream(data, DIRECTIONS[args.direction]):
+        if "error" in record:
+            status = 1
+        print(json.dumps(record) if args.format == "json" else record_text(record))
+    return status
