@@ -1,0 +1,62 @@
+"""The legacy progress line and the rules for when it is printed.
+
+Evaluated every ``PROGRESS_INTERVAL`` seconds. Within a second of the last line, a line is printed
+only if ``-progress N`` is set and the operation count has entered a new multiple of N; after a
+second, the live sessions are counted and a line is printed if that count changed since the last
+line, or on the same ``-progress`` rule. Without ``-progress``, operations alone never print.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+__all__ = ["PROGRESS_INTERVAL", "ProgressReporter", "format_progress"]
+
+#: Seconds between evaluations (the legacy event loop's poll timeout).
+PROGRESS_INTERVAL = 0.5
+#: The least time between two lines printed because the session count changed.
+_SESSION_CHECK_INTERVAL = 1.0
+
+
+def format_progress(operations: int, operations_delta: int, sessions: int, sessions_delta: int):
+    """The progress line, in the legacy format."""
+    sign = "+" if sessions_delta > 0 else "-" if sessions_delta < 0 else "="
+    return (
+        f"Info, total operations = {operations:7d}  (+{operations_delta:5d}), "
+        f"total sessions = {sessions:5d}  ({sign}{abs(sessions_delta):3d})"
+    )
+
+
+class ProgressReporter:
+    """Decides, at each evaluation, whether to print a progress line, and builds it."""
+
+    def __init__(self, every: int, start_time: float) -> None:
+        self.every = every  # -progress N; 0 means off
+        self._last_time = start_time
+        self._last_operations = 0
+        self._last_sessions = 0
+
+    def _crossed_multiple(self, operations: int) -> bool:
+        every = self.every
+        return bool(every) and operations // every != self._last_operations // every
+
+    async def evaluate(
+        self, now: float, operations: int, count_sessions: Callable[[], Awaitable[int]]
+    ) -> str | None:
+        """The line to print now, or None."""
+        crossed = self._crossed_multiple(operations)
+        if now - self._last_time < _SESSION_CHECK_INTERVAL and not crossed:
+            return None
+        sessions = await count_sessions()
+        if sessions == self._last_sessions and not crossed:
+            return None
+        line = format_progress(
+            operations,
+            operations - self._last_operations,
+            sessions,
+            sessions - self._last_sessions,
+        )
+        self._last_time = now
+        self._last_operations = operations
+        self._last_sessions = sessions
+        return line

@@ -1,0 +1,93 @@
+"""Running a server until it is told to stop: event loop choice, signals, the progress line."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+
+from ..cache import SessionStore
+from .progress import PROGRESS_INTERVAL, ProgressReporter
+from .server import DEFAULT_MAX_CONNECTIONS, Server
+
+__all__ = ["RunOptions", "ignore_stop_requests", "new_event_loop", "run_server"]
+
+#: Signals that always stop the server cleanly.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: Signals that stop the server only when it is killable (ignored otherwise, as in the legacy).
+KILLABLE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    #: Print a progress line whenever the operation count enters a new multiple of this (0: off).
+    progress: int = 0
+    #: Stop on SIGUSR1/SIGUSR2 as well.
+    killable: bool = False
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+
+
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """uvloop's event loop where it is installed, else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def ignore_stop_requests() -> None:
+    """Ignore SIGUSR1/SIGUSR2 (their default action kills) until the server installs handlers."""
+    for signum in KILLABLE_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
+    """Serve on ``sockets`` until SIGTERM/SIGINT (or SIGUSR1/2 when killable); return 0."""
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_serve(sockets, store, options))
+
+
+async def _serve(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stop.set)
+    for signum in KILLABLE_SIGNALS:
+        loop.add_signal_handler(signum, stop.set if options.killable else _ignore)
+    server = Server(store, max_connections=options.max_connections)
+    await server.start(sockets)
+    progress = asyncio.ensure_future(_report_progress(server, options.progress))
+    try:
+        await stop.wait()
+    finally:
+        progress.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await progress
+        await server.close()
+        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def _ignore() -> None:
+    """SIGUSR1/SIGUSR2 without -killable: the server keeps running."""
+
+
+async def _report_progress(server: Server, every: int) -> None:
+    reporter = ProgressReporter(every, time.monotonic())
+    while True:
+        await asyncio.sleep(PROGRESS_INTERVAL)
+        line = await reporter.evaluate(time.monotonic(), server.operations, server.store.count)
+        if line is not None:
+            _to_stderr(line)
+
+
+def _to_stderr(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()

@@ -1,0 +1,99 @@
+"""The server: accepts connections on bound listeners and serves them from one storage engine."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from ..cache import SessionStore
+from .connection import ServerConnection
+from .handler import RequestHandler
+
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "Server"]
+
+log = logging.getLogger("distcache.server")
+
+#: Connections served at once; further ones are accepted and closed at once.
+DEFAULT_MAX_CONNECTIONS = 1024
+
+
+class Server:
+    """Serves the distcache protocol from ``store`` on the sockets given to :meth:`start`.
+
+    ``operations`` counts answered requests (for the progress line).
+    """
+
+    def __init__(
+        self, store: SessionStore, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+    ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        self.store = store
+        self.max_connections = max_connections
+        self.operations = 0
+        self._handler = RequestHandler(store)
+        self._connections: set[ServerConnection] = set()
+        self._tasks: set[asyncio.Future] = set()
+        self._listeners: list[asyncio.AbstractServer] = []
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    async def start(self, sockets: list[socket.socket]) -> None:
+        """Start accepting on already bound, listening sockets (see ``bind_listeners``)."""
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX:
+                listener = await loop.create_unix_server(self._new_connection, sock=sock)
+            else:
+                listener = await loop.create_server(self._new_connection, sock=sock)
+            self._listeners.append(listener)
+
+    async def close(self) -> None:
+        """Stop accepting, drop every connection, and close the engine."""
+        for listener in self._listeners:
+            listener.close()
+        for connection in list(self._connections):
+            connection.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        for listener in self._listeners:
+            await listener.wait_closed()
+        self._listeners.clear()
+        await self.store.close()
+
+    @property
+    def sockets(self) -> list[socket.socket]:
+        """The listening sockets (e.g. to learn the port chosen for port 0)."""
+        return [sock for listener in self._listeners for sock in listener.sockets]
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._connections)
+
+    # -- connections (called by ServerConnection) -------------------------------------------
+
+    def _new_connection(self) -> ServerConnection:
+        return ServerConnection(self, self._handler)
+
+    def admit(self, connection: ServerConnection) -> bool:
+        """Register a new connection, or refuse it when the server is at its connection cap."""
+        if len(self._connections) >= self.max_connections:
+            log.warning(
+                "%s: refused, already serving %d connections (the maximum)",
+                connection.peer,
+                len(self._connections),
+            )
+            return False
+        self._connections.add(connection)
+        return True
+
+    def forget(self, connection: ServerConnection) -> None:
+        self._connections.discard(connection)
+
+    def track(self, task: asyncio.Future) -> None:
+        """Keep a reference to an engine call in flight, so that shutdown can cancel it."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
