@@ -1,0 +1,24 @@
+"""Sphinx extension rendering the distcache specification from its sources of truth.
+
+Requirements come from the catalogue (``requirements.toml``); field tables, byte layouts, value
+tables, limits, the message catalogue and the header checks come from :mod:`distcache.wire`.
+The spec's prose places them with directives and never restates them.
+
+Directives: ``requirement``, ``requirement-index``, ``wire-fields``, ``wire-layout``,
+``wire-enum``, ``wire-limits``, ``wire-messages``, ``wire-checks``. Role: ``req``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distcache import __version__
+
+
+def setup(app) -> dict[str, Any]:
+    # Imported here so that importing a helper module does not pull in all of Sphinx.
+    from . import requirements, wire_directives
+
+    requirements.setup(app)
+    wire_directives.setup(app)
+    return {"version": __version__, "parallel_read_safe": True, "parallel_write_safe": True}

@@ -1,0 +1,24 @@
+"""Sphinx configuration: the specification, the user guide and the reference in one site."""
+
+from distcache import __version__
+
+project = "distcache"
+author = "The distcache authors"
+copyright = "the distcache authors"
+release = __version__
+version = ".".join(__version__.split(".")[:2])
+
+# distcache.sphinxext renders requirements, field tables, layouts, enums and limits from the
+# catalogue and from distcache.wire, so the spec never restates them.
+extensions = ["distcache.sphinxext"]
+
+# Render the catalogue of this checkout (relative to this directory), not an installed copy.
+distcache_requirements = "../conformance/requirements.toml"
+
+# spec/ lives at the top of the repository; docs/spec is a relative symlink to it.
+exclude_patterns = ["_build"]
+root_doc = "index"
+nitpicky = True
+
+html_theme = "furo"
+html_title = f"distcache {release}"
