@@ -17,9 +17,6 @@ from .events import NEED_DATA, Closed, Message, Request, Response
 
 _EVENT_CLASS = {Direction.REQUEST: Request, Direction.RESPONSE: Response}
 _OPERATIONS = tuple(Operation)
-# Consumed bytes are dropped from the front of the buffer once this many have accumulated, so a
-# long-lived connection does not copy its whole buffer on every message.
-_COMPACT_AFTER = 1 << 16
 
 
 class MessageDecoder:
@@ -51,7 +48,10 @@ class MessageDecoder:
 
     def __init__(self, receives: Direction | None = Direction.REQUEST):
         self.receives = receives
-        self._buf = bytearray()
+        # Immutable bytes: a chunk that starts on a message boundary becomes the buffer without a
+        # copy, and slicing it yields payload bytes in one copy. Only an incomplete frame (less
+        # than one frame) is ever carried over into the next chunk.
+        self._buf = b""
         self._pos = 0  # next unparsed byte in _buf
         self._base = 0  # stream offset of _buf[0]
         self._eof = False
@@ -69,7 +69,13 @@ class MessageDecoder:
         if data:
             if self._eof:
                 raise RuntimeError("data received after end of stream")
-            self._buf += data
+            pos, buf = self._pos, self._buf
+            if pos < len(buf):
+                self._buf = buf[pos:] + data
+            else:
+                self._buf = bytes(data)
+            self._base += pos
+            self._pos = 0
         else:
             self._eof = True
 
@@ -148,14 +154,13 @@ class MessageDecoder:
             end = pos + HEADER_SIZE + data_len
             if len(buf) < end:
                 return self._at_end_of_input(available)
-            data = bytes(buf[pos + HEADER_SIZE : end])
+            data = buf[pos + HEADER_SIZE : end]
             self._pos = end
             if not self._frames:
                 if complete:  # the common case: a single-frame message
                     event = _EVENT_CLASS[is_response](
                         uid, _OPERATIONS[operation], data, 1, self._base + pos, level
                     )
-                    self._compact()
                     return event
                 self._start_message(pos, is_response, uid, operation, level)
             self._parts.append(data)
@@ -183,7 +188,6 @@ class MessageDecoder:
         self._parts = []
         self._frames = 0
         self._size = 0
-        self._compact()
         return event
 
     def _check_continuation(self, pos, is_response, uid, operation):
@@ -235,9 +239,3 @@ class MessageDecoder:
                 offset=self._base + self._pos,
             )
         return Closed(self._base + self._pos)
-
-    def _compact(self) -> None:
-        if self._pos >= _COMPACT_AFTER or self._pos == len(self._buf):
-            del self._buf[: self._pos]
-            self._base += self._pos
-            self._pos = 0
