@@ -1,0 +1,215 @@
+"""``dc_client``: the local proxy, with the legacy command line.
+
+Listens locally (default ``UNIX:/tmp/scache``) and multiplexes every local client over one
+persistent connection to ``-server``. Legacy flags, defaults, messages and exit statuses (0 for a
+clean stop or usage, 1 for every start-up error). Deliberate differences from the legacy program:
+
+- nothing a peer sends can stop it: a client leaving with a request in flight, a bad protocol
+  version, a server answering an unknown uid or the wrong operation are handled and logged;
+- reconnects and idle checks run on precise timers, not a coarse poll;
+- SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
+- with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
+- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from types import SimpleNamespace
+
+from ..address import AddressError, parse_address
+from ..netio import ListenError
+from ..proxy import (
+    DEFAULT_LISTEN,
+    DEFAULT_MAX_CLIENTS,
+    DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_RETRY_MS,
+    MAX_IDLE_MS,
+    MAX_RETRY_MS,
+    Proxy,
+    ProxySettings,
+)
+from ..server import bind_listeners, new_event_loop, unix_path_of
+from ..server.daemon import become_user, detach, write_pidfile
+from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
+from .dc_server import LOG_LEVELS
+from .dc_server import _apply_socket_file_settings as apply_socket_file_settings
+from .legacy_flags import CommandLine, Flag, decimal_in, run_parser
+
+__all__ = ["COMMAND_LINE", "main"]
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise ValueError(f"one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
+
+
+COMMAND_LINE = CommandLine(
+    program="dc_client",
+    summary="Local distcache proxy: many local clients share one connection to a server.",
+    flags=[
+        Flag(("-listen",), "listen", "where local clients connect", "address", str, DEFAULT_LISTEN),
+        Flag(
+            ("-server", "-connect"),
+            "server",
+            "the cache server to forward to (required)",
+            "address",
+            repeat_error="Error, too many servers",
+        ),
+        Flag(
+            ("-retry",),
+            "retry_ms",
+            f"ms before reconnecting to a lost server, 1..{MAX_RETRY_MS}",
+            "ms",
+            decimal_in(1, MAX_RETRY_MS),
+            DEFAULT_RETRY_MS,
+        ),
+        Flag(
+            ("-idle",),
+            "idle_ms",
+            f"close local connections idle this many ms, 0..{MAX_IDLE_MS} (0: never)",
+            "ms",
+            decimal_in(0, MAX_IDLE_MS),
+            0,
+        ),
+        Flag(("-daemon",), "daemon", "detach and run in the background"),
+        Flag(("-pidfile",), "pidfile", "write the process id to this file", "path"),
+        Flag(("-user",), "user", "run as this user (and its groups) once listening", "user"),
+        Flag(("-sockowner",), "sockowner", "owner of the UNIX socket file", "user"),
+        Flag(("-sockgroup",), "sockgroup", "group of the UNIX socket file", "group"),
+        Flag(
+            ("-sockperms",), "sockperms", "permissions of the UNIX socket file, e.g. 600", "octal"
+        ),
+        Flag(("-killable",), "killable", "stop cleanly on SIGUSR1/SIGUSR2 (else ignored)"),
+        Flag(
+            ("-maxinflight",),
+            "max_in_flight",
+            "extension: most requests in flight to the server; more wait",
+            "num",
+            decimal_in(1, 65536),
+            DEFAULT_MAX_IN_FLIGHT,
+        ),
+        Flag(
+            ("-maxconns",),
+            "max_clients",
+            "extension: most local connections; more are accepted and closed",
+            "num",
+            decimal_in(1, 1_000_000),
+            DEFAULT_MAX_CLIENTS,
+        ),
+        Flag(
+            ("-log-level",),
+            "log_level",
+            "extension: logging threshold",
+            "level",
+            _log_level,
+            "WARNING",
+        ),
+    ],
+    notes=(
+        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
+        "With no server connection every request is answered with an empty reply; requests in\n"
+        "flight when the server is lost are answered with the status byte 0x02 (DISCONNECTED).\n"
+        "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0)."
+    ),
+)
+
+
+class StartupError(Exception):
+    """Start-up failed: print the lines, exit 1."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = run_parser(COMMAND_LINE, argv)
+    if isinstance(options, int):
+        return options
+    try:
+        settings = _settings(options)
+        ignore_stop_requests()
+        logging.basicConfig(
+            level=options["log_level"],
+            stream=sys.stderr,
+            format="%(asctime)s dc_client %(levelname)s: %(message)s",
+        )
+        sockets = _listen(options, settings)
+        _become_daemon(options)
+    except StartupError as error:
+        print(error, file=sys.stderr)
+        return 1
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_serve(settings, sockets, options["killable"]))
+
+
+def _settings(options: dict) -> ProxySettings:
+    if options["server"] is None:
+        raise StartupError("Error, no server specified!")
+    try:
+        listen = parse_address(options["listen"]).require_listen()
+    except AddressError as error:
+        raise StartupError(f"Error, bad listen address\n  ({error})") from None
+    try:
+        server = parse_address(options["server"]).require_connect()
+    except AddressError as error:
+        raise StartupError(f"Error, internal initialisation problems\n  ({error})") from None
+    return ProxySettings(
+        listen=listen,
+        server=server,
+        retry_ms=options["retry_ms"],
+        idle_ms=options["idle_ms"],
+        max_in_flight=options["max_in_flight"],
+        max_clients=options["max_clients"],
+    )
+
+
+def _listen(options: dict, settings: ProxySettings):
+    try:
+        sockets = bind_listeners(settings.listen)
+    except (AddressError, ListenError) as error:
+        raise StartupError(f"Error, bad listen address\n  ({error})") from None
+    apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))
+    return sockets
+
+
+def _become_daemon(options: dict) -> None:
+    pidfile = os.path.abspath(options["pidfile"]) if options["pidfile"] else None
+    if options["daemon"]:
+        try:
+            detach()
+        except OSError:
+            raise StartupError("Error, couldn't detach!") from None
+    if pidfile:
+        try:
+            write_pidfile(pidfile)
+        except OSError:
+            raise StartupError(
+                f"Error, couldn't open 'pidfile' at '{options['pidfile']}'."
+            ) from None
+    if options["user"]:
+        try:
+            become_user(options["user"])
+        except (KeyError, OSError):
+            raise StartupError(f"Error, couldn't become user '{options['user']}'.") from None
+
+
+async def _serve(settings: ProxySettings, sockets, killable: bool) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
+        loop.add_signal_handler(signum, stop.set)
+    proxy = Proxy(settings)
+    await proxy.start(sockets)
+    try:
+        await stop.wait()
+    finally:
+        await proxy.close()
+        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Legacy command lines: single-dash flags read strictly left to right.
+
+Shared by the drop-in programs (dc_server, dc_client, dc_test, dc_snoop), whose legacy namesakes
+all parse alike: every flag is its own argv word and its argument is the next word (no ``-x=y``);
+words are processed in order, so ``-h`` prints the usage and exits 0 as soon as it is met, while an
+error *before* it has already ended the program with status 1.
+
+The legacy messages are reproduced because scripts match them. Two programs (dc_server, dc_test)
+print an extra dash in front of the flag in their error lines (``Error, --sessions given an invalid
+argument``); dc_client and dc_snoop print the flag as typed. ``doubled_dash`` selects the style.
+
+A program declares its flags once (:class:`Flag`), gets a parsed ``dict`` from
+:meth:`CommandLine.parse`, or a :class:`FlagExit` carrying the status and the lines to print.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "HELP_WORDS",
+    "CommandLine",
+    "Flag",
+    "FlagExit",
+    "InvalidArgument",
+    "decimal_in",
+    "octal_mode",
+    "run_parser",
+]
+
+#: The words that ask for the usage text.
+HELP_WORDS = ("-h", "-help", "-?")
+
+
+class InvalidArgument(ValueError):
+    """Raised by a converter: the flag's argument is not acceptable (the legacy message follows)."""
+
+
+class FlagExit(Exception):
+    """Parsing ended the program: print ``lines`` to stderr and exit with ``status``."""
+
+    def __init__(self, status: int, lines: Sequence[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.status = status
+        self.lines = list(lines)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One flag. ``metavar`` None makes it a switch (stored as True when present)."""
+
+    names: tuple[str, ...]
+    dest: str
+    help: str
+    metavar: str | None = None
+    #: Turns the argument text into a value; raises InvalidArgument (or ValueError) when bad.
+    convert: Callable[[str], Any] = str
+    default: Any = None
+    #: When set, giving the flag twice prints this line before the invalid-argument error.
+    repeat_error: str | None = None
+
+
+def decimal_in(low: int, high: int) -> Callable[[str], int]:
+    """A converter accepting plain decimal digits whose value lies in ``low..high``.
+
+    Stricter than the legacy ``atoi`` (which read ``100abc`` as 100 and ``abc`` as 0): a typo is
+    reported instead of silently changing the meaning of the run.
+    """
+
+    def convert(text: str) -> int:
+        if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+            raise InvalidArgument(f"expected a decimal number in {low}..{high}, got {text!r}")
+        return int(text)
+
+    return convert
+
+
+def octal_mode(text: str) -> int:
+    """A file mode given in octal (``600``, ``0660``), as ``-sockperms`` takes it."""
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise InvalidArgument(f"expected an octal file mode, got {text!r}") from None
+    if not 0 <= mode <= 0o7777:
+        raise InvalidArgument(f"file mode {text!r} is out of range")
+    return mode
+
+
+@dataclass
+class CommandLine:
+    """The flags of one program and its usage text."""
+
+    program: str
+    summary: str
+    flags: Sequence[Flag]
+    doubled_dash: bool = False
+    #: Extra paragraphs printed after the flag list.
+    notes: str = ""
+    _by_name: dict[str, Flag] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {name: flag for flag in self.flags for name in flag.names}
+
+    def usage(self) -> str:
+        lines = [f"Usage: {self.program} [options]", self.summary, "", "Options:"]
+        for flag in self.flags:
+            words = ", ".join(flag.names) + (f" <{flag.metavar}>" if flag.metavar else "")
+            default = f" (default {flag.default})" if flag.default not in (None, False) else ""
+            lines.append(f"  {words:<26} {flag.help}{default}")
+        lines.append(f"  {', '.join(HELP_WORDS):<26} print this usage and exit")
+        if self.notes:
+            lines += ["", self.notes.rstrip()]
+        return "\n".join(lines)
+
+    def _error(self, *lines: str) -> FlagExit:
+        return FlagExit(1, [*lines, self.usage()])
+
+    def parse(self, argv: Sequence[str]) -> dict[str, Any]:
+        """Values by ``dest`` (defaults filled in); raises FlagExit for usage and errors."""
+        values = {flag.dest: flag.default for flag in self.flags}
+        seen: set[str] = set()
+        words = list(argv)
+        index = 0
+        while index < len(words):
+            word = words[index]
+            index += 1
+            if word in HELP_WORDS:
+                raise FlagExit(0, [self.usage()])
+            flag = self._by_name.get(word)
+            if flag is None:
+                raise self._error(f'Error, "{word}" not recognised')
+            shown = f"-{word}" if self.doubled_dash else word
+            if flag.metavar is None:
+                values[flag.dest] = True
+                continue
+            if index >= len(words):
+                raise self._error(f"Error, {shown} requires an argument")
+            text = words[index]
+            index += 1
+            if flag.dest in seen and flag.repeat_error:
+                raise self._error(flag.repeat_error, f"Error, {shown} given an invalid argument")
+            try:
+                values[flag.dest] = flag.convert(text)
+            except ValueError as error:
+                # The legacy line stays exact (scripts match it); the reason follows on its own.
+                reason = [f"  ({error})"] if str(error) else []
+                raise self._error(f"Error, {shown} given an invalid argument", *reason) from None
+            seen.add(flag.dest)
+        return values
+
+
+def run_parser(command_line: CommandLine, argv: Sequence[str] | None) -> dict[str, Any] | int:
+    """Parse ``argv`` (default ``sys.argv[1:]``); on FlagExit print its lines and return its
+    status, so that a ``main`` can ``return`` it directly."""
+    try:
+        return command_line.parse(sys.argv[1:] if argv is None else argv)
+    except FlagExit as stop:
+        for line in stop.lines:
+            print(line, file=sys.stderr)
+        return stop.status

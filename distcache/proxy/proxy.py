@@ -1,0 +1,105 @@
+"""The proxy (dc_client): many local connections multiplexed over one upstream connection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from dataclasses import dataclass
+
+from ..address import Address
+from ..server.listeners import bind_listeners
+from .local import serve_local_client
+from .upstream import UpstreamLink
+
+log = logging.getLogger("distcache.proxy")
+
+#: Legacy defaults and bounds of the dc_client flags.
+DEFAULT_LISTEN = "UNIX:/tmp/scache"
+DEFAULT_RETRY_MS = 5000
+MAX_RETRY_MS = 3_600_000
+MAX_IDLE_MS = 3_600_000
+#: The legacy's fixed limits, made adjustable here.
+DEFAULT_MAX_IN_FLIGHT = 512
+DEFAULT_MAX_CLIENTS = 1024
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    listen: Address
+    server: Address
+    retry_ms: int = DEFAULT_RETRY_MS
+    idle_ms: int = 0
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_clients: int = DEFAULT_MAX_CLIENTS
+
+
+class Proxy:
+    """Listen locally, forward upstream. ``await start()``, then ``await close()``."""
+
+    def __init__(self, settings: ProxySettings) -> None:
+        self.settings = settings
+        self.link = UpstreamLink(
+            settings.server, retry_ms=settings.retry_ms, max_in_flight=settings.max_in_flight
+        )
+        self._listeners: list[asyncio.Server] = []
+        self._clients: set[asyncio.Task] = set()
+        self._accepted = 0
+
+    @property
+    def clients(self) -> int:
+        """Local connections being served."""
+        return len(self._clients)
+
+    def listen_address(self) -> str:
+        """The address actually listened on (the real port when the settings said port 0)."""
+        address = self.settings.listen
+        if address.kind != "tcp" or not self._listeners:
+            return str(address)
+        host, port = self._listeners[0].sockets[0].getsockname()[:2]
+        return f"IP:[{host}]:{port}" if ":" in host else f"IP:{host}:{port}"
+
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve on already bound ``sockets`` (bound here from the settings when None; raises
+        ListenError/AddressError), and make the first upstream attempt."""
+        if sockets is None:
+            sockets = bind_listeners(self.settings.listen)
+        for sock in sockets:
+            if sock.family == socket.AF_UNIX:
+                listener = await asyncio.start_unix_server(self._accept, sock=sock)
+            else:
+                listener = await asyncio.start_server(self._accept, sock=sock)
+            self._listeners.append(listener)
+        self.link.start()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        limit = self.settings.max_clients
+        if len(self._clients) >= limit:
+            # Accepted then closed at once, as the legacy did (the client sees end-of-file).
+            log.error("rejected new client connection already at maximum (%d) - dropping it", limit)
+            writer.close()
+            return
+        self._accepted += 1
+        task = asyncio.current_task()
+        self._clients.add(task)
+        try:
+            await serve_local_client(
+                self._accepted, reader, writer, self.link, self.settings.idle_ms / 1000
+            )
+        finally:
+            self._clients.discard(task)
+
+    async def close(self) -> None:
+        """Stop listening, drop every local connection and the upstream link."""
+        for listener in self._listeners:
+            listener.close()
+        if self._listeners and self.settings.listen.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(self.settings.listen.path)
+        for task in list(self._clients):
+            task.cancel()
+        await self.link.close()
+        if self._clients:
+            await asyncio.wait(self._clients, timeout=1)
