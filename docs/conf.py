@@ -18,7 +18,6 @@ distcache_requirements = "../conformance/requirements.toml"
 # spec/ lives at the top of the repository; docs/spec is a relative symlink to it.
 exclude_patterns = ["_build"]
 root_doc = "index"
-nitpicky = True
 
 html_theme = "furo"
 html_title = f"distcache {release}"
