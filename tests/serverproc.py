@@ -1,0 +1,166 @@
+"""Real servers for the server tests: in-process (same code, real sockets, a background event
+loop) for bulk wire tests, and ``dc_server`` subprocesses for the program's own behaviour."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+from distcache.cache import MemoryStore
+from distcache.server import Server, bind_listeners, new_event_loop
+
+START_TIMEOUT = 10.0
+
+
+class ServerThread:
+    """One background event loop (uvloop when installed) hosting any number of servers."""
+
+    def __init__(self) -> None:
+        self.loop = new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def call(self, coroutine, timeout: float = START_TIMEOUT):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    def start(self, sessions: int = 512, *, max_connections: int = 1024) -> Server:
+        """A fresh server with an empty cache on a free loopback port."""
+
+        async def start() -> Server:
+            server = Server(MemoryStore(sessions), max_connections=max_connections)
+            await server.start(bind_listeners("IP:127.0.0.1:0"))
+            return server
+
+        return self.call(start())
+
+    def stop(self, server: Server) -> None:
+        self.call(server.close())
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(START_TIMEOUT)
+        self.loop.close()
+
+
+def address_of(server: Server) -> str:
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"IP:{host}:{port}"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class DcServer:
+    """A ``dc_server`` subprocess; its stderr is kept in a file for inspection."""
+
+    def __init__(self, args: list[str], *, listen: str | None, wait: bool = True) -> None:
+        self.listen = listen
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+        argv = [sys.executable, "-m", "distcache.cli.dc_server"]
+        if listen is not None:
+            argv += ["-listen", listen]
+        self.process = subprocess.Popen(argv + args, stderr=self._stderr, stdin=subprocess.DEVNULL)
+        if wait and listen is not None:
+            self.wait_accepting()
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def connect(self, timeout: float = 5.0) -> socket.socket:
+        """A blocking client socket connected to the server."""
+        assert self.listen is not None
+        kind, _, rest = self.listen.partition(":")
+        if kind == "UNIX":
+            sock = socket.socket(socket.AF_UNIX)
+            sock.settimeout(timeout)
+            sock.connect(rest)
+            return sock
+        host, _, port = rest.rpartition(":")
+        return socket.create_connection((host, int(port)), timeout=timeout)
+
+    def wait_accepting(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"dc_server exited {self.process.returncode}: {self.stderr}")
+            try:
+                self.connect(timeout=1.0).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"dc_server never accepted: {self.stderr}") from None
+                time.sleep(0.02)
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.process.pid, signum)
+
+    def wait(self, timeout: float = START_TIMEOUT) -> int:
+        return self.process.wait(timeout)
+
+    @property
+    def stderr(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read().decode(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.signal(signal.SIGTERM)
+        try:
+            return self.wait()
+        finally:
+            self._stderr.close()
+
+
+@contextlib.contextmanager
+def dc_server(*args: str, listen: str | None = "default") -> Iterator[DcServer]:
+    """Run ``dc_server -listen <free loopback port> args...`` for the duration of a block."""
+    if listen == "default":
+        listen = f"IP:127.0.0.1:{free_port()}"
+    server = DcServer(list(args), listen=listen)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def run_dc_server(*args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``dc_server`` to completion (for flag errors, -h) and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "distcache.cli.dc_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise AssertionError(f"connection closed after {len(data)} of {size} bytes")
+        data += chunk
+    return bytes(data)
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process, from /proc."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS line")
