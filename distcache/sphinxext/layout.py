@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from construct import Struct
 
@@ -28,7 +28,23 @@ def size_label(field) -> str:
         return "rest of the payload"
     # construct renders ``this.header.data_len`` as this['header']['data_len'].
     path = str(length).replace("this", "", 1).replace("']['", ".").strip("[]'")
-    return f"{path} bytes"
+    return f"{path.rsplit('.', 1)[-1]} bytes"
+
+
+def _flatten(struct: Struct, base: int = 0) -> list:
+    """Value fields in order; a nested fixed-size struct (a frame's header) is drawn field by
+    field, at its offset inside the outer struct."""
+    out = []
+    for field in fields_of(struct):
+        if field.rule is not None:
+            continue
+        if isinstance(field.construct, Struct) and field.size is not None:
+            out += _flatten(field.construct, base + field.offset)
+        elif field.offset is not None and base:
+            out.append(replace(field, offset=base + field.offset))
+        else:
+            out.append(field)
+    return out
 
 
 def _border(row_bytes: int) -> str:
@@ -46,7 +62,7 @@ def _row_line(offset: int, spans: list[tuple[str, int]]) -> str:
 
 def layout_lines(struct: Struct) -> list[str]:
     """The diagram as lines of text: fixed fields in a grid, then variable-size fields."""
-    fields = [f for f in fields_of(struct) if f.rule is None]
+    fields = _flatten(struct)
     if not fields:
         return ["(no bytes: the payload is empty)"]
     fixed = [_Span(f.name, f.offset, f.size) for f in fields if f.size is not None]

@@ -164,7 +164,7 @@ class WireLimits(_WireDirective):
                     location=self.get_location(),
                 )
             hexadecimal = const.definition.startswith("0x") or "<<" in const.definition
-            value = _hex(const.value) if hexadecimal else f"{const.value:,}".replace(",", " ")
+            value = _hex(const.value) if hexadecimal else f"{const.value:,}".replace(",", "\u00a0")
             definition = "" if const.is_literal else code(const.definition)
             rows.append((code(const.name), value, definition, self.inline(const.comment)))
         return [
