@@ -6,7 +6,7 @@ import json
 import sys
 
 from ..decoding import DIRECTIONS, decode_stream, record_text
-from .main import UsageError
+from . import UsageError
 
 
 def register(subparsers) -> None:

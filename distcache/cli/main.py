@@ -11,13 +11,10 @@ import importlib
 import sys
 
 from .. import __version__
+from . import UsageError
 
 #: Modules (in distcache.cli) that contribute subcommands, in the order ``--help`` lists them.
 SUBCOMMAND_MODULES = ("decode",)
-
-
-class UsageError(Exception):
-    """Bad usage detected after parsing; reported in one line with exit status 2."""
 
 
 def build_parser() -> argparse.ArgumentParser:
