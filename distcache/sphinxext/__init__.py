@@ -16,7 +16,7 @@ from distcache import __version__
 
 
 def setup(app) -> dict[str, Any]:
-    # Imported here so that importing a helper module does not pull in all of Sphinx.
+    # Imported here so that importing one of its modules (layout, constants) does not pull in all of Sphinx.
     from . import requirements, wire_directives
 
     requirements.setup(app)
