@@ -85,7 +85,7 @@ def add_call(
     if strict_timeouts and not CLIENT_MIN_TIMEOUT_MS < timeout_ms <= MAX_TIMEOUT_MS:
         raise InvalidRequest(
             f"timeout_ms {timeout_ms} is outside {CLIENT_MIN_TIMEOUT_MS + 1}..{MAX_TIMEOUT_MS} "
-            "(pass strict_timeouts=False to send it anyway)"
+            "(strict timeout checking is on; strict_timeouts=False sends it anyway)"
         )
     size = ADD_PREFIX_SIZE + len(session_id) + len(session)
     if size > MAX_PAYLOAD:
