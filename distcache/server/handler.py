@@ -55,7 +55,8 @@ class RequestHandler:
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
-        self.sync_core = store.cache if isinstance(store, MemoryStore) else None
+        # Exactly the memory engine: a subclass may override the async methods it must go through.
+        self.sync_core = store.cache if type(store) is MemoryStore else None
 
     @staticmethod
     def plan(request: Request) -> bytes | tuple[str, tuple, Callable[[Request, object], bytes]]:
