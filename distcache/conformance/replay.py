@@ -65,10 +65,17 @@ class ReplayResult:
 
 
 async def replay(
-    vector: Vector, address: Address | str, *, step_timeout: float = DEFAULT_STEP_TIMEOUT
+    vector: Vector,
+    address: Address | str,
+    *,
+    step_timeout: float = DEFAULT_STEP_TIMEOUT,
+    log: WireLog | None = None,
 ) -> ReplayResult:
-    """Play ``vector`` against the target at ``address``; never raises for target behaviour."""
-    result = ReplayResult(vector.id)
+    """Play ``vector`` against the target at ``address``; never raises for target behaviour.
+
+    ``log``: record into this wire log (e.g. a conformance case's) instead of a new one.
+    """
+    result = ReplayResult(vector.id, wire=log if log is not None else WireLog())
     log = result.wire
     conn = 0
     try:

@@ -1,0 +1,208 @@
+"""``distcache conformance``: run the conformance suite against a server or a proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from ..spec.catalogue import DEFAULT_SPEC_BASE
+from .main import UsageError
+
+__all__ = ["register"]
+
+PROFILE_CHOICES = ("core", "strict", "robustness", "all")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "conformance",
+        help="run the conformance suite against a server or proxy",
+        description=(
+            "Run the conformance suite. Without a target, the reference server is started "
+            "in-process. Exit status: 0 when no MUST requirement fails (with --profile strict "
+            "or all, no SHOULD either), 1 when one fails or the target crashed, hung or flooded, "
+            "2 for usage errors or a target unreachable from the start."
+        ),
+    )
+    parser.add_argument(
+        "address", nargs="?", metavar="ADDR", help="a running server: IP:host:port or UNIX:path"
+    )
+    parser.add_argument(
+        "--server-cmd",
+        metavar="CMD",
+        help='start the server under test: e.g. "dc_server -listen {listen} -sessions {sessions}"',
+    )
+    parser.add_argument(
+        "--proxy-cmd",
+        metavar="CMD",
+        help='test a proxy: e.g. "dc_client -listen {listen} -server {upstream} -retry {retry_ms}"',
+    )
+    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument(
+        "--case",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="run cases with this id prefix",
+    )
+    parser.add_argument(
+        "--profile",
+        choices=PROFILE_CHOICES,
+        help="core, strict (adds SHOULD cases), robustness, or all (default: core, robustness)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=1.0, metavar="SECONDS", help="per step (default 1)"
+    )
+    parser.add_argument(
+        "--implementation-profile", metavar="FILE", help="expected failures (TOML or JSON)"
+    )
+    parser.add_argument("--format", choices=("text", "json", "junit"), default="text")
+    parser.add_argument("--output", metavar="FILE", help="write the report here")
+    parser.add_argument("--spec-base", default=DEFAULT_SPEC_BASE, metavar="URL")
+    parser.add_argument("--jobs", type=int, default=16, help="cases run at once (default 16)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="list passing cases too")
+    parser.add_argument(
+        "--record",
+        metavar="DIR",
+        help="record the safe-behaviour vectors from the reference server into DIR and exit",
+    )
+    parser.set_defaults(handler=run)
+
+
+def _select(cases, args):
+    from ..conformance.registry import PROFILES
+
+    if args.profile in (None,):
+        profiles = {"core", "robustness"}
+    elif args.profile == "all":
+        profiles = set(PROFILES)
+    elif args.profile == "strict":
+        profiles = {"core", "strict"}
+    else:
+        profiles = {args.profile}
+    chosen = [c for c in cases if c.profile in profiles]
+    if args.case:
+        chosen = [c for c in cases if any(c.id.startswith(p) for p in args.case)]
+        if not chosen:
+            raise UsageError(f"no case id starts with {' or '.join(args.case)} (see --list)")
+    return chosen
+
+
+def _list(cases) -> int:
+    for case in cases:
+        needs = ",".join(sorted(case.needs)) or "-"
+        print(
+            f"{case.id}\t{','.join(case.requirements)}\t{case.level}\t{case.profile}\t"
+            f"{case.target}\t{needs}\t{case.title}"
+        )
+    return 0
+
+
+def run(args) -> int:
+    from ..conformance.grading import ProfileError, load_profile
+    from ..conformance.registry import all_cases
+    from ..conformance.vectors import VectorFormatError
+
+    if args.timeout <= 0 or args.timeout > 60:
+        raise UsageError("--timeout must be between 0 and 60 seconds")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    if args.address and args.server_cmd:
+        raise UsageError("give either ADDR or --server-cmd, not both")
+    try:
+        cases = all_cases()
+    except VectorFormatError as error:
+        raise UsageError(f"conformance data: {error}") from None
+    if args.list:
+        return _list(cases)
+    if args.record:
+        from ..conformance.record import record_reference_vectors
+
+        return record_reference_vectors(Path(args.record), timeout=args.timeout)
+    implementation = None
+    if args.implementation_profile:
+        try:
+            implementation = load_profile(args.implementation_profile)
+        except ProfileError as error:
+            raise UsageError(str(error)) from None
+    selected = _select(cases, args)
+    return asyncio.run(_run(args, selected, implementation))
+
+
+async def _run(args, selected, implementation) -> int:
+    from ..conformance.report import render_json, render_junit, render_text
+    from ..conformance.runner import Runner
+    from ..conformance.targets import (
+        CommandSetup,
+        FixedSetup,
+        InProcessSetup,
+        ProxySetup,
+        TargetUnavailable,
+    )
+
+    try:
+        proxy = ProxySetup(args.proxy_cmd) if args.proxy_cmd else None
+        if args.address:
+            server = FixedSetup(args.address)
+        elif args.server_cmd:
+            server = CommandSetup(args.server_cmd)
+        elif proxy is None:
+            server = InProcessSetup()
+        else:
+            server = None
+        if server is not None:
+            await server.shared()  # unreachable from the start: a usage-level error
+    except TargetUnavailable as error:
+        raise UsageError(str(error)) from None
+    explicit = bool(args.case)
+    kinds = ({"server"} if server else set()) | ({"proxy"} if proxy else set())
+    if not explicit:
+        selected = [c for c in selected if c.target in kinds]
+    target = " + ".join(
+        part
+        for part in (
+            server.description if server else "",
+            f"proxy: {args.proxy_cmd}" if proxy else "",
+        )
+        if part
+    )
+    strict = args.profile in ("strict", "all")
+    progress = _progress if sys.stderr.isatty() else None
+    runner = Runner(
+        server=server,
+        proxy=proxy,
+        timeout=args.timeout,
+        implementation=implementation,
+        jobs=args.jobs,
+        strict=strict,
+        on_result=progress,
+    )
+    report = await runner.run(selected, target)
+    if progress:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)
+    render = {"text": render_text, "json": render_json, "junit": render_junit}[args.format]
+    text = (
+        render(report, args.spec_base, verbose=args.verbose)
+        if args.format == "text"
+        else render(report, args.spec_base)
+    )
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise UsageError(f"cannot write '{args.output}': {error.strerror}") from None
+        if args.format != "text":
+            print(render_text(report, args.spec_base), end="")
+    else:
+        print(text, end="")
+    return report.exit_status
+
+
+def _progress(result, done: int, total: int) -> None:
+    print(
+        f"\r\033[K[{done}/{total}] {result.grade.value:<11} {result.case.id}",
+        end="",
+        file=sys.stderr,
+        flush=True,
+    )

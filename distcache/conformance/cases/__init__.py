@@ -1,0 +1,5 @@
+"""The built-in conformance cases. Importing this package registers them all."""
+
+from . import cache, connections, framing, operations, proxy, robustness, vectors
+
+__all__ = ["cache", "connections", "framing", "operations", "proxy", "robustness", "vectors"]

@@ -1,0 +1,292 @@
+"""Proxy cases: the runner plays the upstream server and starts the proxy under test itself."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ...protocol import add_request, get_request, have_request, interpret_response
+from ...wire import MAX_SESSION_ON_WIRE, Operation, Status
+from ..registry import case
+from ..targets import free_tcp_address
+from ._frames import frame
+
+_PROXY = {"proxy"}
+
+
+async def _forwarded(t, upstream):
+    try:
+        return await upstream.next_request(t.timeout)
+    except TimeoutError:
+        t.fail("the proxy did not forward the request upstream")
+
+
+@case(
+    id="PROXY-2/no-upstream-empty-reply",
+    requirements=["PROXY-2"],
+    target="proxy",
+    needs=_PROXY,
+    title="without an upstream every request gets one empty frame with its uid and operation",
+)
+async def no_upstream(t):
+    await t.start_proxy(free_tcp_address())
+    probe = await t.connect()
+    for operation, data in (
+        (Operation.GET, get_request),
+        (Operation.HAVE, have_request),
+    ):
+        uid = t.uid()
+        reply = await t.exchange(probe, data(uid, t.new_id()), uid, operation)
+        if reply.payload:
+            t.fail(
+                f"{operation.name} without upstream answered {reply.payload[:8].hex()}, not empty"
+            )
+    uid = t.uid()
+    reply = await t.exchange(
+        probe, add_request(uid, t.new_id(), t.new_session(5000), 3_600_000), uid, Operation.ADD
+    )
+    if reply.payload or reply.frames != 1:
+        t.fail("a 3-frame ADD without upstream was not answered with one empty frame")
+
+
+@case(
+    id="PROXY-1/uid-rewriting",
+    requirements=["PROXY-1"],
+    target="proxy",
+    needs=_PROXY,
+    title="requests in flight get distinct upstream uids; clients get their own uid back",
+)
+async def uid_rewriting(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    clients = [await t.connect() for _ in range(2)]
+    for probe in clients:
+        await probe.send(get_request(7, t.new_id()))
+    seen = [await _forwarded(t, upstream) for _ in clients]
+    uids = [request.request_uid for _, request in seen]
+    if uids[0] == uids[1]:
+        t.fail(f"two requests in flight were forwarded with the same uid {uids[0]:#x}")
+    for number, (link, request) in reversed(list(enumerate(seen))):
+        link.reply(request, f"answer-{number}-{request.request_uid}".encode())
+    answers = set()
+    for probe in clients:
+        reply = await t.response(probe)
+        t.check_header(reply, 7, Operation.GET)
+        answers.add(reply.payload)
+    expected = {f"answer-{n}-{r.request_uid}".encode() for n, (_, r) in enumerate(seen)}
+    if answers != expected:
+        t.fail("replies were not routed back to the clients that asked")
+
+
+@case(
+    id="PROXY-3/upstream-lost-disconnected",
+    requirements=["PROXY-3"],
+    target="proxy",
+    needs=_PROXY,
+    title="a request in flight when the upstream link drops is answered 0x02",
+)
+async def upstream_lost(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    probe = await t.connect()
+    uid = t.uid()
+    await probe.send(get_request(uid, t.new_id()))
+    link, _ = await _forwarded(t, upstream)
+    link.drop()
+    reply = await t.response(probe)
+    t.check_header(reply, uid, Operation.GET)
+    if reply.payload != bytes((Status.DISCONNECTED,)):
+        t.fail(f"expected DISCONNECTED (0x02), got {reply.payload[:8].hex() or 'an empty reply'}")
+
+
+@case(
+    id="PROXY-7/reconnect-after-retry",
+    requirements=["PROXY-7", "PROXY-3"],
+    target="proxy",
+    needs=_PROXY,
+    title="after losing its upstream the proxy reconnects after -retry and forwards again",
+    slack=3.0,
+)
+async def reconnect(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address, retry_ms=300)
+    probe = await t.connect()
+    await probe.send(get_request(t.uid(), t.new_id()))
+    link, _ = await _forwarded(t, upstream)
+    link.drop()
+    await t.response(probe)
+    try:
+        await upstream.next_link(3.0 + t.timeout)
+    except TimeoutError:
+        t.fail("no reconnection within 3 s of a 300 ms retry interval")
+    for _ in range(20):
+        uid = t.uid()
+        await probe.send(get_request(uid, b"after"))
+        try:
+            link, request = await upstream.next_request(0.2)
+        except TimeoutError:
+            await t.response(probe)  # answered locally while still connecting
+            continue
+        link.reply(request, b"forwarded again")
+        reply = await t.response(probe)
+        t.check_header(reply, uid, Operation.GET)
+        if reply.payload != b"forwarded again":
+            t.fail("the reply after reconnection was not the upstream's")
+        return
+    t.fail("the proxy did not resume forwarding after reconnecting")
+
+
+@case(
+    id="PROXY-5/unknown-uid-from-upstream",
+    requirements=["PROXY-5", "ROBUST-1"],
+    target="proxy",
+    needs=_PROXY,
+    profile="robustness",
+    title="an upstream reply with an unknown uid drops the link and answers 0x02, no crash",
+)
+async def unknown_uid(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    probe = await t.connect()
+    uid = t.uid()
+    await probe.send(get_request(uid, t.new_id()))
+    link, request = await _forwarded(t, upstream)
+    link.reply(request, b"\x01", uid=(request.request_uid + 12345) & 0xFFFFFFFF)
+    reply = await t.response(probe)
+    t.check_header(reply, uid, Operation.GET)
+    if reply.payload != bytes((Status.DISCONNECTED,)):
+        t.fail(
+            f"expected DISCONNECTED (0x02) after a bad upstream reply, got {reply.payload.hex()}"
+        )
+    other = await t.connect()
+    uid = t.uid()
+    await t.exchange(other, have_request(uid, t.new_id()), uid, Operation.HAVE)
+
+
+@case(
+    id="PROXY-11/transparency-32k",
+    requirements=["PROXY-11"],
+    target="proxy",
+    needs=_PROXY,
+    title="a 32 KB ADD and its GET reply pass through the proxy unchanged",
+)
+async def transparency(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    probe = await t.connect()
+    sid, session = b"k", t.new_session(MAX_SESSION_ON_WIRE)
+    uid = t.uid()
+    await probe.send(add_request(uid, sid, session, 3_600_000))
+    link, request = await _forwarded(t, upstream)
+    if request.payload[8 + len(sid) :] != session:
+        t.fail("the ADD payload changed on its way upstream")
+    link.reply(request, b"\x00")
+    t.expect_status(await t.response(probe), [Status.OK], "ADD through the proxy")
+    uid = t.uid()
+    await probe.send(get_request(uid, sid))
+    link, request = await _forwarded(t, upstream)
+    link.reply(request, session)
+    reply = await t.response(probe)
+    t.check_header(reply, uid, Operation.GET)
+    if reply.payload != session:
+        t.fail("the 32 KB GET reply changed on its way through the proxy")
+
+
+@case(
+    id="PROXY-12/client-error-closes-only-client",
+    requirements=["PROXY-12"],
+    target="proxy",
+    needs=_PROXY,
+    title="a malformed frame closes only that client; the upstream link stays",
+)
+async def client_error(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    good = await t.connect()
+    await good.send(have_request(t.uid(), b"warm-up"))
+    link, request = await _forwarded(t, upstream)
+    link.reply(request, b"\x01")
+    await t.response(good)
+    bad = await t.connect()
+    await bad.send(frame(Operation.GET, b"x", op_class=1))
+    await t.expect_closed(bad, "a client sending op_class 1")
+    uid = t.uid()
+    await good.send(have_request(uid, b"after"))
+    second_link, request = await _forwarded(t, upstream)
+    if second_link is not link or link.closed.is_set():
+        t.fail("one client's protocol error disturbed the upstream link")
+    second_link.reply(request, b"\x00")
+    t.check_header(await t.response(good), uid, Operation.HAVE)
+
+
+@case(
+    id="PROXY-10/foreign-version-closes-only-client",
+    requirements=["PROXY-10", "ROBUST-1"],
+    target="proxy",
+    needs=_PROXY,
+    profile="robustness",
+    title="a foreign protocol version from a client closes only that client",
+)
+async def foreign_version(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    bad = await t.connect()
+    await bad.send(b"SSH-2.0-x\r\n")
+    await t.expect_closed(bad, "a client sending a foreign version")
+    good = await t.connect()
+    uid = t.uid()
+    await good.send(have_request(uid, b"after"))
+    link, request = await _forwarded(t, upstream)
+    link.reply(request, b"\x00")
+    t.check_header(await t.response(good), uid, Operation.HAVE)
+
+
+@case(
+    id="PROXY-4/client-leaves-mid-request",
+    requirements=["PROXY-4", "ROBUST-1"],
+    target="proxy",
+    needs=_PROXY,
+    profile="robustness",
+    title="a client leaving with a request in flight does not disturb the proxy",
+)
+async def client_leaves(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    leaver = await t.connect()
+    await leaver.send(get_request(t.uid(), t.new_id()))
+    link, request = await _forwarded(t, upstream)
+    await leaver.aclose()
+    await asyncio.sleep(0.05)
+    link.reply(request, b"late")
+    other = await t.connect()
+    uid = t.uid()
+    await other.send(have_request(uid, b"x"))
+    link, request = await _forwarded(t, upstream)
+    link.reply(request, b"\x01")
+    reply = await t.response(other)
+    t.check_header(reply, uid, Operation.HAVE)
+    if interpret_response(reply.operation, reply.payload).code != Status.NOTOK:
+        t.fail("another client got a wrong answer after a client left mid-request")
+
+
+@case(
+    id="PROXY-6/pipelining-large-replies",
+    requirements=["PROXY-6"],
+    target="proxy",
+    needs=_PROXY,
+    title="requests pipelined behind a large reply are answered in order",
+)
+async def proxy_pipelining(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address)
+    probe = await t.connect()
+    uids = [t.uid(), t.uid()]
+    big = t.new_session(8000)
+    await probe.send(get_request(uids[0], b"big") + have_request(uids[1], b"small"))
+    for _ in range(2):
+        link, request = await _forwarded(t, upstream)
+        link.reply(request, big if request.operation is Operation.GET else b"\x00")
+    first = await t.response(probe)
+    t.check_header(first, uids[0], Operation.GET)
+    if first.payload != big:
+        t.fail("the large reply changed")
+    t.check_header(await t.response(probe), uids[1], Operation.HAVE)

@@ -1,0 +1,83 @@
+"""One case per recorded vector: ``vector/<vector id>``."""
+
+from __future__ import annotations
+
+from ...wire import DEFAULT_CACHE_SESSIONS
+from ..registry import Case, Unsupported, register
+from ..replay import replay
+from ..targets import free_tcp_address
+from ..vector_cases import VectorPlan, vector_plans
+from ..vectors import Expect, ExpectClose, ExpectSilence, Sleep, Vector
+
+
+def _budget(vector: Vector | None) -> tuple[int, float]:
+    """(step timeouts, extra seconds) the replay may need: a hang guard, not a speed limit."""
+    if vector is None:
+        return 1, 0.0
+    waits = sum(isinstance(s, Expect | ExpectClose) for s in vector.steps)
+    pauses = sum(s.ms for s in vector.steps if isinstance(s, Sleep | ExpectSilence)) / 1000
+    return waits + 2, pauses + 1.0
+
+
+def _needs(vector: Vector) -> frozenset[str]:
+    if vector.target_kind == "proxy":
+        return frozenset({"proxy"})
+    sessions = vector.sessions
+    if sessions and sessions != DEFAULT_CACHE_SESSIONS:
+        return frozenset({f"sessions:{sessions}"})
+    return frozenset({"fresh"})
+
+
+def _make_run(plan: VectorPlan):
+    async def run(t):
+        vector = plan.played
+        if vector is None:
+            raise Unsupported(
+                "recorded behaviour is a legacy defect; no safe-behaviour recording yet"
+            )
+        if vector.target_kind == "proxy":
+            setup = vector.setup
+            if setup.get("upstream", "running") == "running":
+                upstream = await t.reference_upstream(setup.get("sessions"))
+            else:
+                upstream = free_tcp_address()
+            address = await t.start_proxy(
+                upstream, retry_ms=setup.get("retry_ms", 5000), idle_ms=setup.get("idle_ms", 0)
+            )
+        else:
+            address = t.address
+        result = await replay(vector, address, step_timeout=t.timeout, log=t.log)
+        if not result.passed:
+            source = "reference recording" if plan.replaced else "legacy recording"
+            t.fail(f"{result.mismatch.describe()} ({source})")
+        if result.reached_death is not None:
+            t.fail("the vector expects the target to die; a conforming target must survive")
+
+    return run
+
+
+def _register_all() -> None:
+    for plan in vector_plans():
+        legacy = plan.legacy
+        steps, slack = _budget(plan.played or legacy)
+        profile = "robustness" if legacy.expects_death else "core"
+        title = legacy.title
+        if plan.replaced:
+            title = f"{title} [safe behaviour instead of the legacy defect]"
+        register(
+            Case(
+                id=f"vector/{legacy.id}",
+                title=title,
+                requirements=plan.requirements,
+                level="MUST",
+                profile=profile,
+                needs=_needs(legacy),
+                target=legacy.target_kind,
+                run=_make_run(plan),
+                slack=slack,
+                steps=steps,
+            )
+        )
+
+
+_register_all()

@@ -1,0 +1,197 @@
+"""Recording the safe-behaviour vectors from the reference server (``distcache conformance
+--record DIR``).
+
+For each legacy server vector that pins a defect, the recorder plays the same client bytes against
+a fresh in-process reference server and writes down what it does instead: every ``send`` is
+followed by what arrived (one ``expect`` per frame), a silence, or a close. Two additions make the
+safe behaviour explicit: a frame left incomplete at the end of the legacy vector (the flood
+vectors) is completed, so the recording shows exactly one answer once the bytes arrive; and a
+vector whose connection ends closed (where the legacy process died) goes on with a new connection
+and a HAVE, showing that the server still serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from ..protocol import have_request
+from ..wire import HEADER_SIZE, fastcodec
+from .probe import Probe
+from .targets import InProcessSetup, TargetUnavailable
+from .vectors import (
+    FORMAT,
+    Expect,
+    ExpectClose,
+    ExpectSilence,
+    Reconnect,
+    Send,
+    Sleep,
+    Step,
+    Vector,
+    legacy_vector_files,
+    step_to_json,
+)
+
+__all__ = ["record_reference_vectors", "record_vector"]
+
+#: Quiet time that ends an observation, and the silence written for "nothing arrived".
+QUIET_MS = 100
+#: Header of an empty GET (uid 0): completes a header the legacy vector left unfinished.
+_HEADER_TEMPLATE = fastcodec.encode_header(0, 0, 1, 1, 0, 0x00110000)
+_PROBE_ID = b"still-serving"
+
+
+def _frames(data: bytes) -> list[bytes]:
+    """Cut received bytes into frames (for one ``expect`` each); a torn tail stays whole."""
+    frames, pos = [], 0
+    while len(data) - pos >= HEADER_SIZE:
+        size = HEADER_SIZE + int.from_bytes(data[pos + 12 : pos + 14], "big")
+        frames.append(data[pos : pos + size])
+        pos += size
+    if pos < len(data):
+        frames.append(data[pos:])
+    return frames
+
+
+def _completion(sent: bytes) -> bytes:
+    """Bytes that complete the last frame of ``sent`` (empty when it ends on a frame boundary)."""
+    pos = 0
+    while len(sent) - pos >= HEADER_SIZE:
+        end = pos + HEADER_SIZE + int.from_bytes(sent[pos + 12 : pos + 14], "big")
+        if end > len(sent):
+            return bytes(end - len(sent))
+        pos = end
+    partial = len(sent) - pos
+    if partial == 0:
+        return b""
+    return _HEADER_TEMPLATE[partial:]  # the template announces no data
+
+
+async def _observe(probe: Probe, steps: list[Step]) -> bool:
+    """Record what arrives after a send; True while the connection stays open."""
+    data, how = await probe.drain_for(QUIET_MS / 1000)
+    while data and how is None:
+        more, how = await probe.drain_for(QUIET_MS / 1000)
+        if not more:
+            break
+        data += more
+    steps.extend(Expect(frame) for frame in _frames(data))
+    if how is not None:
+        steps.append(ExpectClose())
+        return False
+    if not data:
+        steps.append(ExpectSilence(QUIET_MS))
+    return True
+
+
+async def record_vector(vector: Vector, address: str, *, timeout: float = 1.0) -> Vector:
+    """Play ``vector``'s client side against ``address`` and return the observed exchange."""
+    steps: list[Step] = []
+    probe = await Probe.open(address, timeout=timeout)
+    is_open, sent = True, b""
+    try:
+        for step in vector.steps:
+            if isinstance(step, Send) and is_open:
+                steps.append(step)
+                sent += step.data
+                await probe.send(step.data)
+                is_open = await _observe(probe, steps)
+            elif isinstance(step, Sleep):
+                steps.append(step)
+                await asyncio.sleep(step.ms / 1000)
+            elif isinstance(step, Reconnect):
+                steps.append(step)
+                await probe.aclose()
+                probe = await Probe.open(address, timeout=timeout)
+                is_open, sent = True, b""
+        rest = _completion(sent) if is_open else b""
+        if rest:
+            steps.append(Send(rest))
+            await probe.send(rest)
+            is_open = await _observe(probe, steps)
+            if is_open and not isinstance(steps[-1], ExpectSilence):
+                # Exactly one answer: nothing more follows it.
+                await asyncio.sleep(QUIET_MS / 1000)
+                is_open = await _observe(probe, steps)
+        if not is_open:
+            steps.append(Reconnect())
+            await probe.aclose()
+            probe = await Probe.open(address, timeout=timeout)
+            request = have_request(1, _PROBE_ID)
+            steps.append(Send(request))
+            await probe.send(request)
+            await _observe(probe, steps)
+    finally:
+        await probe.aclose()
+    what = vector.why.split(":", 1)[0] if vector.why else "legacy defect"
+    return Vector(
+        id=vector.id,
+        title=f"{vector.title} -- safe behaviour",
+        why=(
+            f"Replaces legacy vector {vector.id} ({', '.join(sorted(vector.flags))}; {what}). "
+            "Recorded from the reference implementation: the same client bytes, answered as the "
+            "specification requires."
+        ),
+        flags=frozenset(),
+        setup=dict(vector.setup),
+        steps=tuple(steps),
+        group=vector.group,
+        target_kind=vector.target_kind,
+    )
+
+
+def _vector_json(vector: Vector) -> dict:
+    return {
+        "id": vector.id,
+        "title": vector.title,
+        "why": vector.why,
+        "flags": sorted(vector.flags),
+        "setup": vector.setup,
+        "steps": [step_to_json(s) for s in vector.steps],
+        "decoded": [],
+    }
+
+
+async def _record_all(directory: Path, timeout: float) -> int:
+    setup = InProcessSetup()
+    count = 0
+    directory.mkdir(parents=True, exist_ok=True)
+    for vector_file in legacy_vector_files():
+        if vector_file.target_kind != "server":
+            continue
+        recorded = []
+        for vector in vector_file:
+            if not vector.unsafe:
+                continue
+            instance = await setup.start_instance(vector.sessions)
+            try:
+                recorded.append(await record_vector(vector, instance.address, timeout=timeout))
+            finally:
+                await instance.stop()
+        if not recorded:
+            continue
+        document = {
+            "format": FORMAT,
+            "recorded_from": "distcache reference server (Python), in-process, loopback TCP",
+            "target_kind": vector_file.target_kind,
+            "group": vector_file.group,
+            "vectors": [_vector_json(v) for v in recorded],
+        }
+        path = directory / vector_file.path.name
+        path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        count += len(recorded)
+        print(f"{path.name}: {len(recorded)} vectors")
+    return count
+
+
+def record_reference_vectors(directory: Path, *, timeout: float = 1.0) -> int:
+    """CLI entry: record into ``directory``; returns an exit status."""
+    try:
+        count = asyncio.run(_record_all(directory, timeout))
+    except TargetUnavailable as error:
+        print(f"distcache conformance: error: {error}")
+        return 2
+    print(f"{count} safe-behaviour vectors recorded")
+    return 0

@@ -1,0 +1,144 @@
+"""The case registry: every conformance case, declared with :func:`case`.
+
+A case is an async function taking a :class:`~distcache.conformance.context.CaseContext`. It
+returns when the target behaved acceptably and raises :class:`CaseFailure` (naming the requirement
+broken) when it did not. Each case declares the requirement ids it tests, its level, the profile it
+belongs to, the kind of target it needs and what the target setup must offer (``needs``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "LEVELS",
+    "NEEDS",
+    "PROFILES",
+    "Case",
+    "CaseFailure",
+    "Unsupported",
+    "all_cases",
+    "case",
+    "register",
+]
+
+#: Profiles, in the order a default run plays them (robustness last: it may crash the target).
+PROFILES = ("core", "strict", "robustness")
+LEVELS = ("MUST", "SHOULD")
+#: What a case may need from the target setup. ``sessions:N`` asks for a fresh target with a
+#: cache of N sessions (it implies ``fresh``).
+NEEDS = ("fresh", "restart", "proxy", "process")
+_SESSIONS = re.compile(r"sessions:([0-9]+)")
+
+
+class CaseFailure(Exception):
+    """The target broke a requirement. ``requirement`` names it (default: the case's first)."""
+
+    def __init__(self, detail: str, requirement: str | None = None):
+        super().__init__(detail)
+        self.detail = detail
+        self.requirement = requirement
+
+
+class Unsupported(Exception):
+    """The case cannot run against this target setup (e.g. it needs fresh state)."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One conformance case."""
+
+    id: str
+    title: str
+    requirements: tuple[str, ...]
+    level: str
+    profile: str
+    needs: frozenset[str]
+    target: str  # "server" or "proxy"
+    run: Callable[[Any], Awaitable[None]] = field(repr=False, compare=False)
+    #: Extra seconds the case may legitimately spend (its own sleeps), added to its deadline.
+    slack: float = 0.0
+    #: How many step timeouts the case may use at most, for its global deadline.
+    steps: int = 8
+    params: dict = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def sessions(self) -> int | None:
+        for need in self.needs:
+            match = _SESSIONS.fullmatch(need)
+            if match:
+                return int(match.group(1))
+        return None
+
+    @property
+    def needs_fresh(self) -> bool:
+        return "fresh" in self.needs or self.sessions is not None
+
+
+_REGISTRY: dict[str, Case] = {}
+
+
+def register(new: Case) -> Case:
+    """Add a case object (used by the decorator and by generated cases)."""
+    if new.id in _REGISTRY:
+        raise ValueError(f"duplicate conformance case id {new.id!r}")
+    if new.level not in LEVELS:
+        raise ValueError(f"{new.id}: level must be one of {LEVELS}")
+    if new.profile not in PROFILES:
+        raise ValueError(f"{new.id}: profile must be one of {PROFILES}")
+    for need in new.needs:
+        if need not in NEEDS and not _SESSIONS.fullmatch(need):
+            raise ValueError(f"{new.id}: unknown need {need!r}")
+    if not new.requirements:
+        raise ValueError(f"{new.id}: a case must name at least one requirement")
+    _REGISTRY[new.id] = new
+    return new
+
+
+def case(
+    *,
+    id: str,
+    requirements: list[str] | tuple[str, ...],
+    title: str,
+    level: str = "MUST",
+    profile: str = "core",
+    needs: set[str] | frozenset[str] = frozenset(),
+    target: str = "server",
+    slack: float = 0.0,
+    steps: int = 8,
+):
+    """Register the decorated ``async def (ctx)`` as a conformance case."""
+
+    def decorate(function):
+        register(
+            Case(
+                id=id,
+                title=title,
+                requirements=tuple(requirements),
+                level=level,
+                profile=profile,
+                needs=frozenset(needs),
+                target=target,
+                run=function,
+                slack=slack,
+                steps=steps,
+            )
+        )
+        return function
+
+    return decorate
+
+
+def all_cases() -> list[Case]:
+    """Every registered case (importing the built-in case modules first), in id order."""
+    from . import cases  # noqa: F401 - registers the built-in cases
+
+    return sorted(_REGISTRY.values(), key=lambda c: _sort_key(c.id))
+
+
+def _sort_key(case_id: str):
+    # Natural order: FRAME-2 before FRAME-10, vector/x-002 before vector/x-010.
+    return [int(part) if part.isdigit() else part for part in re.split(r"([0-9]+)", case_id)]

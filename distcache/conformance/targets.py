@@ -1,0 +1,307 @@
+"""Targets: what the runner talks to, and what it can do with it.
+
+* :class:`FixedSetup` — a server someone else runs at an address: one shared instance, no fresh
+  state, no restart, crashes seen only as an unreachable address.
+* :class:`CommandSetup` — a server the runner starts itself from ``--server-cmd``: fresh instances
+  on demand, crashes detected as process exits, restarts.
+* :class:`InProcessSetup` — the reference server, started inside the runner's event loop.
+* :class:`ProxySetup` — a proxy started from ``--proxy-cmd`` in front of an upstream the runner
+  plays (or a reference server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shlex
+import socket
+import tempfile
+from dataclasses import dataclass, field
+
+from ..address import AddressError, parse_address
+from ..netio import ConnectError, open_connection
+from .registry import Unsupported
+
+__all__ = [
+    "CommandSetup",
+    "FixedSetup",
+    "InProcessSetup",
+    "Instance",
+    "ProxySetup",
+    "TargetUnavailable",
+    "free_tcp_address",
+    "reference_server",
+]
+
+#: Seconds a started program may take before it accepts connections.
+START_TIMEOUT = 10.0
+#: Sessions a started server gets when a case does not ask for a capacity (the legacy default).
+DEFAULT_SESSIONS = 512
+
+
+class TargetUnavailable(Exception):
+    """The target cannot be reached or started; the message is one line."""
+
+
+def free_tcp_address() -> str:
+    """A loopback address with a port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"IP:127.0.0.1:{sock.getsockname()[1]}"
+
+
+@dataclass
+class Instance:
+    """One running target."""
+
+    address: str
+    process: asyncio.subprocess.Process | None = None
+    server: object | None = None  # an in-process server
+    stderr_path: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def exit_status(self) -> int | None:
+        """The process's exit status once it has exited (None while running or not a process)."""
+        return None if self.process is None else self.process.returncode
+
+    def crash_description(self) -> str:
+        status = self.exit_status()
+        if status is None:
+            return ""
+        how = f"killed by signal {-status}" if status < 0 else f"exit status {status}"
+        tail = _tail(self.stderr_path)
+        return f"target process exited ({how})" + (f"; stderr: {tail}" if tail else "")
+
+    async def reachable(self, timeout: float) -> bool:
+        try:
+            _, writer = await open_connection(self.address, timeout=timeout)
+        except (ConnectError, OSError):
+            return False
+        writer.close()
+        return True
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+        if self.process is not None and self.process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 2.0)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.process.kill()
+                await self.process.wait()
+        if self.stderr_path:
+            with contextlib.suppress(OSError):
+                os.unlink(self.stderr_path)
+
+
+def _tail(path: str | None, size: int = 200) -> str:
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+async def _wait_until_accepting(instance: Instance, what: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + START_TIMEOUT
+    while loop.time() < deadline:
+        if instance.exit_status() is not None:
+            raise TargetUnavailable(f"{what} exited at start-up: {instance.crash_description()}")
+        if await instance.reachable(0.5):
+            return
+        await asyncio.sleep(0.02)
+    await instance.stop()
+    raise TargetUnavailable(f"{what} did not accept connections within {START_TIMEOUT:g} s")
+
+
+def _command(template: str, values: dict[str, str], option: str) -> list[str]:
+    try:
+        words = shlex.split(template)
+    except ValueError as error:
+        raise TargetUnavailable(f"{option}: {error}") from None
+    if not words:
+        raise TargetUnavailable(f"{option} is empty")
+    try:
+        return [word.format(**values) for word in words]
+    except (KeyError, IndexError, ValueError) as error:
+        raise TargetUnavailable(
+            f"{option}: unknown placeholder {error} (known: "
+            + ", ".join("{" + k + "}" for k in values)
+            + ")"
+        ) from None
+
+
+async def _spawn(argv: list[str], address: str, what: str) -> Instance:
+    handle, stderr_path = tempfile.mkstemp(prefix="distcache-conformance-", suffix=".log")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=handle,
+        )
+    except OSError as error:
+        os.unlink(stderr_path)
+        raise TargetUnavailable(f"cannot start {what} '{argv[0]}': {error.strerror}") from None
+    finally:
+        os.close(handle)
+    instance = Instance(address, process=process, stderr_path=stderr_path)
+    await _wait_until_accepting(instance, what)
+    return instance
+
+
+class ServerSetup:
+    """How the runner obtains server instances. Subclasses say what they can offer."""
+
+    description = ""
+    #: Subset of {"fresh", "restart", "process"}.
+    capabilities: frozenset[str] = frozenset()
+
+    def __init__(self) -> None:
+        self._shared: Instance | None = None
+        self._lock = asyncio.Lock()
+
+    async def shared(self) -> Instance:
+        """The instance that cases without special needs share (started on first use)."""
+        async with self._lock:
+            if self._shared is None:
+                self._shared = await self._start(None)
+            return self._shared
+
+    async def restart_shared(self) -> Instance:
+        """Replace a crashed shared instance (only with the ``restart`` capability)."""
+        if "restart" not in self.capabilities:
+            raise Unsupported("this target setup cannot restart the server")
+        async with self._lock:
+            if self._shared is not None:
+                await self._shared.stop()
+            self._shared = await self._start(None)
+            return self._shared
+
+    async def fresh(self, sessions: int | None) -> Instance:
+        """A new instance with an empty cache (of ``sessions`` sessions when given)."""
+        if "fresh" not in self.capabilities:
+            raise Unsupported("needs a fresh server (give --server-cmd, or run without a target)")
+        return await self._start(sessions)
+
+    async def _start(self, sessions: int | None) -> Instance:
+        raise NotImplementedError
+
+    async def start_instance(self, sessions: int | None = None) -> Instance:
+        """An extra instance the caller owns (and stops)."""
+        return await self._start(sessions)
+
+    async def close(self) -> None:
+        if self._shared is not None:
+            await self._shared.stop()
+            self._shared = None
+
+
+class FixedSetup(ServerSetup):
+    """A server already running at ``address``."""
+
+    capabilities = frozenset()
+
+    def __init__(self, address: str):
+        super().__init__()
+        try:
+            parse_address(address).require_connect()
+        except AddressError as error:
+            raise TargetUnavailable(str(error)) from None
+        self.address = address
+        self.description = address
+
+    async def _start(self, sessions: int | None) -> Instance:
+        instance = Instance(self.address)
+        if not await instance.reachable(2.0):
+            raise TargetUnavailable(f"cannot connect to '{self.address}'")
+        return instance
+
+
+class CommandSetup(ServerSetup):
+    """Servers started from a command template with ``{listen}`` and ``{sessions}``."""
+
+    capabilities = frozenset({"fresh", "restart", "process"})
+
+    def __init__(self, template: str):
+        super().__init__()
+        self.template = template
+        self.description = template
+        if "{listen}" not in template:
+            raise TargetUnavailable("--server-cmd must contain {listen}")
+
+    async def _start(self, sessions: int | None) -> Instance:
+        address = free_tcp_address()
+        values = {"listen": address, "sessions": str(sessions or DEFAULT_SESSIONS)}
+        return await _spawn(_command(self.template, values, "--server-cmd"), address, "server")
+
+
+def reference_server():
+    """The reference server's classes, or None while the package lacks them."""
+    try:
+        from ..cache import MemoryStore
+        from ..server.listeners import bind_listeners
+        from ..server.server import Server
+    except ImportError:
+        return None
+    return Server, MemoryStore, bind_listeners
+
+
+class InProcessSetup(ServerSetup):
+    """The reference server, inside this process."""
+
+    capabilities = frozenset({"fresh", "restart"})
+    description = "reference server (in-process)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        if reference_server() is None:
+            raise TargetUnavailable("the reference server is not available in this installation")
+        # The server logs every protocol error the suite provokes on purpose; keep the report clean.
+        server_log = logging.getLogger("distcache.server")
+        if not server_log.handlers:
+            server_log.addHandler(logging.NullHandler())
+            server_log.propagate = False
+
+    async def _start(self, sessions: int | None) -> Instance:
+        server_class, store_class, bind = reference_server()
+        server = server_class(store_class(sessions or DEFAULT_SESSIONS))
+        await server.start(bind("IP:127.0.0.1:0"))
+        port = server.sockets[0].getsockname()[1]
+        return Instance(f"IP:127.0.0.1:{port}", server=server)
+
+
+class ProxySetup:
+    """Proxies started from a template with ``{listen}``, ``{upstream}``, ``{retry_ms}`` and
+    ``{idle_ms}``, one per case, in front of an upstream the case provides."""
+
+    def __init__(self, template: str):
+        self.template = template
+        self.description = template
+        for placeholder in ("{listen}", "{upstream}"):
+            if placeholder not in template:
+                raise TargetUnavailable(f"--proxy-cmd must contain {placeholder}")
+
+    async def start(self, upstream: str, *, retry_ms: int = 5000, idle_ms: int = 0) -> Instance:
+        if idle_ms and "{idle_ms}" not in self.template:
+            raise Unsupported("needs an idle limit: put -idle {idle_ms} in --proxy-cmd")
+        address = free_tcp_address()
+        values = {
+            "listen": address,
+            "upstream": upstream,
+            "retry_ms": str(retry_ms),
+            "idle_ms": str(idle_ms),
+        }
+        return await _spawn(_command(self.template, values, "--proxy-cmd"), address, "proxy")

@@ -1,0 +1,59 @@
+"""Turning recorded vectors into cases, with their requirement ids from the mapping table.
+
+A legacy vector whose recording pins a defect (flags ``legacy-bug`` or ``environment-dependent``)
+is not replayed as recorded: its case replays the vector of the same id recorded from the
+reference implementation (``vectors/reference/``), which shows the safe behaviour the spec asks
+for instead.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+
+from .. import conformance_data_path
+from .vectors import Vector, VectorFormatError, legacy_vector_files, reference_vector_files
+
+__all__ = ["MAPPING_FORMAT", "VectorPlan", "vector_plans"]
+
+MAPPING_FORMAT = "distcache-vector-requirements/1"
+MAPPING_NAME = "vector-requirements.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class VectorPlan:
+    """What the case for one legacy vector replays, and against which requirements."""
+
+    legacy: Vector
+    played: Vector | None  # None: unsafe and no reference recording exists yet
+    requirements: tuple[str, ...]
+
+    @property
+    def replaced(self) -> bool:
+        return self.played is not self.legacy
+
+
+def _mapping() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    path = conformance_data_path() / MAPPING_NAME
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise VectorFormatError(f"{MAPPING_NAME}: {error}") from None
+    if raw.get("format") != MAPPING_FORMAT:
+        raise VectorFormatError(f"{MAPPING_NAME}: not a {MAPPING_FORMAT} file")
+    return raw.get("groups", {}), raw.get("vectors", {})
+
+
+def vector_plans() -> list[VectorPlan]:
+    """One plan per legacy vector, in file order."""
+    groups, per_vector = _mapping()
+    reference = {v.id: v for f in reference_vector_files() for v in f}
+    plans = []
+    for vector_file in legacy_vector_files():
+        for vector in vector_file:
+            requirements = per_vector.get(vector.id) or groups.get(vector.group)
+            if not requirements:
+                raise VectorFormatError(f"{MAPPING_NAME}: no requirements for {vector.id}")
+            played = reference.get(vector.id) if vector.unsafe else vector
+            plans.append(VectorPlan(vector, played, tuple(requirements)))
+    return plans
