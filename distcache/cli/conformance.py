@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..spec.catalogue import DEFAULT_SPEC_BASE
-from .main import UsageError
+from . import UsageError
 
 __all__ = ["register"]
 
