@@ -68,11 +68,16 @@ class Proxy:
             sockets = bind_listeners(self.settings.listen)
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
-                listener = await asyncio.start_unix_server(self._accept, sock=sock)
+                start = asyncio.start_unix_server
             else:
-                listener = await asyncio.start_server(self._accept, sock=sock)
-            self._listeners.append(listener)
+                start = asyncio.start_server
+            self._listeners.append(await start(self._accept, sock=sock, start_serving=False))
+        # Clients wait in the backlog until the first attempt has an outcome, so the first
+        # requests are forwarded, or answered EMPTY, never caught by the attempt in progress.
         self.link.start()
+        await self.link.settled()
+        for listener in self._listeners:
+            await listener.start_serving()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         limit = self.settings.max_clients

@@ -77,6 +77,11 @@ class UpstreamLink:
         """Make the first connect attempt (the legacy connected as soon as it was serving)."""
         self._connect_now()
 
+    async def settled(self) -> None:
+        """Wait until no connect attempt is in progress."""
+        if self._attempt is not None:
+            await asyncio.wait({self._attempt})
+
     def _connect_now(self) -> None:
         self._retry_timer = None
         if self._closed:
