@@ -6,10 +6,16 @@ The server only sees the ``SessionStore`` interface; this registry maps a URL sc
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from ..cache import MemoryStore, SessionStore
+from ..cache.redis import SCHEMES as STORE_SCHEMES
+from ..cache.redis import RedisStore, StoreURLError
+from ..wire import DEFAULT_CACHE_SESSIONS
+
+log = logging.getLogger("distcache.server")
 
 __all__ = ["DEFAULT_ENGINE_URL", "EngineError", "open_engine", "register_engine"]
 
@@ -52,3 +58,20 @@ def _memory_engine(url: str, capacity: int) -> SessionStore:
 
 
 register_engine("memory", _memory_engine)
+
+
+def _store_engine(url: str, capacity: int) -> SessionStore:
+    """Valkey/Redis (redis-py itself is imported only when such an engine is opened)."""
+    try:
+        store = RedisStore.from_url(url)
+    except StoreURLError as error:
+        raise EngineError(f"bad storage engine URL: {error}") from None
+    except ImportError as error:
+        raise EngineError(f"the redis engine needs the redis package ({error})") from None
+    if capacity != DEFAULT_CACHE_SESSIONS:
+        log.warning("-sessions is ignored by %r: the store's maxmemory bounds the cache", store)
+    return store
+
+
+for _scheme in STORE_SCHEMES:
+    register_engine(_scheme, _store_engine)

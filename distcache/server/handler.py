@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ..cache import AddResult, MemoryStore, SessionStore
+from ..cache.errors import StoreUnavailableError
 from ..protocol import AddArgs, Request, check_add
 from ..wire import Operation, Status
 
@@ -40,6 +41,17 @@ _ACTIONS: dict[Operation, tuple[str, Callable[[Request, object], bytes]]] = {
     Operation.GET: ("get", _found),
     Operation.REMOVE: ("remove", _yes_no),
     Operation.HAVE: ("have", _yes_no),
+}
+
+
+#: The answer when the store cannot be reached (StoreUnavailableError): the legacy's own answers
+#: for "could not store" (0x65, its out-of-memory reply) and "not found", so that legacy clients
+#: carry on with a full handshake and keep their connection.
+_UNAVAILABLE: dict[Operation, Status] = {
+    Operation.ADD: Status.ADD_MATCHING_SESSION,
+    Operation.GET: _NOTOK,
+    Operation.REMOVE: _NOTOK,
+    Operation.HAVE: _NOTOK,
 }
 
 
@@ -83,4 +95,8 @@ class RequestHandler:
         if type(planned) is bytes:
             return planned
         method, args, reply = planned
-        return reply(request, await getattr(self.store, method)(*args))
+        try:
+            result = await getattr(self.store, method)(*args)
+        except StoreUnavailableError:  # the engine logs the outage, once per burst
+            return request.respond_status(_UNAVAILABLE[request.operation])
+        return reply(request, result)
