@@ -169,7 +169,7 @@ class AsyncClient:
             if isinstance(error, OperationTimeout):
                 raise
             raise OperationTimeout(
-                f"{call.operation.name} to '{self.address}' got no reply within {self.timeout} s"
+                f"{call.operation.name} to '{self.address}' did not complete within {self.timeout} s"
             ) from None
 
     async def _attempts(self, call: Call) -> Any:

@@ -74,7 +74,7 @@ def add_call(
     field (or, with ``strict_timeouts``, outside ``CLIENT_MIN_TIMEOUT_MS < t <= MAX_TIMEOUT_MS``),
     a payload over MAX_PAYLOAD, or, unless ``allow_ambiguous``, a 1-byte session 0x01 or 0x02.
     """
-    session_id = _as_bytes("session_id", session_id)
+    session_id = _checked_id(session_id)
     session = _as_bytes("session", session)
     if isinstance(timeout_ms, bool) or not isinstance(timeout_ms, int):
         raise TypeError(f"timeout_ms must be an int, not {type(timeout_ms).__name__}")
