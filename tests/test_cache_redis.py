@@ -1,0 +1,489 @@
+"""The Valkey/Redis engine against a real store: a redis-server (or valkey-server) started here.
+
+Engine behaviour first (one store per test, told apart by key prefix), then dc_server processes
+sharing one store, including the store dying and coming back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from serverproc import dc_server, free_port, run_dc_server
+
+from distcache.cache import AddResult, SessionStore, StoreClosedError
+from distcache.cache.errors import StoreUnavailableError
+from distcache.cache.redis import RedisStore, StoreURLError, parse_store_url
+from distcache.client import Client
+from distcache.wire import MAX_PAYLOAD, Status
+
+redis = pytest.importorskip("redis", reason="the redis client package is not installed")
+
+STORE_BINARY = shutil.which("valkey-server") or shutil.which("redis-server")
+START_TIMEOUT = 10.0
+
+
+class StoreProcess:
+    """A throw-away redis-server on a loopback port: no persistence, killed at the end."""
+
+    def __init__(self, *extra: str) -> None:
+        if STORE_BINARY is None:
+            pytest.skip("neither valkey-server nor redis-server is installed")
+        self.port = free_port()
+        self._extra = extra
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [STORE_BINARY, "--port", str(self.port), "--bind", "127.0.0.1"]
+        argv += ["--save", "", "--appendonly", "no", "--daemonize", "no", *self._extra]
+        self.process = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                if self.client().ping():
+                    return
+            except redis.exceptions.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError("the store did not start") from None
+                time.sleep(0.02)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(START_TIMEOUT)
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+
+@pytest.fixture(scope="module")
+def store_server() -> Iterator[StoreProcess]:
+    server = StoreProcess()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def fresh_store_server() -> Iterator[StoreProcess]:
+    server = StoreProcess()
+    yield server
+    server.kill()
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def with_store(url: str, body):
+    """Run ``await body(store)`` on a fresh engine for ``url``, closing it afterwards."""
+
+    async def go():
+        store = RedisStore.from_url(url)
+        try:
+            return await body(store)
+        finally:
+            await store.close()
+
+    return run(go())
+
+
+def unique_url(store_server: StoreProcess, **query: str) -> str:
+    """The store's URL with a prefix of its own, so tests never see each other's sessions."""
+    query.setdefault("prefix", f"t{uuid.uuid4().hex[:12]}:")
+    return store_server.url + "?" + "&".join(f"{k}={v}" for k, v in query.items())
+
+
+# -- URLs -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "cluster", "client_url", "prefix"),
+    [
+        ("redis://127.0.0.1:6379/0", False, "redis://127.0.0.1:6379/0", b"distcache:"),
+        ("valkey://cache.example:6380", False, "redis://cache.example:6380", b"distcache:"),
+        ("valkeys://h/2?ssl_cert_reqs=required", False, "rediss://h/2", b"distcache:"),
+        ("unix:///run/valkey.sock?db=3", False, "unix:///run/valkey.sock", b"distcache:"),
+        ("redis+cluster://h:7000?prefix=a%00%FFb", True, "redis://h:7000", b"a\x00\xffb"),
+        ("rediss://u:secret@h:6379/0?prefix=", False, "rediss://u:secret@h:6379/0", b""),
+    ],
+)
+def test_url_forms(url: str, cluster: bool, client_url: str, prefix: bytes) -> None:
+    settings = parse_store_url(url)
+    assert (settings.cluster, settings.client_url, settings.prefix) == (cluster, client_url, prefix)
+    assert "secret" not in settings.display
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("memcached://h", "not a store URL scheme"),
+        ("redis://h?bogus=1", "unknown parameter 'bogus'"),
+        ("redis://h:99999/0", "bad port"),
+        ("redis://h/zero", "database number"),
+        ("redis://h/1?db=1", "give the database once"),
+        ("redis+cluster://h/1", "database 0 only"),
+        ("redis://h?ssl_cert_reqs=none", "need a TLS scheme"),
+        ("rediss://h?ssl_cert_reqs=maybe", "none, optional or required"),
+        ("redis://h?timeout=0", "seconds"),
+        ("redis://h?max_connections=-1", "whole number"),
+        ("redis://h?prefix=a&prefix=b", "given twice"),
+        ("unix://", "socket's path"),
+    ],
+)
+def test_bad_urls_are_typed_errors(url: str, reason: str) -> None:
+    with pytest.raises(StoreURLError, match=reason):
+        parse_store_url(url)
+
+
+def test_dc_server_refuses_a_bad_engine_url_without_a_traceback() -> None:
+    result = run_dc_server("-listen", "IP:127.0.0.1:0", "-engine", "redis://u:hunter2@h?x=1")
+    assert result.returncode == 1
+    assert "unknown parameter 'x'" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+# -- the engine -------------------------------------------------------------------------------
+
+
+def test_is_a_session_store(store_server: StoreProcess) -> None:
+    assert isinstance(RedisStore.from_url(store_server.url), SessionStore)
+
+
+def test_add_get_have_remove(store_server: StoreProcess) -> None:
+    async def body(store: RedisStore):
+        assert await store.add(b"id", b"session", 60_000) is AddResult.STORED
+        assert await store.add(b"id", b"other", 60_000) is AddResult.DUPLICATE
+        assert await store.get(b"id") == b"session"
+        assert await store.have(b"id") is True
+        assert await store.count() == 1
+        assert await store.remove(b"id") is True
+        assert await store.remove(b"id") is False
+        assert await store.have(b"id") is False
+        assert await store.get(b"id") is None
+        assert await store.count() == 0
+
+    with_store(unique_url(store_server), body)
+
+
+def test_duplicate_add_changes_neither_data_nor_expiry(store_server: StoreProcess) -> None:
+    url = unique_url(store_server)
+
+    async def body(store: RedisStore):
+        await store.add(b"id", b"first", 200)
+        assert await store.add(b"id", b"second", 600_000) is AddResult.DUPLICATE
+        assert await store.get(b"id") == b"first"
+        await asyncio.sleep(0.6)
+        assert await store.have(b"id") is False
+
+    with_store(url, body)
+
+
+def test_expiry_and_re_add_after_expiry(store_server: StoreProcess) -> None:
+    async def body(store: RedisStore):
+        await store.add(b"short", b"s", 100)
+        await store.add(b"long", b"l", 60_000)
+        assert await store.have(b"short")
+        await asyncio.sleep(0.5)
+        assert await store.get(b"short") is None
+        assert await store.have(b"short") is False
+        assert await store.remove(b"short") is False
+        assert await store.get(b"long") == b"l"
+        assert await store.add(b"short", b"again", 60_000) is AddResult.STORED
+        assert await store.get(b"short") == b"again"
+
+    with_store(unique_url(store_server), body)
+
+
+def test_get_and_have_do_not_extend_expiry(store_server: StoreProcess) -> None:
+    async def body(store: RedisStore):
+        await store.add(b"id", b"s", 300)
+        for _ in range(5):
+            await asyncio.sleep(0.1)
+            await store.get(b"id")
+            await store.have(b"id")
+        await asyncio.sleep(0.4)
+        assert await store.have(b"id") is False
+
+    with_store(unique_url(store_server), body)
+
+
+def test_timeout_zero_is_stored_already_expired(store_server: StoreProcess) -> None:
+    async def body(store: RedisStore):
+        assert await store.add(b"zero", b"z", 0) is AddResult.STORED
+        assert await store.have(b"zero") is False
+        await store.add(b"live", b"l", 60_000)
+        assert await store.add(b"live", b"z", 0) is AddResult.DUPLICATE
+        assert await store.get(b"live") == b"l"
+
+    with_store(unique_url(store_server), body)
+
+
+def test_binary_ids_and_the_largest_sessions(store_server: StoreProcess) -> None:
+    ids = [b"\x00", b"a\x00b", b"a\x00c", b"\xff" * 64, b"*?[]\\", bytes(range(64))]
+    big = bytes(range(256)) * (MAX_PAYLOAD // 256)
+
+    async def body(store: RedisStore):
+        for number, session_id in enumerate(ids):
+            assert await store.add(session_id, big[number:], 60_000) is AddResult.STORED
+        for number, session_id in enumerate(ids):
+            assert await store.get(session_id) == big[number:]
+        assert await store.get(b"a") is None  # ids are exact bytes, not C strings
+        assert await store.count() == len(ids)
+        long_id = b"\x01" * MAX_PAYLOAD  # GET/HAVE/REMOVE ids of any length simply miss
+        assert await store.get(long_id) is None
+        assert await store.have(long_id) is False
+        assert await store.remove(long_id) is False
+
+    with_store(unique_url(store_server, prefix="glob*?[x]:"), body)
+
+
+def test_prefix_separates_caches_and_the_same_url_shares_one(store_server: StoreProcess) -> None:
+    first, second = unique_url(store_server), unique_url(store_server)
+
+    async def body():
+        a, a_again, b = (RedisStore.from_url(url) for url in (first, first, second))
+        try:
+            await a.add(b"id", b"from a", 60_000)
+            assert await a_again.get(b"id") == b"from a"
+            assert await b.get(b"id") is None
+            assert await b.add(b"id", b"from b", 60_000) is AddResult.STORED
+            assert (await a.count(), await b.count()) == (1, 1)
+        finally:
+            for store in (a, a_again, b):
+                await store.close()
+
+    run(body())
+
+
+def test_racing_adds_of_one_id_store_exactly_once(store_server: StoreProcess) -> None:
+    url = unique_url(store_server, timeout="30")  # 200 cold connections on a busy machine
+
+    async def body():
+        stores = [RedisStore.from_url(url) for _ in range(4)]
+        try:
+            results = await asyncio.gather(
+                *(store.add(b"race", b"%d" % n, 60_000) for n in range(50) for store in stores)
+            )
+        finally:
+            for store in stores:
+                await store.close()
+        return results
+
+    results = run(body())
+    assert results.count(AddResult.STORED) == 1
+    assert results.count(AddResult.DUPLICATE) == len(results) - 1
+
+
+def test_empty_prefix_counts_the_whole_database(fresh_store_server: StoreProcess) -> None:
+    fresh_store_server.client().set(b"foreign", b"x")
+
+    async def body(store: RedisStore):
+        await store.add(b"id", b"s", 60_000)
+        return await store.count()
+
+    assert with_store(fresh_store_server.url + "?prefix=", body) == 2
+
+
+def test_bad_arguments_are_typed_errors(store_server: StoreProcess) -> None:
+    async def body(store: RedisStore):
+        with pytest.raises(TypeError):
+            await store.add("id", b"s", 1000)
+        with pytest.raises(TypeError):
+            await store.get(7)
+        with pytest.raises(ValueError):
+            await store.add(b"id", b"s", -1)
+        with pytest.raises(TypeError):
+            await store.add(b"id", b"s", 1.5)
+
+    with_store(unique_url(store_server), body)
+
+
+def test_closed_store_raises_store_closed(store_server: StoreProcess) -> None:
+    async def body():
+        store = RedisStore.from_url(unique_url(store_server))
+        await store.close()
+        await store.close()  # idempotent
+        with pytest.raises(StoreClosedError):
+            await store.get(b"id")
+
+    run(body())
+
+
+# -- failures ---------------------------------------------------------------------------------
+
+
+def test_unreachable_store_fails_fast_with_a_typed_error() -> None:
+    async def body(store: RedisStore):
+        with pytest.raises(StoreUnavailableError, match="ConnectionError"):
+            await store.add(b"id", b"s", 1000)
+        assert await store.count() == 0  # best effort: the last count
+
+    with_store(f"redis://127.0.0.1:{free_port()}/0", body)
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[int]:
+    """A port that accepts connections and never answers: a hung store."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        yield listener.getsockname()[1]
+
+
+def test_a_store_that_never_answers_costs_one_time_budget() -> None:
+    with silent_listener() as port:
+
+        async def body(store: RedisStore):
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError, match="no answer in time"):
+                await store.get(b"id")
+            # Generous bound: this checks that the call gives up, not how fast it is.
+            assert time.monotonic() - started < 5
+
+        with_store(f"redis://127.0.0.1:{port}/0?timeout=0.3", body)
+
+
+def test_full_store_without_eviction_refuses_adds(fresh_store_server: StoreProcess) -> None:
+    client = fresh_store_server.client()
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used + 256 * 1024)
+    client.config_set("maxmemory-policy", "noeviction")
+
+    async def body(store: RedisStore):
+        with pytest.raises(StoreUnavailableError, match="OutOfMemoryError"):
+            for number in range(100):
+                await store.add(b"%d" % number, b"x" * 16_384, 60_000)
+
+    with_store(fresh_store_server.url, body)
+
+
+def test_full_store_with_volatile_ttl_evicts_the_soonest_expiring(
+    fresh_store_server: StoreProcess,
+) -> None:
+    client = fresh_store_server.client()
+    used = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory", used + 1024 * 1024)
+    client.config_set("maxmemory-policy", "volatile-ttl")
+    client.config_set("maxmemory-samples", 10)
+    total = 300  # 300 x 10 KB: about three times the room
+
+    async def body(store: RedisStore):
+        for number in range(total):
+            result = await store.add(b"%d" % number, b"x" * 10_000, 60_000 + 1000 * number)
+            assert result is AddResult.STORED
+        return [await store.have(b"%d" % number) for number in range(total)]
+
+    present = with_store(fresh_store_server.url, body)
+    kept = [n for n in range(total) if present[n]]
+    evicted = [n for n in range(total) if not present[n]]
+    assert evicted and kept
+    assert present[-1]  # the newest, longest-lived session was stored
+    # Eviction samples keys, so only on average does it pick the soonest-expiring ones.
+    assert sum(evicted) / len(evicted) < sum(kept) / len(kept)
+
+
+# -- dc_server processes on one store ---------------------------------------------------------
+
+
+def client_of(server, timeout: float = 5.0) -> Client:
+    return Client(server.listen, timeout=timeout, strict_timeouts=False)
+
+
+def test_two_servers_share_one_store(store_server: StoreProcess) -> None:
+    url = unique_url(store_server, timeout="5")
+    with (
+        dc_server("-engine", url) as first,
+        dc_server("-engine", url) as second,
+        client_of(first) as a,
+        client_of(second) as b,
+    ):
+        assert a.add(b"shared", b"session", 60_000)
+        assert b.get(b"shared") == b"session"
+        assert b.have(b"shared")
+        assert b.add_status(b"shared", b"other", 60_000) is Status.ADD_MATCHING_SESSION
+        assert b.remove(b"shared")
+        assert not a.have(b"shared")
+        assert a.get(b"shared") is None
+
+        assert a.add(b"brief", b"session", 300)
+        assert b.have(b"brief")
+        time.sleep(0.9)
+        assert not b.have(b"brief")
+        assert b.add(b"brief", b"anew", 60_000)
+        assert a.get(b"brief") == b"anew"
+
+
+def test_the_server_does_not_wait_for_one_slow_store_call(store_server: StoreProcess) -> None:
+    url = unique_url(store_server, timeout="5")
+    admin = store_server.client()
+    with dc_server("-engine", url) as server, client_of(server) as reader:
+        assert reader.add(b"present", b"s", 60_000)
+        slow = server.connect()
+        admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")  # reads still go through
+        try:
+            slow.sendall(add_request(b"blocked", 1))
+            assert reader.get(b"present") == b"s"  # another connection is served meanwhile
+            slow.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                slow.recv(1)  # the paused ADD has not been answered yet
+            slow.setblocking(True)
+            slow.settimeout(10)
+            assert recv_reply(slow)[-1] == Status.OK
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+            slow.close()
+
+
+def add_request(session_id: bytes, uid: int, timeout_ms: int = 60_000) -> bytes:
+    payload = timeout_ms.to_bytes(4, "big") + len(session_id).to_bytes(4, "big")
+    payload += session_id + b"session"
+    header = b"\x00\x11\x00\x00\x00" + uid.to_bytes(4, "big") + b"\x00\x00\x01"
+    return header + len(payload).to_bytes(2, "big") + payload
+
+
+def recv_reply(sock: socket.socket) -> bytes:
+    data = b""
+    while len(data) < 14 or len(data) < 14 + int.from_bytes(data[12:14], "big"):
+        chunk = sock.recv(4096)
+        assert chunk, "connection closed"
+        data += chunk
+    return data
+
+
+def test_servers_answer_failures_while_the_store_is_down_and_recover(
+    fresh_store_server: StoreProcess,
+) -> None:
+    url = fresh_store_server.url + "?timeout=2"
+    with dc_server("-engine", url) as first, dc_server("-engine", url) as second:
+        with client_of(first) as a, client_of(second) as b:
+            assert a.add(b"before", b"s", 60_000)
+            fresh_store_server.kill()
+            for _ in range(3):  # answered (the client would time out on a hang), as failures
+                assert a.add_status(b"during", b"s", 60_000) is Status.ADD_MATCHING_SESSION
+                assert b.get(b"before") is None
+                assert not b.have(b"before")
+                assert not a.remove(b"before")
+            fresh_store_server.start()  # same port, empty store
+            assert a.add(b"after", b"s", 60_000)
+            assert b.get(b"after") == b"s"
+            assert not b.have(b"before")
+        log = first.stderr
+    assert log.count("unavailable") == 1, log  # one line for the whole outage
+    assert log.count("answering again") == 1, log
+    assert "Traceback" not in log
