@@ -74,18 +74,35 @@ def test_replies_in_reverse_order_are_matched_by_uid():
 
 def test_in_flight_requests_are_bounded():
     async def scenario(address, scripted):
-        client = AsyncClient(address, timeout=1.0, max_in_flight=5)
-        results = await asyncio.gather(
-            *(client.have(b"%d" % i) for i in range(12)), return_exceptions=True
-        )
+        client = AsyncClient(address, timeout=LONG, max_in_flight=5)
+        calls = [asyncio.create_task(client.have(b"%d" % i)) for i in range(12)]
+        await asyncio.to_thread(scripted.wait_for_requests, 5)
+        await asyncio.sleep(0.3)  # room for a sixth request to go out, if the bound leaked
+        sent = len(scripted.requests)
+        for call in calls:
+            call.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
         await client.close()
-        return results
+        return sent
+
+    with ScriptedServer(lambda index, request: None) as scripted:  # never answers
+        assert run(scenario(scripted.address, scripted)) == 5
+        assert scripted.connections == 1
+
+
+def test_close_fails_requests_in_flight_without_resending():
+    async def scenario(address):
+        client = AsyncClient(address, Mode.PERSISTENT | Mode.RETRY, timeout=LONG)
+        await client.open()
+        calls = [asyncio.create_task(client.get(b"%d" % i)) for i in range(3)]
+        await asyncio.sleep(0.2)
+        await client.close()
+        return await asyncio.gather(*calls, return_exceptions=True)
 
     with ScriptedServer(lambda index, request: None) as scripted:
-        results = run(scenario(scripted.address, scripted))
-        assert len(scripted.requests) == 5  # never more than five sent before the timeouts
-        assert all(isinstance(r, OperationTimeout | ConnectionLost) for r in results)
-        assert any(isinstance(r, OperationTimeout) for r in results)
+        results = run(scenario(scripted.address))
+        assert all(isinstance(r, ConnectionLost) for r in results), results
+        assert scripted.connections == 1
 
 
 def test_connection_loss_fails_every_pending_request():
@@ -215,3 +232,12 @@ def test_a_proxy_without_upstream_answers_empty():
 
     with ScriptedServer(lambda index, request: request.respond(b"")) as scripted:
         run(scenario(scripted.address))
+
+
+def test_open_times_out_on_a_connect_that_never_completes():
+    async def scenario(address):
+        with pytest.raises(OperationTimeout, match="connecting"):
+            await AsyncClient(address, timeout=0.3).open()
+
+    with SilentListener(backlog_full=True) as silent:
+        run(scenario(silent.address))

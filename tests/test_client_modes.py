@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import time
 import warnings
 
 import pytest
@@ -185,8 +186,6 @@ def test_every_failure_is_a_transport_error_subclass():
 
 
 def wait_for(condition, timeout: float = 5.0) -> bool:
-    import time
-
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:

@@ -4,7 +4,7 @@ rules end to end, reget, and the checks refused before any traffic."""
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from proxyproc import DcClient
 from serverproc import dc_server, free_port
@@ -44,9 +44,7 @@ def offline():
 sessions = st.binary(min_size=1, max_size=5000).filter(lambda s: s not in (b"\x01", b"\x02"))
 
 
-@settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+@settings(max_examples=150, deadline=None)
 @given(session_id=st.binary(min_size=1, max_size=MAX_SESSION_ID), session=sessions)
 def test_add_then_get_returns_the_session(client, session_id, session):
     client.remove(session_id)

@@ -31,13 +31,14 @@ _READ_SIZE = 65536
 class _Link:
     """One open connection: its streams, its protocol state and the task reading its replies."""
 
-    __slots__ = ("conn", "dead", "reader", "task", "writer")
+    __slots__ = ("closed_here", "conn", "dead", "reader", "task", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn):
         self.reader = reader
         self.writer = writer
         self.conn: ClientConnection = conn
         self.dead: DistcacheError | None = None
+        self.closed_here = False  # by close(): its requests are not resent
         self.task: asyncio.Task | None = None
 
 
@@ -111,11 +112,11 @@ class AsyncClient:
         """Connect now if the mode asks for it (PERSISTENT without LATE). Raises ConnectionFailed
         or OperationTimeout."""
         if connects_eagerly(self.mode) and not self.connected:
-            async with asyncio.timeout(self.timeout):
-                try:
+            try:
+                async with asyncio.timeout(self.timeout):
                     await self._persistent_link()
-                except TimeoutError:
-                    raise OperationTimeout(f"connecting to '{self.address}' timed out") from None
+            except TimeoutError:
+                raise OperationTimeout(f"connecting to '{self.address}' timed out") from None
         return self
 
     async def close(self) -> None:
@@ -123,6 +124,7 @@ class AsyncClient:
         links = [self._link, *self._temporary] if self._link else list(self._temporary)
         self._link = None
         for link in links:
+            link.closed_here = True
             self._kill(link, ConnectionLost("the client was closed"))
         for link in links:
             if link.task is not None and link.task is not asyncio.current_task():
@@ -180,7 +182,9 @@ class AsyncClient:
             try:
                 return await self._exchange(link, call)
             except (TransportError, ProtocolViolation) as error:
-                if may_resend(self.mode, error, attempt=attempt, reused=reused):
+                if not link.closed_here and may_resend(
+                    self.mode, error, attempt=attempt, reused=reused
+                ):
                     continue
                 raise
             finally:
@@ -238,7 +242,9 @@ class AsyncClient:
             # A timeout (or the caller's cancellation) with the request in flight: its reply may
             # still come, out of step with the connection's next requests. Drop the connection.
             future.cancel()
-            self._kill(link, ConnectionLost(f"dropped after a {call.operation.name} timed out"))
+            self._kill(
+                link, ConnectionLost(f"dropped: a {call.operation.name} timed out or was cancelled")
+            )
             raise
         except OSError as error:
             self._kill(link, ConnectionLost(f"connection to '{self.address}' failed: {error}"))
