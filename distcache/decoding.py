@@ -28,9 +28,9 @@ from collections.abc import Iterator
 
 from .protocol import MessageDecoder, RemoteProtocolError, interpret_response
 from .protocol.events import Closed, Message
-from .protocol.operations import check_add
+from .protocol.operations import add_prefix, check_add
 from .wire.enums import Direction, Operation
-from .wire.limits import ADD_PREFIX_SIZE
+from .wire.limits import ADD_PREFIX_SIZE, PROTOCOL_LEVEL
 
 DIRECTIONS = {"request": Direction.REQUEST, "response": Direction.RESPONSE, "auto": None}
 
@@ -58,8 +58,7 @@ def payload_record(message: Message) -> dict:
 def _add_record(data: bytes) -> dict:
     if len(data) < ADD_PREFIX_SIZE:
         return {"malformed": "ADD payload shorter than its 8-byte prefix", "data": data.hex()}
-    timeout_ms = int.from_bytes(data[:4], "big")
-    id_len = int.from_bytes(data[4:8], "big")
+    timeout_ms, id_len = add_prefix(data)
     if id_len > len(data) - ADD_PREFIX_SIZE:
         return {
             "timeout_ms": timeout_ms,
@@ -122,7 +121,9 @@ def record_text(record: dict) -> str:
         field = f" field={record['field']}" if record.get("field") else ""
         return f"error {record['error']} at offset {record['offset']}{field}: {record['detail']}"
     level = (
-        "" if record["proto_level"] == 0x00110000 else f" proto_level={record['proto_level']:#010x}"
+        ""
+        if record["proto_level"] == PROTOCOL_LEVEL
+        else f" proto_level={record['proto_level']:#010x}"
     )
     return (
         f"{record['direction']:<8} uid={record['request_uid']:#010x} {record['op']:<6} "

@@ -22,6 +22,11 @@ _ADD_PREFIX = struct.Struct(">" + "".join(f.fmtstr.lstrip(">") for f in fields_o
 assert _ADD_PREFIX.size == ADD_PREFIX_SIZE
 
 
+def add_prefix(payload: bytes) -> tuple[int, int]:
+    """``(timeout_ms, id_len)`` from the start of an ADD payload (at least ADD_PREFIX_SIZE bytes)."""
+    return _ADD_PREFIX.unpack_from(payload)
+
+
 @dataclass(frozen=True, slots=True)
 class AddArgs:
     """A well-formed ADD request's arguments."""
@@ -44,7 +49,7 @@ def check_add(payload: bytes) -> AddArgs | Status:
             "add_payload_too_short",
             f"ADD payload of {size} bytes cannot hold its {ADD_PREFIX_SIZE}-byte prefix",
         )
-    timeout_ms, id_len = _ADD_PREFIX.unpack_from(payload)
+    timeout_ms, id_len = add_prefix(payload)
     if timeout_ms > MAX_TIMEOUT_MS:
         return Status.ADD_TIMEOUT_RANGE
     rest = size - ADD_PREFIX_SIZE
