@@ -62,8 +62,10 @@ class SessionModel:
             )
             for _ in range(count)
         ]
-        # Bumped by every ADD made while the server may be full: sessions added before it may
-        # have been evicted (a server holds at least MIN_CACHE_SESSIONS, we do not know more).
+        # Bumped by every stored ADD when the server may be smaller than the sample set (it
+        # holds at least MIN_CACHE_SESSIONS; its real capacity, and what else it holds, we cannot
+        # know): every session added before may then have been evicted.
+        self.may_evict = count > MIN_CACHE_SESSIONS
         self.epoch = 0
 
     def presence(self, session: SampleSession, sent: float, answered: float) -> Presence:
@@ -79,7 +81,7 @@ class SessionModel:
 
     def stored(self, session: SampleSession, timeout_ms: int, sent: float, answered: float):
         """An ADD of ``session`` was accepted: the server's expiry lies in this window."""
-        self.note_add()
+        self.note_add()  # (it may have evicted others, not this one)
         session.present = True
         session.expires_earliest = sent + timeout_ms / 1000 - CLOCK_SLACK
         session.expires_latest = answered + timeout_ms / 1000 + CLOCK_SLACK
@@ -93,7 +95,7 @@ class SessionModel:
         session.present = False
 
     def note_add(self) -> None:
-        if sum(s.present for s in self.sessions) >= MIN_CACHE_SESSIONS:
+        if self.may_evict:
             self.epoch += 1
 
 
