@@ -1,4 +1,4 @@
-"""Helpers for the client tests (no tests here): a counting TCP relay, and scripted servers that
+"""Support code for the client tests (no tests here): a counting TCP relay, and scripted servers that
 answer requests with whatever bytes a test dictates, to play broken servers and proxies."""
 
 from __future__ import annotations
