@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..capture import command as capture
 from ..decoding import DIRECTIONS, decode_stream, record_text
 from . import UsageError
 
@@ -13,8 +14,10 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "decode",
         help="decode a byte stream of requests or responses",
-        description="Decode a raw distcache byte stream (one direction of a connection) and print "
-        "each message. Exit status: 0 all decoded, 1 corrupt or truncated input, 2 usage error.",
+        description="Decode a raw distcache byte stream (one direction of a connection), or the "
+        "distcache connections of a pcap/pcapng capture, and print each message. Exit status: 0 "
+        "all decoded, 1 corrupt or truncated input (or a capture gap), 2 usage error or a "
+        "capture file that cannot be read.",
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
@@ -30,6 +33,7 @@ def register(subparsers) -> None:
         help="what the stream carries (default auto: each message's own header says)",
     )
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    capture.add_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -50,6 +54,9 @@ def _read_input(args) -> bytes:
 
 
 def run(args) -> int:
+    if capture.is_capture(args):
+        return capture.run(args)
+    capture.reject_capture_options(args)
     data = _read_input(args)
     status = 0
     for record in decode_stream(data, DIRECTIONS[args.direction]):
