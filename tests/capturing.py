@@ -139,7 +139,9 @@ def tcp_of(pkt: bytes) -> dpkt.tcp.TCP:
 
 def data_packets(packets: list[tuple[float, bytes]], dport: int) -> list[int]:
     """Indexes of the packets carrying data to ``dport``."""
-    return [i for i, (_, pkt) in enumerate(packets) if tcp_of(pkt).data and tcp_of(pkt).dport == dport]
+    return [
+        i for i, (_, pkt) in enumerate(packets) if tcp_of(pkt).data and tcp_of(pkt).dport == dport
+    ]
 
 
 def rewrite(source: str, target: str, edit) -> None:

@@ -12,16 +12,6 @@ from dataclasses import dataclass, field
 
 import dpkt
 import pytest
-
-from distcache.decoding import decode_stream
-from distcache.protocol import (
-    add_request,
-    encode_message,
-    get_request,
-    have_request,
-    remove_request,
-)
-
 from capturing import (
     connect,
     converse,
@@ -35,6 +25,15 @@ from capturing import (
     write_packets,
 )
 from serverproc import dc_server
+
+from distcache.decoding import decode_stream
+from distcache.protocol import (
+    add_request,
+    encode_message,
+    get_request,
+    have_request,
+    remove_request,
+)
 
 BIG = 32000  # bytes per session: 16 frames on the wire, and many TCP segments at MSS 1200
 TIMING_KEYS = ("time", "latency_ms")
@@ -220,7 +219,9 @@ def test_pcapng_decodes_like_pcap(recording, tmp_path):
     assert records_of(converted) == records_of(recording.lo)
     with open(converted, "rb") as stream:  # and from stdin
         piped = distcache("decode", "--format", "json", "-", stdin=stream.read())
-    assert [json.loads(line) for line in piped.stdout.decode().splitlines()] == records_of(converted)
+    assert [json.loads(line) for line in piped.stdout.decode().splitlines()] == records_of(
+        converted
+    )
 
 
 def test_linux_cooked_capture_of_the_same_traffic(recording):
@@ -232,13 +233,15 @@ def test_linux_cooked_capture_of_the_same_traffic(recording):
 
 def test_ipv6_raw_and_bsd_loopback_framing(recording, tmp_path):
     """The same segments re-framed: IPv6 in raw-IP and in BSD-loopback link types."""
-    linktype, packets = read_packets(recording.lo)
+    _, packets = read_packets(recording.lo)
     loopback6 = socket.inet_pton(socket.AF_INET6, "::1")
 
     def ipv6(pkt: bytes) -> bytes:
         segment = tcp_of(pkt)
         return bytes(
-            dpkt.ip6.IP6(src=loopback6, dst=loopback6, nxt=6, hlim=64, plen=len(segment), data=segment)
+            dpkt.ip6.IP6(
+                src=loopback6, dst=loopback6, nxt=6, hlim=64, plen=len(segment), data=segment
+            )
         )
 
     raw = str(tmp_path / "raw6.pcap")
@@ -304,11 +307,12 @@ def test_reordered_repeated_and_overlapping_segments_change_nothing(recording, t
     _, packets = read_packets(recording.lo)
     indexes = client_data(packets, recording, recording.fragmented)
     first, second, third = indexes[1], indexes[2], indexes[-2]
-    assert second == first + 1 or all(not tcp_of(packets[i][1]).data for i in range(first + 1, second))
+    assert second == first + 1 or all(
+        not tcp_of(packets[i][1]).data for i in range(first + 1, second)
+    )
 
     def damage(packets):
-        ts, pkt = packets[first]
-        frame = dpkt.ethernet.Ethernet(pkt)
+        frame = dpkt.ethernet.Ethernet(packets[first][1])
         a, b = tcp_of(packets[first][1]), tcp_of(packets[second][1])
         # A retransmission that overlaps both segments: the end of one and the start of the next.
         half = len(a.data) // 2
