@@ -60,8 +60,19 @@ def ok(request, number):
 # -- transparency and multiplexing ------------------------------------------------------------
 
 
+async def _connect_unix(path: str):
+    """Connect, waiting while the listen backlog is full (the kernel refuses UNIX connects with
+    EAGAIN then, and hundreds arrive at once here)."""
+    for _ in range(100):
+        try:
+            return await asyncio.open_unix_connection(path)
+        except BlockingIOError:
+            await asyncio.sleep(0.02)
+    raise AssertionError("the proxy never accepted")
+
+
 async def _client_session(path: str, index: int) -> None:
-    reader, writer = await asyncio.open_unix_connection(path)
+    reader, writer = await _connect_unix(path)
     session_id = f"client-{index}".encode()
     session = os.urandom(50 + index)
     decoder = MessageDecoder(receives=Direction.RESPONSE)
