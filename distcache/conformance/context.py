@@ -164,7 +164,21 @@ class CaseContext:
         """Send one request and check its reply's header (RESP-1, FRAME-2)."""
         await probe.send(request)
         reply = await self.response(probe, malformed=malformed)
+        earlier = probe.answered_uids
+        if reply.request_uid != uid and reply.request_uid in earlier:
+            # Either an extra reply to an earlier request (the real one follows) or a wrong uid.
+            try:
+                following = await probe.response(min(0.2, self.timeout))
+            except (ProbeError, RemoteProtocolError):
+                following = None
+            if following is not None and following.request_uid == uid:
+                self.fail(
+                    f"an extra reply to an earlier request (uid {reply.request_uid:#010x}) came "
+                    f"before the reply to uid {uid:#010x}",
+                    "RESP-2",
+                )
         self.check_header(reply, uid, operation)
+        earlier.add(uid)
         return reply
 
     def check_header(self, reply: Response, uid: int, operation: Operation) -> None:

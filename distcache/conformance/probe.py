@@ -109,6 +109,8 @@ class Probe:
         self._pending = bytearray()
         self.closed_by_peer: str | None = None  # EOF or RESET once seen
         self.decoder = MessageDecoder(receives=Direction.RESPONSE)
+        #: uids of requests already answered on this connection (to recognise extra replies).
+        self.answered_uids: set[int] = set()
 
     @classmethod
     async def open(

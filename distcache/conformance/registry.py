@@ -64,6 +64,9 @@ class Case:
     #: How many step timeouts the case may use at most, for its global deadline.
     steps: int = 8
     params: dict = field(default_factory=dict, compare=False, repr=False)
+    #: Session ids the case names, when known: a "fresh" case may then share a server with other
+    #: cases whose ids are disjoint (an empty cache is only needed for the ids it touches).
+    touches: frozenset[bytes] | None = None
 
     @property
     def sessions(self) -> int | None:

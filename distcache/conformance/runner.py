@@ -10,6 +10,7 @@ the run cleanly, the remaining cases graded ERROR.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -135,7 +136,7 @@ class Runner:
     async def _attempt(self, case: Case, log: WireLog) -> CaseResult:
         if self._lost:
             return CaseResult(case, Grade.ERROR, f"not run: {self._lost}")
-        instance, owned = None, False
+        instance, owned, lent = None, False, False
         try:
             if case.target == "proxy":
                 if self.proxy is None:
@@ -143,7 +144,9 @@ class Runner:
             else:
                 if self.server is None:
                     raise Unsupported("server cases need a server target")
-                if case.needs_fresh:
+                if case.needs_fresh and case.touches is not None and case.sessions is None:
+                    instance, lent = await self.server.clean(case.touches), True
+                elif case.needs_fresh:
                     instance, owned = await self.server.fresh(case.sessions), True
                 else:
                     instance = await self.server.shared()
@@ -165,12 +168,14 @@ class Runner:
         )
         try:
             result = await self._play(case, context)
+            if result.grade in (Grade.FAIL, Grade.NON_STRICT, Grade.ERROR):
+                result = await self._check_target(case, context.instance, result, owned or lent)
         finally:
             await context.close_all()
             if owned:
                 await instance.stop()
-        if result.grade in (Grade.FAIL, Grade.NON_STRICT, Grade.ERROR):
-            result = await self._check_target(case, context.instance, result, owned)
+            if lent:
+                self.server.release(instance)
         return result
 
     async def _play(self, case: Case, context: CaseContext) -> CaseResult:
@@ -205,6 +210,10 @@ class Runner:
         """After a failure: was it a crash, or did the target become unreachable?"""
         if instance is None:
             return result
+        if instance.process is not None and instance.process.returncode is None:
+            # A dying process closes its sockets before its exit status can be collected.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(instance.process.wait(), 0.5)
         crashed = instance.crash_description()
         if crashed:
             if "ROBUST-1" in case.requirements:

@@ -172,6 +172,10 @@ class ServerSetup:
     def __init__(self) -> None:
         self._shared: Instance | None = None
         self._lock = asyncio.Lock()
+        # Instances lent to cases that need only their own ids absent: instance -> ids used.
+        self._pool: dict[int, tuple[Instance, set[bytes]]] = {}
+        self._busy: set[int] = set()
+        self._pool_lock = asyncio.Lock()
 
     async def shared(self) -> Instance:
         """The instance that cases without special needs share (started on first use)."""
@@ -196,6 +200,30 @@ class ServerSetup:
             raise Unsupported("needs a fresh server (give --server-cmd, or run without a target)")
         return await self._start(sessions)
 
+    async def clean(self, touches: frozenset[bytes]) -> Instance:
+        """An instance on which none of ``touches`` was ever used (fresh when none is idle).
+
+        Cheaper than :meth:`fresh` per case: cases whose session ids are disjoint cannot tell
+        whether they share a server. Give the instance back with :meth:`release`.
+        """
+        if "fresh" not in self.capabilities:
+            raise Unsupported("needs a fresh server (give --server-cmd, or run without a target)")
+        async with self._pool_lock:
+            for key, (instance, used) in self._pool.items():
+                if key in self._busy or instance.exit_status() is not None:
+                    continue
+                if used.isdisjoint(touches):
+                    used.update(touches)
+                    self._busy.add(key)
+                    return instance
+            instance = await self._start(None)
+            self._pool[id(instance)] = (instance, set(touches))
+            self._busy.add(id(instance))
+            return instance
+
+    def release(self, instance: Instance) -> None:
+        self._busy.discard(id(instance))
+
     async def _start(self, sessions: int | None) -> Instance:
         raise NotImplementedError
 
@@ -207,6 +235,9 @@ class ServerSetup:
         if self._shared is not None:
             await self._shared.stop()
             self._shared = None
+        for instance, _ in self._pool.values():
+            await instance.stop()
+        self._pool.clear()
 
 
 class FixedSetup(ServerSetup):

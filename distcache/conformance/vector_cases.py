@@ -12,9 +12,18 @@ import tomllib
 from dataclasses import dataclass
 
 from .. import conformance_data_path
-from .vectors import Vector, VectorFormatError, legacy_vector_files, reference_vector_files
+from ..protocol import MessageDecoder, RemoteProtocolError, Request, check_add
+from ..wire import Direction, Operation
+from .vectors import (
+    Reconnect,
+    Send,
+    Vector,
+    VectorFormatError,
+    legacy_vector_files,
+    reference_vector_files,
+)
 
-__all__ = ["MAPPING_FORMAT", "VectorPlan", "vector_plans"]
+__all__ = ["MAPPING_FORMAT", "VectorPlan", "touched_ids", "vector_plans"]
 
 MAPPING_FORMAT = "distcache-vector-requirements/1"
 MAPPING_NAME = "vector-requirements.toml"
@@ -57,3 +66,28 @@ def vector_plans() -> list[VectorPlan]:
             played = reference.get(vector.id) if vector.unsafe else vector
             plans.append(VectorPlan(vector, played, tuple(requirements)))
     return plans
+
+
+def touched_ids(vector: Vector) -> frozenset[bytes]:
+    """Every session id the vector's requests name: vectors with disjoint sets cannot disturb
+    each other on one server, so they may share an instance instead of each needing its own."""
+    ids: set[bytes] = set()
+    decoder = MessageDecoder(receives=Direction.REQUEST)
+    for step in vector.steps:
+        if isinstance(step, Reconnect):
+            decoder = MessageDecoder(receives=Direction.REQUEST)
+        elif isinstance(step, Send) and decoder is not None:
+            try:
+                for event in decoder.events(step.data):
+                    if not isinstance(event, Request):
+                        continue
+                    if event.operation is Operation.ADD:
+                        checked = check_add(event.payload)
+                        session_id = getattr(checked, "session_id", None)
+                        if session_id is not None:
+                            ids.add(session_id)
+                    else:
+                        ids.add(event.payload)
+            except RemoteProtocolError:
+                decoder = None  # the server closes here; nothing after it counts
+    return frozenset(ids)

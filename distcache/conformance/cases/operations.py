@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from ...protocol import add_payload, get_request, have_request, remove_request
 from ...wire import MAX_SESSION_ID, MAX_TIMEOUT_MS, Operation, Status
-from ..registry import case
+from ..registry import Unsupported, case
 from ._frames import request
 
 OK, NOTOK = Status.OK, Status.NOTOK
@@ -86,27 +88,41 @@ async def add_duplicate(t):
     await t.present(probe, sid, True, "the duplicate's short timeout must not apply", "ADD-4")
 
 
+EXPIRY_MS = 150
+# The server receives a request between our send and its reply, so a reply that came back
+# within EXPIRY_MS of sending the ADD proves the session had to be present; on a loaded machine
+# the attempt is inconclusive and repeated.
+_ATTEMPTS = 6
+
+
 @case(
     id="ADD-3/expiry-in-milliseconds",
     requirements=["ADD-3", "CACHE-3", "GET-1"],
-    title="a 150 ms session is present at once and absent for every operation after 400 ms",
-    slack=0.6,
+    title=f"a {EXPIRY_MS} ms session is present at once and absent for every operation after it",
+    slack=2.0,
 )
 async def expiry(t):
+    loop = asyncio.get_running_loop()
     probe = await t.connect()
-    ids = [t.new_id() for _ in range(3)]
-    for sid in ids:
-        await t.stored(probe, sid, t.new_session(), timeout_ms=150)
-    await t.present(probe, ids[0], True, "HAVE right after ADD with 150 ms", "ADD-3")
-    reply = await t.get(probe, ids[1])
-    if reply.payload == bytes((NOTOK,)):
-        t.fail("a 150 ms session was gone at once (timeout read as something shorter)", "ADD-3")
-    await t.sleep(0.4)
-    await t.present(probe, ids[0], False, "HAVE 400 ms after a 150 ms ADD", "CACHE-3")
-    t.expect_status(await t.get(probe, ids[1]), [NOTOK], "GET 400 ms after a 150 ms ADD", "CACHE-3")
-    t.expect_status(
-        await t.remove(probe, ids[2]), [NOTOK], "REMOVE 400 ms after a 150 ms ADD", "CACHE-3"
-    )
+    for _ in range(_ATTEMPTS):
+        ids = [t.new_id() for _ in range(3)]
+        sent = loop.time()
+        await t.stored(probe, ids[0], t.new_session(), timeout_ms=EXPIRY_MS)
+        stored = loop.time()
+        reply = await t.have(probe, ids[0])
+        if (loop.time() - sent) * 1000 >= EXPIRY_MS - 10:
+            await t.sleep(0.05)
+            continue  # too slow to judge presence
+        t.expect_status(reply, [OK], f"HAVE right after ADD with {EXPIRY_MS} ms", "ADD-3")
+        for sid in ids[1:]:
+            await t.stored(probe, sid, t.new_session(), timeout_ms=EXPIRY_MS)
+        await t.sleep(max(0.0, stored + (EXPIRY_MS + 60) / 1000 - loop.time()) + 0.1)
+        what = f"after a {EXPIRY_MS} ms ADD"
+        await t.present(probe, ids[0], False, f"HAVE {what}", "CACHE-3")
+        t.expect_status(await t.get(probe, ids[1]), [NOTOK], f"GET {what}", "CACHE-3")
+        t.expect_status(await t.remove(probe, ids[2]), [NOTOK], f"REMOVE {what}", "CACHE-3")
+        return
+    raise Unsupported(f"replies took longer than {EXPIRY_MS} ms: expiry cannot be judged")
 
 
 @case(

@@ -6,7 +6,7 @@ from ...wire import DEFAULT_CACHE_SESSIONS
 from ..registry import Case, Unsupported, register
 from ..replay import replay
 from ..targets import free_tcp_address
-from ..vector_cases import VectorPlan, vector_plans
+from ..vector_cases import VectorPlan, touched_ids, vector_plans
 from ..vectors import Expect, ExpectClose, ExpectSilence, Sleep, Vector
 
 
@@ -26,6 +26,13 @@ def _needs(vector: Vector) -> frozenset[str]:
     if sessions and sessions != DEFAULT_CACHE_SESSIONS:
         return frozenset({f"sessions:{sessions}"})
     return frozenset({"fresh"})
+
+
+def _touches(plan: VectorPlan) -> frozenset[bytes] | None:
+    # Capacity vectors count sessions: they need a server of their own.
+    if plan.played is None or _needs(plan.legacy) != {"fresh"}:
+        return None
+    return touched_ids(plan.played)
 
 
 def _make_run(plan: VectorPlan):
@@ -76,6 +83,7 @@ def _register_all() -> None:
                 run=_make_run(plan),
                 slack=slack,
                 steps=steps,
+                touches=_touches(plan),
             )
         )
 
