@@ -53,9 +53,10 @@ from enum import IntEnum
 
 from construct import Bytes, GreedyBytes
 
+from . import __version__
 from .protocol.errors import STREAM_REASONS
 from .wire.enums import Direction, Operation
-from .wire.fastcodec import FIELD_OFFSET, FIELD_SIZE, HEADER_FIELDS
+from .wire.fastcodec import FIELD_OFFSET, FIELD_SIZE
 from .wire.limits import HEADER_SIZE, MAX_FRAME_DATA, MAX_PAYLOAD
 from .wire.schema import MESSAGES, FieldInfo, FrameHeader, MessageSchema, fields_of
 
@@ -193,10 +194,11 @@ def _header_lua() -> list[str]:
             f"    local item_{f.name} = tree:add(hf_{f.name}, tvb(offset + {f.offset}, {f.size}))",
         ]
         if f.legal is not None:
+            shown = f'string.format("%d", {names[f.name]})'
+            legal = f.legal
             lines += _check(
-                f.legal.test, {"v": names[f.name]}, f"item_{f.name}", f.legal.reason,
-                f.legal.legal, f"string.format(\"%d\", {names[f.name]})",
-            )  # fmt: skip
+                legal.test, {"v": names[f.name]}, f"item_{f.name}", legal.reason, legal.legal, shown
+            )
     for f in infos:
         if f.rule is not None:
             rule = f.rule
@@ -303,10 +305,11 @@ def _layout_lua(message: MessageSchema, abbrevs, variables) -> list[str]:
                 f"    local item_{info.name} = tree:add({var}, ptvb(offset, {info.size}))",
             ]
             if info.legal is not None:
+                legal, value = info.legal, f"v_{info.name}"
+                shown = f'string.format("%d", {value})'
                 lines += _check(
-                    info.legal.test, {"v": f"v_{info.name}"}, f"item_{info.name}",
-                    info.legal.reason, info.legal.legal, f"string.format(\"%d\", v_{info.name})",
-                )  # fmt: skip
+                    legal.test, {"v": value}, f"item_{info.name}", legal.reason, legal.legal, shown
+                )
             lines.append(f"    offset = offset + {info.size}")
         elif isinstance(info.construct, Bytes) and _length_source(info):
             source = _length_source(info)
@@ -318,7 +321,7 @@ def _layout_lua(message: MessageSchema, abbrevs, variables) -> list[str]:
                 f"    if v_{source} > 0 then tree:add({var}, ptvb(offset, v_{source})) end",
                 f"    offset = offset + v_{source}",
             ]
-        elif info.construct is GreedyBytes or isinstance(info.construct, type(GreedyBytes)):
+        elif isinstance(info.construct, type(GreedyBytes)):
             lines.append(
                 f"    if len > offset then tree:add({var}, ptvb(offset, len - offset)) end"
             )
@@ -502,7 +505,7 @@ local function dissect_frame(tvb, offset, size, pinfo, tree)
     if result.payload ~= nil then
         dissect_payload(result.payload, result.frames, h, tvb, offset, pinfo, tree, subtree)
     else
-        local note = subtree:add_proto_expert_info(ef_reassembly,
+        subtree:add_proto_expert_info(ef_reassembly,
             "frame " .. result.frame_index .. " of a multi-frame message")
         if result.reassembled_in ~= nil then
             subtree:add(pf_reassembled_in, result.reassembled_in):set_generated()
@@ -572,17 +575,16 @@ distcache:register_heuristic("tcp", heuristic)
 
 def generate(ports: Sequence[int] = DEFAULT_PORTS) -> str:
     """The Lua dissector, listening on ``ports`` by default."""
-    from . import __version__
-
     enums: list[type[IntEnum]] = []
     for info in fields_of(FrameHeader) + [f for m in MESSAGES for f in fields_of(m.schema)]:
         enum = _enum_of(info)
         if enum is not None and enum not in enums:
             enums.append(enum)
-    if Operation not in enums:
+    if Operation not in enums:  # the Lua names frames by vs_Operation
         raise GeneratorError("the header names no Operation enum")
     header = _header_lua()
     payload = _payload_lua()
+    # Every ProtoField variable declared above, for distcache.fields.
     field_vars = [
         line.split()[1]
         for line in header + payload
@@ -611,7 +613,6 @@ def generate(ports: Sequence[int] = DEFAULT_PORTS) -> str:
             reasons=", ".join(f"{k} = {_lua_string(v)}" for k, v in STREAM_REASONS.items()),
         ),
     ]
-    assert set(HEADER_FIELDS) <= {f.name for f in fields_of(FrameHeader)}
     return "\n".join(parts)
 
 

@@ -124,7 +124,7 @@ class CaptureDecoder:
             data = stream.add(seq, flags, payload, time)
             if data is not None and not half.done:
                 if half.conn.distcache:
-                    self._feed(half, data, time)
+                    yield from self._messages(half, data, time)
                 elif half.conn.distcache is None:
                     self._classify(half, data, time)
             elif stream.gap is not None and not half.done:
@@ -181,11 +181,14 @@ class CaptureDecoder:
 
     # -- decoding ----------------------------------------------------------------------------
 
-    def _feed(self, half: _Half, data: bytes, time: float) -> None:
+    def _messages(
+        self, half: _Half, data: bytes, time: float
+    ) -> Iterator[CapturedMessage | CaptureProblem]:
+        """Feed bytes (``b""``: the end) to a direction's decoder; yield what they complete."""
         decoder = half.decoder
         decoder.receive_data(data)
         half.last_time = time
-        next_event, append, requests = decoder.next_event, self._out.append, half.conn.requests
+        next_event, requests = decoder.next_event, half.conn.requests
         src, dst = half.src, half.dst
         try:
             while True:
@@ -193,11 +196,11 @@ class CaptureDecoder:
                 kind = type(event)
                 if kind is Request:
                     requests[event.request_uid] = time
-                    append(_new(CapturedMessage, (time, src, dst, event, None)))
+                    yield _new(CapturedMessage, (time, src, dst, event, None))
                 elif kind is Response:
                     sent = requests.pop(event.request_uid, None)
                     latency = None if sent is None else (time - sent) * 1000.0
-                    append(_new(CapturedMessage, (time, src, dst, event, latency)))
+                    yield _new(CapturedMessage, (time, src, dst, event, latency))
                 elif event is NEED_DATA:
                     return
                 else:  # Closed: the stream ended cleanly
@@ -205,7 +208,11 @@ class CaptureDecoder:
                     return
         except RemoteProtocolError as error:
             half.done = True
-            append(CaptureProblem(time, src, dst, error.as_dict()))
+            yield CaptureProblem(time, src, dst, error.as_dict())
+
+    def _feed(self, half: _Half, data: bytes, time: float) -> None:
+        """:meth:`_messages` for the rarer paths, which collect their output in ``_out``."""
+        self._out.extend(self._messages(half, data, time))
 
     def _report_gap(self, half: _Half, gap: Gap) -> None:
         half.done = True
