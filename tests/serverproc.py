@@ -56,6 +56,18 @@ def address_of(server: Server) -> str:
     return f"IP:{host}:{port}"
 
 
+def connect_to(listen: str, timeout: float = 5.0) -> socket.socket:
+    """A blocking client socket connected to ``UNIX:path`` or ``IP:host:port``."""
+    kind, _, rest = listen.partition(":")
+    if kind == "UNIX":
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(timeout)
+        sock.connect(rest)
+        return sock
+    host, _, port = rest.rpartition(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -82,14 +94,7 @@ class DcServer:
     def connect(self, timeout: float = 5.0) -> socket.socket:
         """A blocking client socket connected to the server."""
         assert self.listen is not None
-        kind, _, rest = self.listen.partition(":")
-        if kind == "UNIX":
-            sock = socket.socket(socket.AF_UNIX)
-            sock.settimeout(timeout)
-            sock.connect(rest)
-            return sock
-        host, _, port = rest.rpartition(":")
-        return socket.create_connection((host, int(port)), timeout=timeout)
+        return connect_to(self.listen, timeout)
 
     def wait_accepting(self) -> None:
         deadline = time.monotonic() + START_TIMEOUT
@@ -116,12 +121,10 @@ class DcServer:
         return self._stderr.read().decode(errors="replace")
 
     def stop(self) -> int:
+        """SIGTERM (if still running) and the exit status; stderr stays readable."""
         if self.process.poll() is None:
             self.signal(signal.SIGTERM)
-        try:
-            return self.wait()
-        finally:
-            self._stderr.close()
+        return self.wait()
 
 
 @contextlib.contextmanager
@@ -134,6 +137,7 @@ def dc_server(*args: str, listen: str | None = "default") -> Iterator[DcServer]:
         yield server
     finally:
         server.stop()
+        server._stderr.close()
 
 
 def run_dc_server(*args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:

@@ -34,7 +34,7 @@ from ..server import (
     unix_path_of,
 )
 from ..server.daemon import become_user, detach, write_pidfile
-from ..server.run import ignore_stop_requests
+from ..server.run import defer_stop_requests
 from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
 from .legacy_flags import CommandLine, Flag, decimal_in, run_parser
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.listen is None:
         print("Error, must provide -listen", file=sys.stderr)
         return 1
-    ignore_stop_requests()
+    defer_stop_requests(options.killable)
     logging.basicConfig(
         level=options.log_level,
         stream=sys.stderr,
@@ -151,9 +151,11 @@ def _start(options: SimpleNamespace) -> int:
         raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
     _apply_socket_file_settings(options, unix_path_of(sockets))
     pidfile = os.path.abspath(options.pidfile) if options.pidfile else None
+    ready = None
     if options.daemon:
         try:
-            detach()
+            # The launcher exits once the daemon serves: scripts may read the pid file at once.
+            ready = detach(wait_until_ready=True)
         except OSError:
             raise StartupError("Error, couldn't detach!") from None
     if pidfile:
@@ -167,7 +169,10 @@ def _start(options: SimpleNamespace) -> int:
         except (KeyError, OSError):
             raise StartupError(f"Error, couldn't become user '{options.user}'.") from None
     run_options = RunOptions(
-        progress=options.progress, killable=options.killable, max_connections=options.maxconns
+        progress=options.progress,
+        killable=options.killable,
+        max_connections=options.maxconns,
+        on_ready=ready,
     )
     return run_server(sockets, store, run_options)
 

@@ -4,14 +4,29 @@ from __future__ import annotations
 
 import os
 import pwd
+import sys
+from collections.abc import Callable
 
 __all__ = ["become_user", "detach", "write_pidfile"]
 
 
-def detach() -> None:
+def detach(*, wait_until_ready: bool = False) -> Callable[[], None]:
     """Become a daemon: double fork (no controlling terminal can be reacquired), new session,
-    working directory ``/``, standard streams on ``/dev/null``. The launching process exits 0."""
+    working directory ``/``, standard streams on ``/dev/null``.
+
+    The launching process exits 0 at once, like the legacy's daemon(3); with
+    ``wait_until_ready`` it waits instead until the daemon calls the returned function (exit 0:
+    the pid file is written and the daemon serves) or exits first (exit 1), so that start-up
+    failures after detaching still reach the exit status. The returned function does nothing
+    without ``wait_until_ready``.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    read_fd, write_fd = os.pipe() if wait_until_ready else (-1, -1)
     if os.fork():
+        if wait_until_ready:
+            os.close(write_fd)
+            os._exit(0 if os.read(read_fd, 1) == b"." else 1)
         os._exit(0)
     os.setsid()
     if os.fork():
@@ -22,6 +37,19 @@ def detach() -> None:
         os.dup2(null, fd)
     if null > 2:
         os.close(null)
+    if not wait_until_ready:
+        return _nothing
+    os.close(read_fd)
+
+    def ready() -> None:
+        os.write(write_fd, b".")
+        os.close(write_fd)
+
+    return ready
+
+
+def _nothing() -> None:
+    """Nobody waits for a daemon detached without ``wait_until_ready``."""
 
 
 def write_pidfile(path: str) -> None:

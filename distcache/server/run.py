@@ -8,13 +8,20 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cache import SessionStore
 from .progress import PROGRESS_INTERVAL, ProgressReporter
 from .server import DEFAULT_MAX_CONNECTIONS, Server
 
-__all__ = ["RunOptions", "ignore_stop_requests", "new_event_loop", "run_server"]
+__all__ = [
+    "RunOptions",
+    "defer_stop_requests",
+    "ignore_stop_requests",
+    "new_event_loop",
+    "run_server",
+]
 
 #: Signals that always stop the server cleanly.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -29,6 +36,8 @@ class RunOptions:
     #: Stop on SIGUSR1/SIGUSR2 as well.
     killable: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Called once the server accepts connections (tells a waiting launcher it started).
+    on_ready: Callable[[], None] | None = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -46,6 +55,21 @@ def ignore_stop_requests() -> None:
         signal.signal(signum, signal.SIG_IGN)
 
 
+#: Stop signals that arrived before the event loop installed its handlers.
+_early_stop_requests: list[int] = []
+
+
+def defer_stop_requests(killable: bool) -> None:
+    """Until the server's event loop takes over, remember stop requests instead of losing them.
+
+    The listening sockets accept connections before the loop runs, so a client (or a test) may
+    already signal the server; the request is honoured as soon as the loop starts.
+    """
+    ignore_stop_requests()
+    for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
+        signal.signal(signum, lambda signum, _frame: _early_stop_requests.append(signum))
+
+
 def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
     """Serve on ``sockets`` until SIGTERM/SIGINT (or SIGUSR1/2 when killable); return 0."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -59,8 +83,12 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         loop.add_signal_handler(signum, stop.set)
     for signum in KILLABLE_SIGNALS:
         loop.add_signal_handler(signum, stop.set if options.killable else _ignore)
+    if _early_stop_requests:
+        stop.set()
     server = Server(store, max_connections=options.max_connections)
     await server.start(sockets)
+    if options.on_ready is not None:
+        options.on_ready()
     progress = asyncio.ensure_future(_report_progress(server, options.progress))
     try:
         await stop.wait()

@@ -1,0 +1,299 @@
+"""The dc_server program: legacy flags and messages, signals, exit statuses, pid file, progress
+line, listeners. Each test runs the real program as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import time
+
+import pytest
+from serverproc import connect_to, dc_server, free_port, run_dc_server
+
+from distcache.protocol import NEED_DATA, MessageDecoder, add_request, have_request
+from distcache.server import format_progress
+from distcache.server.progress import ProgressReporter
+from distcache.wire import Direction, Status
+
+OK = bytes([Status.OK])
+NOTOK = bytes([Status.NOTOK])
+
+
+def ask(sock: socket.socket, request: bytes) -> bytes:
+    sock.sendall(request)
+    decoder = MessageDecoder(receives=Direction.RESPONSE)
+    while (event := decoder.next_event()) is NEED_DATA:
+        chunk = sock.recv(65536)
+        assert chunk, "closed without an answer"
+        decoder.receive_data(chunk)
+    return event.payload
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def test_the_console_script_is_installed():
+    assert shutil.which("dc_server"), "pip install -e . declares the dc_server script"
+
+
+@pytest.mark.parametrize("word", ["-h", "-help", "-?"])
+def test_help_prints_usage_and_exits_0(word):
+    result = run_dc_server(word, "-bogus")  # words after it are never looked at
+    assert result.returncode == 0
+    assert "-listen" in result.stderr and "-sessions" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["-bogus"], 'Error, "-bogus" not recognised'),
+        (["-bogus", "-h"], 'Error, "-bogus" not recognised'),
+        (["-deamon"], 'Error, "-deamon" not recognised'),
+        (["-listen"], "Error, --listen requires an argument"),
+        (["-listen", "IP:1", "-sessions"], "Error, --sessions requires an argument"),
+        (["-listen", "IP:1", "-sessions", "abc"], "Error, --sessions given an invalid argument"),
+        (["-listen", "IP:1", "-sessions", "63"], "Error, --sessions given an invalid argument"),
+        (["-listen", "IP:1", "-sessions", "60001"], "Error, --sessions given an invalid argument"),
+        (
+            ["-listen", "IP:1", "-progress", "1000001"],
+            "Error, --progress given an invalid argument",
+        ),
+        (["-listen", "IP:1", "-progress", "-1"], "Error, --progress given an invalid argument"),
+        (["-listen", "IP:1", "-maxconns", "0"], "Error, --maxconns given an invalid argument"),
+    ],
+)
+def test_bad_flags_exit_1_with_the_legacy_message_and_usage(args, message):
+    result = run_dc_server(*args)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == message
+    assert "Usage: dc_server" in result.stderr
+
+
+def test_missing_listen():
+    result = run_dc_server("-sessions", "100")
+    assert (result.returncode, result.stderr.strip()) == (1, "Error, must provide -listen")
+
+
+@pytest.mark.parametrize(
+    "address", ["IP:127.0.0.1:99999", "TCP:9001", "IP:nosuch.invalid:9001", "UNIX:"]
+)
+def test_unusable_listen_address_exits_1(address):
+    result = run_dc_server("-listen", address)
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[0] == f"Error, can't listen on '{address}'"
+
+
+def test_port_in_use_exits_1():
+    with dc_server() as server:
+        result = run_dc_server("-listen", server.listen)
+        assert result.returncode == 1
+        assert "can't listen" in result.stderr
+
+
+def test_unknown_engine_exits_1():
+    result = run_dc_server("-listen", f"IP:127.0.0.1:{free_port()}", "-engine", "nosuch://x")
+    assert result.returncode == 1
+    assert "unknown storage engine" in result.stderr
+
+
+# -- running and stopping ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signals_shut_down_cleanly(signum):
+    with dc_server() as server:
+        sock = server.connect()
+        assert ask(sock, add_request(1, b"id", b"x", 60_000)) == OK
+        server.signal(signum)
+        assert server.wait() == 0
+        assert "Traceback" not in server.stderr
+
+
+def test_sigusr1_is_ignored_without_killable():
+    with dc_server() as server:
+        for signum in (signal.SIGUSR1, signal.SIGUSR2):
+            server.signal(signum)
+        time.sleep(0.3)
+        assert server.process.poll() is None
+        assert ask(server.connect(), have_request(1, b"x")) == NOTOK
+
+
+@pytest.mark.parametrize("signum", [signal.SIGUSR1, signal.SIGUSR2])
+def test_killable_stops_on_sigusr(signum):
+    with dc_server("-killable") as server:
+        server.signal(signum)
+        assert server.wait() == 0
+
+
+def test_nothing_is_printed_at_start_connect_or_disconnect():
+    with dc_server() as server:
+        sock = server.connect()
+        assert ask(sock, have_request(1, b"x")) == NOTOK
+        sock.close()
+        time.sleep(0.2)
+        assert server.stop() == 0
+        assert server.stderr == ""
+
+
+def test_protocol_error_is_logged_in_one_line_and_the_server_keeps_serving():
+    with dc_server() as server:
+        bad = server.connect()
+        bad.sendall(b"\x00\x12\x00\x00\x00")
+        assert bad.recv(1) == b""
+        assert ask(server.connect(), have_request(1, b"x")) == NOTOK
+        server.stop()
+        lines = [line for line in server.stderr.splitlines() if line]
+        assert len(lines) == 1
+        assert "distcache.server" in lines[0] and "bad_version" in lines[0]
+        assert "offset 0" in lines[0] and "127.0.0.1:" in lines[0]
+
+
+def test_log_level_can_silence_protocol_errors():
+    with dc_server("-log-level", "error") as server:
+        bad = server.connect()
+        bad.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert bad.recv(1) == b""
+        server.stop()
+        assert server.stderr == ""
+
+
+def test_pidfile_holds_the_pid_without_a_newline(tmp_path):
+    pidfile = tmp_path / "dc.pid"
+    with dc_server("-pidfile", str(pidfile)) as server:
+        assert pidfile.read_text() == str(server.pid)
+
+
+def test_daemon_detaches_and_writes_a_relative_pidfile_from_the_start_directory(tmp_path):
+    listen = f"IP:127.0.0.1:{free_port()}"
+    previous = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        result = run_dc_server("-listen", listen, "-daemon", "-pidfile", "dc.pid", "-killable")
+    finally:
+        os.chdir(previous)
+    assert result.returncode == 0
+    pid = int((tmp_path / "dc.pid").read_text())
+    try:
+        sock = _connect_when_ready(listen)
+        assert ask(sock, have_request(1, b"x")) == NOTOK
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        assert os.getsid(pid) != os.getsid(0)  # a session of its own, no terminal
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not os.path.exists(f"/proc/{pid}")
+
+
+def _connect_when_ready(listen: str) -> socket.socket:
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            return connect_to(listen)
+        except OSError:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+
+# -- listeners ---------------------------------------------------------------------------------
+
+
+def test_unix_listener_with_socket_permissions(tmp_path):
+    path = tmp_path / "dc.sock"
+    with dc_server("-sockperms", "600", listen=f"UNIX:{path}") as server:
+        assert stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert ask(server.connect(), have_request(1, b"x")) == NOTOK
+        assert server.stderr == ""
+
+
+def test_unix_listener_refuses_to_replace_a_regular_file(tmp_path):
+    path = tmp_path / "precious"
+    path.write_text("keep me")
+    result = run_dc_server("-listen", f"UNIX:{path}")
+    assert result.returncode == 1
+    assert "can't listen" in result.stderr
+    assert path.read_text() == "keep me"
+
+
+def test_socket_file_settings_on_tcp_only_warn():
+    with dc_server("-sockperms", "600", "-sockowner", "root") as server:
+        assert ask(server.connect(), have_request(1, b"x")) == NOTOK
+        server.stop()
+        assert server.stderr.splitlines() == [
+            "Warning, can't set socket ownership to user 'root' and group '(null)', "
+            "continuing anyway",
+            "Warning, can't set socket permissions to '600', continuing anyway",
+        ]
+
+
+def test_sessions_sets_the_capacity():
+    """64 sessions: the 65th distinct ADD evicts the two expiring soonest (64 // 30)."""
+    with dc_server("-sessions", "64") as server:
+        sock = server.connect()
+        for n in range(65):
+            assert ask(sock, add_request(n, b"id%d" % n, b"x", 100_000 + n)) == OK
+        present = [ask(sock, have_request(n, b"id%d" % n)) == OK for n in range(65)]
+        assert present == [False, False] + [True] * 63
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+PROGRESS_LINE = re.compile(
+    r"Info, total operations = [ 0-9]{7}  \(\+[ 0-9]{5}\), total sessions = [ 0-9]{5}  \([-+=][ 0-9]{3}\)"
+)
+
+
+def test_progress_line_format():
+    assert format_progress(15, 3, 12, 0) == (
+        "Info, total operations =      15  (+    3), total sessions =    12  (=  0)"
+    )
+    assert format_progress(1, 1, 1, 1).endswith("(+  1)")
+    assert format_progress(9, 2, 0, -4).endswith("total sessions =     0  (-  4)")
+
+
+def test_progress_is_printed_when_sessions_change_and_on_multiples():
+    with dc_server("-progress", "5") as server:
+        sock = server.connect()
+        for n in range(3):
+            assert ask(sock, add_request(n, b"id%d" % n, b"x", 60_000)) == OK
+        time.sleep(1.3)
+        for n in range(3, 6):
+            assert ask(sock, have_request(n, b"nothing")) == NOTOK
+        time.sleep(0.8)
+        server.stop()
+        lines = server.stderr.splitlines()
+    assert lines, "no progress line"
+    assert all(PROGRESS_LINE.fullmatch(line) for line in lines), lines
+    assert lines[0].endswith("total sessions =     3  (+  3)")
+    assert any(line.startswith("Info, total operations =       6  (+    ") for line in lines)
+
+
+async def _count(value):
+    return value
+
+
+@pytest.mark.parametrize(
+    ("every", "steps", "expected"),
+    [
+        # (time, operations, sessions) -> printed?
+        (0, [(0.5, 10, 0), (1.5, 20, 0), (2.0, 30, 1)], [False, False, True]),
+        (0, [(0.5, 1, 1), (1.1, 2, 1), (1.6, 3, 2), (2.1, 3, 2)], [False, True, False, True]),
+        (10, [(0.5, 9, 0), (0.7, 10, 0), (0.9, 19, 0), (1.0, 25, 0)], [False, True, False, True]),
+    ],
+)
+def test_progress_timing_rules(every, steps, expected):
+    import asyncio
+
+    reporter = ProgressReporter(every, start_time=0.0)
+    printed = [
+        asyncio.run(reporter.evaluate(now, ops, lambda s=sessions: _count(s))) is not None
+        for now, ops, sessions in steps
+    ]
+    assert printed == expected
