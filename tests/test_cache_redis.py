@@ -290,6 +290,26 @@ def test_racing_adds_of_one_id_store_exactly_once(store_server: StoreProcess) ->
     assert results.count(AddResult.DUPLICATE) == len(results) - 1
 
 
+def test_pipelined_replies_reach_their_own_callers(store_server: StoreProcess) -> None:
+    """Hundreds of calls in flight on the engine's one connection, an error reply among them."""
+    url = unique_url(store_server, timeout="30")
+    prefix = parse_store_url(url).prefix
+    store_server.client().hset(prefix + b"not-a-session", b"field", b"value")
+
+    async def body(store: RedisStore):
+        ids = [b"id-%d" % n for n in range(300)]
+        await asyncio.gather(*(store.add(i, i[::-1], 60_000) for i in ids))
+        calls = [store.get(i) for i in ids]
+        calls.insert(150, store.get(b"not-a-session"))  # WRONGTYPE: fails alone
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert isinstance(results.pop(150), StoreUnavailableError)
+        assert results == [i[::-1] for i in ids]
+        links = [c for c in store_server.client().client_list() if c.get("cmd") == "get"]
+        assert len(links) == 1, links  # all of it on one connection
+
+    with_store(url, body)
+
+
 def test_empty_prefix_counts_the_whole_database(fresh_store_server: StoreProcess) -> None:
     fresh_store_server.client().set(b"foreign", b"x")
 
@@ -357,6 +377,20 @@ def test_a_store_that_never_answers_costs_one_time_budget() -> None:
             assert time.monotonic() - started < 5
 
         with_store(f"redis://127.0.0.1:{port}/0?timeout=0.3", body)
+
+
+def test_a_stalled_store_fails_calls_within_the_budget_and_recovers(
+    fresh_store_server: StoreProcess,
+) -> None:
+    async def body(store: RedisStore):
+        assert await store.add(b"id", b"s", 60_000) is AddResult.STORED  # connected
+        fresh_store_server.client().execute_command("CLIENT", "PAUSE", 1500, "ALL")
+        with pytest.raises(StoreUnavailableError, match="no answer in time"):
+            await store.get(b"id")
+        await asyncio.sleep(1.6)  # the pause is over
+        assert await store.get(b"id") == b"s"
+
+    with_store(fresh_store_server.url + "?timeout=0.3", body)
 
 
 def test_full_store_without_eviction_refuses_adds(fresh_store_server: StoreProcess) -> None:
@@ -429,30 +463,38 @@ def test_two_servers_share_one_store(store_server: StoreProcess) -> None:
         assert a.get(b"brief") == b"anew"
 
 
-def test_the_server_does_not_wait_for_one_slow_store_call(store_server: StoreProcess) -> None:
+def test_requests_from_many_connections_are_in_flight_together(store_server: StoreProcess) -> None:
+    """The server pipelines store calls: while the store holds writes, the requests of several
+    client connections all wait in the store's input buffer for the server's connection."""
     url = unique_url(store_server, timeout="5")
     admin = store_server.client()
-    with dc_server("-engine", url) as server, client_of(server) as reader:
-        assert reader.add(b"present", b"s", 60_000)
-        slow = server.connect()
-        admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")  # reads still go through
+    session = b"s" * 1000
+    with dc_server("-engine", url) as server, client_of(server) as warm_up:
+        assert warm_up.add(b"warm-up", b"s", 60_000)  # the server's store link is open
+        sockets = [server.connect(timeout=10) for _ in range(8)]
+        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
         try:
-            slow.sendall(add_request(b"blocked", 1))
-            assert reader.get(b"present") == b"s"  # another connection is served meanwhile
-            slow.setblocking(False)
-            with pytest.raises(BlockingIOError):
-                slow.recv(1)  # the paused ADD has not been answered yet
-            slow.setblocking(True)
-            slow.settimeout(10)
-            assert recv_reply(slow)[-1] == Status.OK
+            for uid, sock in enumerate(sockets):
+                sock.sendall(add_request(b"held-%d" % uid, uid, session=session))
+            # The first held SET is parsed; the seven behind it wait unparsed in the query buffer.
+            wanted = (len(sockets) - 1) * len(session)
+            queued = 0
+            deadline = time.monotonic() + 2
+            while queued < wanted and time.monotonic() < deadline:
+                time.sleep(0.05)
+                links = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
+                queued = max(int(c.get("qbuf", 0)) for c in links)
+            assert queued >= wanted, links
         finally:
             admin.execute_command("CLIENT", "UNPAUSE")
-            slow.close()
+        for sock in sockets:
+            assert recv_reply(sock)[-1] == Status.OK
+            sock.close()
 
 
-def add_request(session_id: bytes, uid: int, timeout_ms: int = 60_000) -> bytes:
-    payload = timeout_ms.to_bytes(4, "big") + len(session_id).to_bytes(4, "big")
-    payload += session_id + b"session"
+def add_request(session_id: bytes, uid: int, *, session: bytes = b"session") -> bytes:
+    payload = (60_000).to_bytes(4, "big") + len(session_id).to_bytes(4, "big")
+    payload += session_id + session
     header = b"\x00\x11\x00\x00\x00" + uid.to_bytes(4, "big") + b"\x00\x00\x01"
     return header + len(payload).to_bytes(2, "big") + payload
 

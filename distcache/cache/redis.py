@@ -44,6 +44,7 @@ from distcache.wire import MAX_TIMEOUT_MS
 
 from .engine import AddResult, StoreClosedError
 from .errors import StoreUnavailableError
+from .redis_link import Link
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -298,15 +299,66 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-class RedisStore:
-    """A ``SessionStore`` on Valkey/Redis (one server or a cluster) through ``redis.asyncio``.
+class _SingleServer:
+    """One Valkey/Redis server through a pipelined link (see :mod:`.redis_link`)."""
 
-    Build it with :meth:`from_url`; the constructor takes a ready client for tests and embedding.
+    def __init__(self, link: Link) -> None:
+        self.link = link
+
+    def execute(self, *args: Any) -> Awaitable:
+        return self.link.execute(*args)
+
+    async def count_keys(self, pattern: bytes) -> int:
+        # SCAN may report a key twice if the store resizes its table meanwhile: best effort.
+        cursor, total = b"0", 0
+        while True:
+            cursor, keys = await self.link.execute(
+                "SCAN", cursor, "MATCH", pattern, "COUNT", _SCAN_BATCH
+            )
+            total += len(keys)
+            if cursor in (b"0", 0):
+                return total
+
+    async def dbsize(self) -> int:
+        return await self.link.execute("DBSIZE")
+
+    async def close(self) -> None:
+        await self.link.close()
+
+
+class _Cluster:
+    """A Valkey/Redis cluster through redis-py's cluster client, which routes each key."""
+
+    def __init__(self, client: Any, budget: float) -> None:
+        self.client = client
+        self.budget = budget
+
+    async def execute(self, *args: Any) -> Any:
+        async with asyncio.timeout(self.budget):
+            return await self.client.execute_command(*args)
+
+    async def count_keys(self, pattern: bytes) -> int:
+        total = 0
+        async for _ in self.client.scan_iter(match=pattern, count=_SCAN_BATCH):
+            total += 1
+        return total
+
+    async def dbsize(self) -> int:
+        return await self.client.dbsize()  # summed over the primaries
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+
+class RedisStore:
+    """A ``SessionStore`` on Valkey/Redis (one server or a cluster), built on redis-py.
+
+    Build it with :meth:`from_url`.
     """
 
     def __init__(
         self,
-        client: Any,
+        backend: _SingleServer | _Cluster,
         *,
         prefix: bytes = DEFAULT_PREFIX,
         timeout: float = DEFAULT_TIMEOUT_S,
@@ -314,7 +366,7 @@ class RedisStore:
     ) -> None:
         if not isinstance(prefix, bytes):
             raise TypeError(f"prefix must be bytes, not {type(prefix).__name__}")
-        self._client = client
+        self._backend: _SingleServer | _Cluster | None = backend
         self._prefix = prefix
         self._timeout = timeout
         self._name = name
@@ -327,7 +379,7 @@ class RedisStore:
         """A store for ``url`` (see the module's URL forms). Connects lazily, at the first call."""
         settings = parse_store_url(url)
         return cls(
-            _make_client(settings),
+            _make_backend(settings),
             prefix=settings.prefix,
             timeout=settings.timeout,
             name=settings.display,
@@ -345,43 +397,39 @@ class RedisStore:
             session = _as_bytes("session", session)
         if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
             _reject_timeout(timeout_ms)
-        client = self._open_client()
         if timeout_ms == 0:
             # Redis refuses PX 0. Such an entry is gone by the next request, so writing it would
             # change nothing anyone can see; only a live entry (a duplicate) is visible.
-            exists = await self._call(client.exists(key))
+            exists = await self._call("EXISTS", key)
             return _DUPLICATE if exists else _STORED
-        stored = await self._call(client.set(key, session, nx=True, px=timeout_ms))
-        return _STORED if stored else _DUPLICATE
+        stored = await self._call("SET", key, session, "NX", "PX", timeout_ms)
+        return _DUPLICATE if stored is None else _STORED
 
     async def get(self, session_id: bytes) -> bytes | None:
-        key = self._key(session_id)
-        return await self._call(self._open_client().get(key))
+        return await self._call("GET", self._key(session_id))
 
     async def remove(self, session_id: bytes) -> bool:
-        key = self._key(session_id)
-        return bool(await self._call(self._open_client().delete(key)))
+        return bool(await self._call("DEL", self._key(session_id)))
 
     async def have(self, session_id: bytes) -> bool:
-        key = self._key(session_id)
-        return bool(await self._call(self._open_client().exists(key)))
+        return bool(await self._call("EXISTS", self._key(session_id)))
 
     async def count(self) -> int:
         """Live sessions under the prefix, or the last count if the store does not answer."""
-        client = self._open_client()
-        counting = client.dbsize() if not self._prefix else self._count_keys(client)
+        backend = self._open_backend()
+        counting = backend.count_keys(self._pattern) if self._prefix else backend.dbsize()
         # On failure the outage is logged and the progress line shows the last count meanwhile.
         with contextlib.suppress(StoreUnavailableError):
-            self._last_count = await self._call(
+            self._last_count = await self._guarded(
                 counting, budget=self._timeout * _COUNT_BUDGET_FACTOR
             )
         return self._last_count
 
     async def close(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
+        backend, self._backend = self._backend, None
+        if backend is not None:
             try:
-                await client.aclose()
+                await backend.close()
             except Exception as error:  # closing a broken link must not stop a shutdown
                 log.debug("store %s: error while closing: %s", self._name, _reason(error))
 
@@ -392,25 +440,24 @@ class RedisStore:
             session_id = _as_bytes("session_id", session_id)
         return self._prefix + session_id
 
-    def _open_client(self) -> Any:
-        client = self._client
-        if client is None:
+    def _open_backend(self) -> _SingleServer | _Cluster:
+        backend = self._backend
+        if backend is None:
             raise StoreClosedError(f"the store {self._name} is closed")
-        return client
+        return backend
 
-    async def _count_keys(self, client: Any) -> int:
-        # SCAN may report a key twice if the store resizes its table meanwhile: best effort.
-        total = 0
-        async for _ in client.scan_iter(match=self._pattern, count=_SCAN_BATCH):
-            total += 1
-        return total
+    def _call(self, *args: Any) -> Awaitable:
+        return self._guarded(self._open_backend().execute(*args))
 
-    async def _call(self, command: Awaitable, *, budget: float | None = None) -> Any:
+    async def _guarded(self, command: Awaitable, *, budget: float | None = None) -> Any:
+        """Await ``command`` (within ``budget`` if given; single commands are bounded by their
+        backend) and turn every store failure into one error."""
         try:
-            async with asyncio.timeout(self._timeout if budget is None else budget):
+            if budget is None:
                 result = await command
-        except StoreClosedError:
-            raise
+            else:
+                async with asyncio.timeout(budget):
+                    result = await command
         except Exception as error:  # redis-py errors, OSError, TimeoutError: the store failed
             self._outage.failed(error)
             raise StoreUnavailableError(f"store {self._name}: {_reason(error)}") from error
@@ -419,37 +466,37 @@ class RedisStore:
         return result
 
     def __repr__(self) -> str:
-        state = "" if self._client is not None else ", closed"
+        state = "" if self._backend is not None else ", closed"
         return f"RedisStore({self._name!r}, prefix={self._prefix!r}{state})"
 
 
-def _make_client(settings: StoreSettings) -> Any:
+def _make_backend(settings: StoreSettings) -> _SingleServer | _Cluster:
     # Imported here so that importing this module (for its URL checks) does not need redis-py.
-    from redis.asyncio import BlockingConnectionPool, Redis
+    from redis.asyncio import ConnectionPool
     from redis.asyncio.cluster import RedisCluster
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    common = {
-        "socket_timeout": settings.timeout,
+    options = {
         "socket_connect_timeout": settings.timeout,
         # No retries: see the module's doc string (a retried ADD could answer DUPLICATE).
         "retry": Retry(NoBackoff(), 0),
         **settings.client_options,
     }
     if settings.cluster:
-        return RedisCluster.from_url(
-            settings.client_url, max_connections=settings.max_connections, **common
+        return _Cluster(
+            RedisCluster.from_url(
+                settings.client_url,
+                max_connections=settings.max_connections,
+                socket_timeout=settings.timeout,
+                **options,
+            ),
+            settings.timeout,
         )
-    # A blocking pool makes calls wait for a free connection (within the call's budget) instead
-    # of failing once max_connections calls are in flight.
-    pool = BlockingConnectionPool.from_url(
-        settings.client_url,
-        max_connections=settings.max_connections,
-        timeout=settings.timeout,
-        **common,
-    )
-    return Redis(connection_pool=pool)
+    # The pool is only a factory of configured connections (URL, TLS, AUTH, database); the link
+    # does the pipelining, and its watchdog bounds every wait instead of a socket timeout.
+    factory = ConnectionPool.from_url(settings.client_url, socket_timeout=None, **options)
+    return _SingleServer(Link(factory.make_connection, settings.timeout))
 
 
 def _glob_escape(prefix: bytes) -> bytes:
