@@ -1,7 +1,7 @@
 """From a decoded request to the encoded reply: the ADD checks, then one storage call.
 
-Each operation is described once (which store method, with which arguments, and what its result
-means on the wire); the synchronous path (an engine with a sync core, such as the memory engine)
+Each operation is described once (which store method, and what its result means on the wire);
+the synchronous path (an engine with a sync core, such as the memory engine)
 and the asynchronous path (any ``SessionStore``) share that description, so no rule is written
 twice and the memory engine's hot path creates no coroutine.
 """
@@ -19,6 +19,7 @@ __all__ = ["RequestHandler"]
 
 _OK = Status.OK
 _NOTOK = Status.NOTOK
+_ADD = Operation.ADD
 
 
 def _stored(request: Request, result: AddResult) -> bytes:
@@ -58,45 +59,48 @@ _UNAVAILABLE: dict[Operation, Status] = {
 class RequestHandler:
     """Answers requests from one store.
 
-    :meth:`plan` does everything that needs no storage (raising ``RemoteProtocolError`` for an
-    ADD payload too short to check); :attr:`sync_core` is the engine's synchronous core, or None
-    when every call must be awaited.
+    :attr:`sync_core` is the engine's synchronous core (the memory engine's ``MemoryCache``), or
+    None when every call must be awaited. ``check_add`` raises ``RemoteProtocolError`` for an
+    ADD payload too short to check; callers close the connection.
     """
 
-    __slots__ = ("store", "sync_core")
+    __slots__ = ("_async_calls", "_sync_calls", "store", "sync_core")
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
         # Exactly the memory engine: a subclass may override the async methods it must go through.
         self.sync_core = store.cache if type(store) is MemoryStore else None
-
-    @staticmethod
-    def plan(request: Request) -> bytes | tuple[str, tuple, Callable[[Request, object], bytes]]:
-        """Either the finished reply (an ADD refused by its checks) or the storage call to make."""
-        method, reply = _ACTIONS[request.operation]
-        if request.operation is Operation.ADD:
-            checked = check_add(request.payload)
-            if not isinstance(checked, AddArgs):
-                return request.respond_status(checked)
-            return method, (checked.session_id, checked.session, checked.timeout_ms), reply
-        return method, (request.payload,), reply
+        self._async_calls = {
+            op: (getattr(store, name), reply) for op, (name, reply) in _ACTIONS.items()
+        }
+        self._sync_calls = (
+            {op: (getattr(self.sync_core, name), reply) for op, (name, reply) in _ACTIONS.items()}
+            if self.sync_core is not None
+            else None
+        )
 
     def answer_now(self, request: Request) -> bytes:
         """The reply, computed synchronously (only when :attr:`sync_core` is set)."""
-        planned = self.plan(request)
-        if type(planned) is bytes:
-            return planned
-        method, args, reply = planned
-        return reply(request, getattr(self.sync_core, method)(*args))
+        call, reply = self._sync_calls[request.operation]  # type: ignore[index]
+        if request.operation is _ADD:
+            checked = check_add(request.payload)
+            if type(checked) is not AddArgs:
+                return request.respond_status(checked)
+            return reply(request, call(checked.session_id, checked.session, checked.timeout_ms))
+        return reply(request, call(request.payload))
 
     async def answer(self, request: Request) -> bytes:
         """The reply, awaiting the engine."""
-        planned = self.plan(request)
-        if type(planned) is bytes:
-            return planned
-        method, args, reply = planned
+        call, reply = self._async_calls[request.operation]
+        if request.operation is _ADD:
+            checked = check_add(request.payload)
+            if type(checked) is not AddArgs:
+                return request.respond_status(checked)
+            args: tuple = (checked.session_id, checked.session, checked.timeout_ms)
+        else:
+            args = (request.payload,)
         try:
-            result = await getattr(self.store, method)(*args)
+            result = await call(*args)
         except StoreUnavailableError:  # the engine logs the outage, once per burst
             return request.respond_status(_UNAVAILABLE[request.operation])
         return reply(request, result)
