@@ -12,9 +12,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from serverproc import dc_server, free_port, run_dc_server
@@ -490,6 +492,25 @@ def test_requests_from_many_connections_are_in_flight_together(store_server: Sto
         for sock in sockets:
             assert recv_reply(sock)[-1] == Status.OK
             sock.close()
+
+
+def test_conformance_core_profile_with_the_redis_engine(store_server: StoreProcess) -> None:
+    """The whole core suite; the capacity cases are expected failures (see the profile)."""
+    profile = Path(__file__).parents[1] / "conformance" / "profiles" / "redis-engine.toml"
+    server = f"{sys.executable} -m distcache.cli.dc_server -listen {{listen}}"
+    engine = f"{store_server.url}?prefix=conformance-{uuid.uuid4().hex[:8]}-{{listen}}:"
+    argv = [sys.executable, "-m", "distcache", "conformance", "--profile", "core", "--jobs", "8"]
+    argv += ["--server-cmd", f"{server} -engine {engine}", "--implementation-profile", str(profile)]
+    result = subprocess.run(
+        argv,
+        capture_output=True,
+        text=True,
+        timeout=110,
+        stdin=subprocess.DEVNULL,
+    )
+    summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert "XFAIL" in summary and "FAIL," not in summary, summary
 
 
 def add_request(session_id: bytes, uid: int, *, session: bytes = b"session") -> bytes:

@@ -20,13 +20,17 @@ Capacity is the store's memory, not a session count: run the store with ``maxmem
 ``maxmemory-policy volatile-ttl``, which evicts the keys closest to expiry (sampled, so
 approximately the soonest-expiring ones, and as many as needed rather than a fixed batch).
 
-Failures: every call has one time budget (``timeout``, 1 s by default) covering the wait for a
-pooled connection, connecting and the reply; past it, or on any store error (connection refused,
-out of memory, read-only replica, ...), the call raises :class:`StoreUnavailableError`. Calls are
-never retried: a retried ADD whose first reply was lost would answer DUPLICATE for its own
-session. A pooled connection that died while idle (the store restarted) is detected and replaced
-before use, so the store's return needs no action. Outages are logged once when they begin, every
-``OUTAGE_REMINDER_S`` while they last, and once when the store answers again.
+Concurrency: on one server the calls of every client connection are pipelined over a single
+store connection (:mod:`.redis_link`); on a cluster, redis-py's cluster client keeps a pool of up
+to ``max_connections`` connections per node.
+
+Failures: every call has a time budget (``timeout``, 1 s by default; connecting has its own);
+past it, or on any store error (connection refused or lost, out of memory, read-only replica,
+...), the call raises :class:`StoreUnavailableError`. Calls are never retried: a retried ADD
+whose first reply was lost would answer DUPLICATE for its own session. A lost connection is
+opened again by the next call, so the store's return needs no action. Outages are logged once
+when they begin, every ``OUTAGE_REMINDER_S`` while they last, and once when the store answers
+again.
 """
 
 from __future__ import annotations
@@ -61,9 +65,9 @@ log = logging.getLogger("distcache.cache.redis")
 
 #: Prepended to every session id; servers given the same URL share the same sessions.
 DEFAULT_PREFIX = b"distcache:"
-#: Time budget of one call: pool wait, connect and reply together.
+#: Time budget of one call (and of connecting), in seconds.
 DEFAULT_TIMEOUT_S = 1.0
-#: Store connections per server process, i.e. store calls in flight at once.
+#: Cluster only: connections per cluster node (a single server needs just one, pipelined).
 DEFAULT_MAX_CONNECTIONS = 64
 #: Seconds between two "still unavailable" lines during an outage.
 OUTAGE_REMINDER_S = 30.0
