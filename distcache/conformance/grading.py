@@ -40,17 +40,28 @@ class ImplementationProfile:
 
     name: str
     expected: dict[str, str] = field(default_factory=dict)
+    #: Cases whose outcome on this implementation depends on timing: a failure grades XFAIL and
+    #: a pass stays PASS (an XPASS would only report a race won).
+    nondeterministic: dict[str, str] = field(default_factory=dict)
 
     def expectation(self, case_id: str) -> str | None:
         """The reason ``case_id`` is expected to fail, or None."""
-        if case_id in self.expected:
-            return self.expected[case_id]
-        best = None
-        for pattern, reason in self.expected.items():
-            matches = pattern.endswith("*") and case_id.startswith(pattern[:-1])
-            if matches and (best is None or len(pattern) > len(best[0])):
-                best = (pattern, reason)
-        return best[1] if best else None
+        return _lookup(self.expected, case_id)
+
+    def may_fail(self, case_id: str) -> str | None:
+        """The reason ``case_id`` may fail or pass depending on timing, or None."""
+        return _lookup(self.nondeterministic, case_id)
+
+
+def _lookup(table: dict[str, str], case_id: str) -> str | None:
+    if case_id in table:
+        return table[case_id]
+    best = None
+    for pattern, reason in table.items():
+        matches = pattern.endswith("*") and case_id.startswith(pattern[:-1])
+        if matches and (best is None or len(pattern) > len(best[0])):
+            best = (pattern, reason)
+    return best[1] if best else None
 
 
 def load_profile(path: str | Path) -> ImplementationProfile:
@@ -68,11 +79,16 @@ def load_profile(path: str | Path) -> ImplementationProfile:
         raise ProfileError(f"implementation profile '{path}' does not parse: {error}") from None
     if not isinstance(raw, dict) or raw.get("format") != PROFILE_FORMAT:
         raise ProfileError(f"'{path}' is not a {PROFILE_FORMAT} file")
-    expected = raw.get("expected-failures", raw.get("expected_failures", {}))
-    if not isinstance(expected, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in expected.items()
-    ):
-        raise ProfileError(
-            f"'{path}': expected-failures must map case ids to a non-empty reason each"
-        )
-    return ImplementationProfile(str(raw.get("implementation", path.stem)), dict(expected))
+    tables = {}
+    for key in ("expected-failures", "nondeterministic"):
+        table = raw.get(key, raw.get(key.replace("-", "_"), {}))
+        if not isinstance(table, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in table.items()
+        ):
+            raise ProfileError(f"'{path}': {key} must map case ids to a non-empty reason each")
+        tables[key] = dict(table)
+    return ImplementationProfile(
+        str(raw.get("implementation", path.stem)),
+        tables["expected-failures"],
+        tables["nondeterministic"],
+    )

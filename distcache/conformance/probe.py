@@ -127,6 +127,10 @@ class Probe:
     async def send(self, data: bytes) -> bool:
         """Write ``data`` in one write; False (logged) if the connection is already gone."""
         self.log.sent(self.conn, data)
+        if self._writer.transport.is_closing():
+            # asyncio would swallow the write and log a warning per write on a lost connection.
+            self.log.event(self.conn, "write failed: connection already closed")
+            return False
         try:
             self._writer.write(data)
             await self._writer.drain()
