@@ -102,7 +102,10 @@ class ServerConnection(asyncio.Protocol):
             try:
                 event = decoder.next_event()
                 if event is NEED_DATA:
-                    break
+                    # At most one partial message is buffered: nothing to pause for.
+                    if self._reading_paused:
+                        self._update_reading()
+                    return
                 if type(event) is Closed:
                     self._close()
                     return
