@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 
 from ..protocol import have_request
-from ..wire import HEADER_SIZE, fastcodec
+from ..wire import HEADER_SIZE, PROTOCOL_LEVEL, fastcodec
 from .probe import Probe
 from .targets import InProcessSetup, TargetUnavailable
 from .vectors import (
@@ -39,7 +39,7 @@ __all__ = ["record_reference_vectors", "record_vector"]
 #: Quiet time that ends an observation, and the silence written for "nothing arrived".
 QUIET_MS = 100
 #: Header of an empty GET (uid 0): completes a header the legacy vector left unfinished.
-_HEADER_TEMPLATE = fastcodec.encode_header(0, 0, 1, 1, 0, 0x00110000)
+_HEADER_TEMPLATE = fastcodec.encode_header(0, 0, 1, 1, 0, PROTOCOL_LEVEL)
 _PROBE_ID = b"still-serving"
 
 
@@ -47,7 +47,7 @@ def _frames(data: bytes) -> list[bytes]:
     """Cut received bytes into frames (for one ``expect`` each); a torn tail stays whole."""
     frames, pos = [], 0
     while len(data) - pos >= HEADER_SIZE:
-        size = HEADER_SIZE + int.from_bytes(data[pos + 12 : pos + 14], "big")
+        size = fastcodec.frame_size_at(data, pos)
         frames.append(data[pos : pos + size])
         pos += size
     if pos < len(data):
@@ -59,7 +59,7 @@ def _completion(sent: bytes) -> bytes:
     """Bytes that complete the last frame of ``sent`` (empty when it ends on a frame boundary)."""
     pos = 0
     while len(sent) - pos >= HEADER_SIZE:
-        end = pos + HEADER_SIZE + int.from_bytes(sent[pos + 12 : pos + 14], "big")
+        end = pos + fastcodec.frame_size_at(sent, pos)
         if end > len(sent):
             return bytes(end - len(sent))
         pos = end

@@ -10,7 +10,7 @@ on the header, before the frame's data is waited for or stored.
 from __future__ import annotations
 
 from ..wire.enums import Direction, Operation
-from ..wire.fastcodec import FIELD_SIZE, decode_header, first_failure
+from ..wire.fastcodec import FIELD_OFFSET, FIELD_SIZE, decode_header, first_failure
 from ..wire.limits import HEADER_SIZE, MAX_PAYLOAD, MIN_BYTES_EXAMINED
 from .errors import RemoteProtocolError
 from .events import NEED_DATA, Closed, Message, Request, Response
@@ -139,7 +139,7 @@ class MessageDecoder:
                     "wrong_direction",
                     f"expected a {self.receives.name.lower()}, got a "
                     f"{Direction(is_response).name.lower()} frame",
-                    offset=self._base + pos + 4,
+                    offset=self._base + pos + FIELD_OFFSET["is_response"],
                     field="is_response",
                 )
             if self._frames:
@@ -148,7 +148,7 @@ class MessageDecoder:
                 raise RemoteProtocolError(
                     "message_too_large",
                     f"{self._size} bytes reassembled plus {data_len} exceeds {MAX_PAYLOAD}",
-                    offset=self._base + pos + 12,
+                    offset=self._base + pos + FIELD_OFFSET["data_len"],
                     field="data_len",
                 )
             end = pos + HEADER_SIZE + data_len
@@ -196,14 +196,14 @@ class MessageDecoder:
             raise RemoteProtocolError(
                 "direction_changed",
                 "continuation frame switches direction",
-                offset=base + 4,
+                offset=base + FIELD_OFFSET["is_response"],
                 field="is_response",
             )
         if uid != self._msg_uid:
             raise RemoteProtocolError(
                 "uid_changed",
                 f"continuation frame has request_uid {uid:#010x}, its message {self._msg_uid:#010x}",
-                offset=base + 5,
+                offset=base + FIELD_OFFSET["request_uid"],
                 field="request_uid",
             )
         if operation != self._msg_op:
@@ -211,7 +211,7 @@ class MessageDecoder:
                 "operation_changed",
                 f"continuation frame has operation {_OPERATIONS[operation].name}, its message "
                 f"{_OPERATIONS[self._msg_op].name}",
-                offset=base + 10,
+                offset=base + FIELD_OFFSET["operation"],
                 field="operation",
             )
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..wire.enums import Operation
+from ..wire.fastcodec import FIELD_OFFSET
 from ..wire.limits import MAX_REQUEST_UID
 from .errors import LocalProtocolError, RemoteProtocolError
 from .events import Response
@@ -62,7 +63,7 @@ class RequestTracker:
             raise RemoteProtocolError(
                 "unknown_uid",
                 f"response uid {response.request_uid:#010x} matches no request in flight",
-                offset=response.offset + 5,
+                offset=response.offset + FIELD_OFFSET["request_uid"],
                 field="request_uid",
             )
         if entry.operation is not response.operation:
@@ -70,7 +71,7 @@ class RequestTracker:
                 "operation_mismatch",
                 f"response to {entry.operation.name} request {response.request_uid:#010x} "
                 f"carries operation {response.operation.name}",
-                offset=response.offset + 10,
+                offset=response.offset + FIELD_OFFSET["operation"],
                 field="operation",
             )
         del self._pending[response.request_uid]

@@ -134,6 +134,15 @@ def first_failure(buf, pos: int = 0, available: int | None = None) -> HeaderChec
     return None
 
 
+_DATA_LEN = struct.Struct(">H")
+assert FIELD_SIZE["data_len"] == _DATA_LEN.size
+
+
+def frame_size_at(buf, pos: int = 0) -> int:
+    """Wire size of the frame whose (at least 14-byte) header starts at ``buf[pos]``, unvalidated."""
+    return HEADER_SIZE + _DATA_LEN.unpack_from(buf, pos + FIELD_OFFSET["data_len"])[0]
+
+
 def encode_header(
     is_response: int,
     request_uid: int,
