@@ -10,7 +10,15 @@ version = ".".join(__version__.split(".")[:2])
 
 # distcache.sphinxext renders requirements, field tables, layouts, enums and limits from the
 # catalogue and from distcache.wire, so the spec never restates them.
-extensions = ["distcache.sphinxext"]
+# autodoc and napoleon build the API reference from the doc strings (no intersphinx: builds run
+# without network access).
+extensions = ["distcache.sphinxext", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
+
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
 
 # Render the catalogue of this checkout (relative to this directory), not an installed copy.
 distcache_requirements = "../conformance/requirements.toml"
