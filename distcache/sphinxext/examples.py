@@ -105,7 +105,7 @@ def frame_dump(data: bytes) -> str:
         chunk = data[start : start + fields["data_len"]]
         for index, text in enumerate(_hex_run(chunk)):
             lines.append(
-                f"{start if index == 0 else '':>5}  {'data' if index == 0 else '':<6} {text}"
+                f"{f'{start:05d}' if index == 0 else '':>5}  {'data' if index == 0 else '':<6} {text}"
             )
         if len(chunk) < fields["data_len"]:
             lines.append(f"       (stream ends {fields['data_len'] - len(chunk)} bytes early)")
