@@ -1,5 +1,14 @@
 """The built-in conformance cases. Importing this package registers them all."""
 
-from . import cache, connections, framing, operations, proxy, robustness, vectors
+from . import cache, connections, framing, limits, operations, proxy, robustness, vectors
 
-__all__ = ["cache", "connections", "framing", "operations", "proxy", "robustness", "vectors"]
+__all__ = [
+    "cache",
+    "connections",
+    "framing",
+    "limits",
+    "operations",
+    "proxy",
+    "robustness",
+    "vectors",
+]
