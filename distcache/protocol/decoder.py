@@ -17,6 +17,8 @@ from .events import NEED_DATA, Closed, Message, Request, Response
 
 _EVENT_CLASS = {Direction.REQUEST: Request, Direction.RESPONSE: Response}
 _OPERATIONS = tuple(Operation)
+# Events are named tuples; building them with tuple.__new__ skips the generated __new__'s frame.
+_new_event = tuple.__new__
 
 
 class MessageDecoder:
@@ -101,10 +103,45 @@ class MessageDecoder:
 
         Raises :class:`RemoteProtocolError` when the peer broke the protocol.
         """
+        # One function for the whole hot path: servers call this twice per request.
         if self._error is not None:
             raise self._error
         try:
-            return self._next()
+            buf = self._buf
+            while True:
+                pos = self._pos
+                available = len(buf) - pos
+                if available < HEADER_SIZE:
+                    if available >= MIN_BYTES_EXAMINED:
+                        self._reject_partial_header(available)
+                    return self._at_end_of_input(available)
+                header = decode_header(buf, pos)
+                if header is None:
+                    self._reject_partial_header(HEADER_SIZE)
+                level, is_response, uid, _, operation, complete, data_len = header
+                if is_response != self.receives and self.receives is not None:
+                    self._reject_direction(pos, is_response)
+                if self._frames:
+                    self._check_continuation(pos, is_response, uid, operation)
+                if self._size + data_len > MAX_PAYLOAD:
+                    self._reject_size(pos, data_len)
+                end = pos + HEADER_SIZE + data_len
+                if len(buf) < end:
+                    return self._at_end_of_input(available)
+                data = buf[pos + HEADER_SIZE : end]
+                self._pos = end
+                if not self._frames:
+                    if complete:  # the common case: a single-frame message
+                        return _new_event(
+                            _EVENT_CLASS[is_response],
+                            (uid, _OPERATIONS[operation], data, 1, self._base + pos, level),
+                        )
+                    self._start_message(pos, is_response, uid, operation, level)
+                self._parts.append(data)
+                self._frames += 1
+                self._size += data_len
+                if complete:
+                    return self._finish_message()
         except RemoteProtocolError as error:
             self._error = error
             raise
@@ -121,53 +158,22 @@ class MessageDecoder:
             if type(event) is Closed:
                 return
 
-    def _next(self):
-        buf = self._buf
-        while True:
-            pos = self._pos
-            available = len(buf) - pos
-            if available < HEADER_SIZE:
-                if available >= MIN_BYTES_EXAMINED:
-                    self._reject_partial_header(available)
-                return self._at_end_of_input(available)
-            header = decode_header(buf, pos)
-            if header is None:
-                self._reject_partial_header(HEADER_SIZE)
-            level, is_response, uid, _, operation, complete, data_len = header
-            if self.receives is not None and is_response != self.receives:
-                raise RemoteProtocolError(
-                    "wrong_direction",
-                    f"expected a {self.receives.name.lower()}, got a "
-                    f"{Direction(is_response).name.lower()} frame",
-                    offset=self._base + pos + FIELD_OFFSET["is_response"],
-                    field="is_response",
-                )
-            if self._frames:
-                self._check_continuation(pos, is_response, uid, operation)
-            if self._size + data_len > MAX_PAYLOAD:
-                raise RemoteProtocolError(
-                    "message_too_large",
-                    f"{self._size} bytes reassembled plus {data_len} exceeds {MAX_PAYLOAD}",
-                    offset=self._base + pos + FIELD_OFFSET["data_len"],
-                    field="data_len",
-                )
-            end = pos + HEADER_SIZE + data_len
-            if len(buf) < end:
-                return self._at_end_of_input(available)
-            data = buf[pos + HEADER_SIZE : end]
-            self._pos = end
-            if not self._frames:
-                if complete:  # the common case: a single-frame message
-                    event = _EVENT_CLASS[is_response](
-                        uid, _OPERATIONS[operation], data, 1, self._base + pos, level
-                    )
-                    return event
-                self._start_message(pos, is_response, uid, operation, level)
-            self._parts.append(data)
-            self._frames += 1
-            self._size += data_len
-            if complete:
-                return self._finish_message()
+    def _reject_direction(self, pos: int, is_response: int):
+        raise RemoteProtocolError(
+            "wrong_direction",
+            f"expected a {self.receives.name.lower()}, got a "
+            f"{Direction(is_response).name.lower()} frame",
+            offset=self._base + pos + FIELD_OFFSET["is_response"],
+            field="is_response",
+        )
+
+    def _reject_size(self, pos: int, data_len: int):
+        raise RemoteProtocolError(
+            "message_too_large",
+            f"{self._size} bytes reassembled plus {data_len} exceeds {MAX_PAYLOAD}",
+            offset=self._base + pos + FIELD_OFFSET["data_len"],
+            field="data_len",
+        )
 
     def _start_message(self, pos, is_response, uid, operation, level):
         self._msg_offset = self._base + pos
@@ -177,13 +183,16 @@ class MessageDecoder:
         self._msg_level = level
 
     def _finish_message(self):
-        event = _EVENT_CLASS[self._msg_direction](
-            self._msg_uid,
-            _OPERATIONS[self._msg_op],
-            b"".join(self._parts),
-            self._frames,
-            self._msg_offset,
-            self._msg_level,
+        event = _new_event(
+            _EVENT_CLASS[self._msg_direction],
+            (
+                self._msg_uid,
+                _OPERATIONS[self._msg_op],
+                b"".join(self._parts),
+                self._frames,
+                self._msg_offset,
+                self._msg_level,
+            ),
         )
         self._parts = []
         self._frames = 0

@@ -96,32 +96,33 @@ class ServerConnection(asyncio.Protocol):
     def _serve(self) -> None:
         """Answer requests while the decoder has whole ones and the peer is keeping up."""
         decoder = self._decoder
+        next_event = decoder.next_event
         write = self._transport.write  # type: ignore[union-attr]
-        server = self._server
-        while not (self._writing_paused or self._in_flight or self._closing):
-            try:
-                event = decoder.next_event()
+        answered = 0
+        try:
+            while not (self._writing_paused or self._in_flight or self._closing):
+                event = next_event()
                 if event is NEED_DATA:
-                    # At most one partial message is buffered: nothing to pause for.
-                    if self._reading_paused:
-                        self._update_reading()
-                    return
+                    break
                 if type(event) is Closed:
                     self._close()
                     return
                 if self._sync:
                     write(self._handler.answer_now(event))
-                    server.operations += 1
+                    answered += 1
                 else:
                     self._in_flight = True
-                    task = asyncio.ensure_future(self._answer_later(event))
-                    server.track(task)
-            except RemoteProtocolError as error:
-                if error.offset is None:  # raised on a whole message: point at its start
-                    error.offset = event.offset
-                self._reject(error)
-                return
-        self._update_reading()
+                    self._server.track(asyncio.ensure_future(self._answer_later(event)))
+        except RemoteProtocolError as error:
+            if error.offset is None:  # raised on a whole message: point at its start
+                error.offset = event.offset
+            self._reject(error)
+            return
+        finally:
+            self._server.operations += answered
+        # Reading state changes only under pressure; skip the bookkeeping otherwise.
+        if self._reading_paused or self._writing_paused or decoder.buffered > INPUT_BACKLOG:
+            self._update_reading()
 
     async def _answer_later(self, request) -> None:
         try:
