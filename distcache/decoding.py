@@ -9,7 +9,8 @@ The JSON record keys are a public contract (documented in the user guide):
 ``frames``     int, frames the message arrived in
 ``offset``     int, stream offset of the message's first byte
 ``payload``    object:
-               ADD request: ``timeout_ms``, ``session_id`` (hex), ``session`` (hex);
+               ADD request: ``timeout_ms``, ``session_id`` (hex), ``session`` (hex), and
+               ``refused`` (a status name such as ``ADD_ID_RANGE``) when a server will refuse it;
                GET/REMOVE/HAVE request: ``session_id`` (hex);
                response with a status byte: ``status`` (name) and ``code`` (int);
                GET hit: ``session`` (hex);
