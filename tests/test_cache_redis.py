@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -36,10 +37,10 @@ START_TIMEOUT = 10.0
 class StoreProcess:
     """A throw-away redis-server on a loopback port: no persistence, killed at the end."""
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, cluster_node: bool = False) -> None:
         if STORE_BINARY is None:
             pytest.skip("neither valkey-server nor redis-server is installed")
-        self.port = free_port()
+        self.port = free_cluster_port() if cluster_node else free_port()
         self._extra = extra
         self.process: subprocess.Popen | None = None
         self.start()
@@ -71,6 +72,20 @@ class StoreProcess:
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+
+
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 @pytest.fixture(scope="module")
@@ -432,6 +447,74 @@ def test_full_store_with_volatile_ttl_evicts_the_soonest_expiring(
     assert present[-1]  # the newest, longest-lived session was stored
     # Eviction samples keys, so only on average does it pick the soonest-expiring ones.
     assert sum(evicted) / len(evicted) < sum(kept) / len(kept)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A three-node cluster (no replicas); yields the URL of one node."""
+    cli = shutil.which("valkey-cli") or shutil.which("redis-cli")
+    if cli is None:
+        pytest.skip("no valkey-cli or redis-cli to create a cluster")
+    nodes: list[StoreProcess] = []
+    with tempfile.TemporaryDirectory() as state:
+        try:
+            for number in range(3):
+                config = f"{state}/nodes-{number}.conf"  # each node keeps its cluster state here
+                options = ("--cluster-enabled", "yes", "--cluster-config-file", config)
+                nodes.append(StoreProcess(*options, cluster_node=True))
+            addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+            create = [
+                cli,
+                "--cluster",
+                "create",
+                *addresses,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ]
+            subprocess.run(create, check=True, capture_output=True, timeout=30)
+            deadline = time.monotonic() + START_TIMEOUT
+            while any(
+                b"cluster_state:ok" not in n.client().execute_command("CLUSTER", "INFO")
+                for n in nodes
+            ):
+                assert time.monotonic() < deadline, "the cluster did not form"
+                time.sleep(0.1)
+            yield f"redis+cluster://{addresses[0]}"
+        finally:
+            for node in nodes:
+                node.kill()
+
+
+def test_cluster_spreads_sessions_over_its_nodes(cluster: str) -> None:
+    ids = [b"id-%d\x00" % n for n in range(30)]
+
+    async def body(store: RedisStore):
+        for session_id in ids:
+            assert await store.add(session_id, session_id * 2, 60_000) is AddResult.STORED
+        assert await store.add(ids[0], b"again", 60_000) is AddResult.DUPLICATE
+        assert [await store.get(i) for i in ids] == [i * 2 for i in ids]
+        assert await store.count() == len(ids)
+        assert await store.remove(ids[0]) and not await store.have(ids[0])
+        assert await store.add(ids[1], b"z", 0) is AddResult.DUPLICATE
+
+    with_store(cluster + "?prefix=spread:", body)
+    node = redis.Redis.from_url(cluster.replace("redis+cluster", "redis"))
+    ports = {int(entry[2][1]) for entry in node.execute_command("CLUSTER", "SLOTS")}
+    holding = [port for port in ports if redis.Redis(port=port).dbsize()]
+    assert len(holding) >= 2, "the sessions did not spread over the nodes"
+
+    async def count_all(store: RedisStore):
+        return await store.count()  # DBSIZE summed over the primaries
+
+    assert with_store(cluster + "?prefix=", count_all) == len(ids) - 1
+
+
+def test_dc_server_on_a_cluster(cluster: str) -> None:
+    with dc_server("-engine", cluster + "?prefix=served:") as server, client_of(server) as cache:
+        assert cache.add(b"k", b"session", 60_000)
+        assert cache.get(b"k") == b"session"
+        assert cache.add_status(b"k", b"x", 60_000) is Status.ADD_MATCHING_SESSION
 
 
 # -- dc_server processes on one store ---------------------------------------------------------

@@ -348,7 +348,8 @@ class _Cluster:
         return total
 
     async def dbsize(self) -> int:
-        return await self.client.dbsize()  # summed over the primaries
+        # Summed over the primaries; without target_nodes redis-py asks one node only.
+        return await self.client.dbsize(target_nodes=self.client.PRIMARIES)
 
     async def close(self) -> None:
         await self.client.aclose()
