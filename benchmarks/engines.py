@@ -61,8 +61,8 @@ def store_answers(port: int) -> bool:
 
 @contextlib.contextmanager
 def running(argv: list[str], ready, what: str) -> Iterator[None]:
-    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-    process = subprocess.Popen(argv, **quiet)
+    quiet = subprocess.DEVNULL  # the servers' progress lines would bury the figures
+    process = subprocess.Popen(argv, stdin=quiet, stdout=quiet, stderr=quiet)
     try:
         wait_until(lambda: process.poll() is None and ready(), what)
         yield
