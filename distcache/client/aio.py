@@ -21,7 +21,7 @@ from .errors import (
     TransportError,
 )
 from .modes import DEFAULT_MODE, Mode, checks_pid, connects_eagerly, keeps_connection, may_resend
-from .settings import DEFAULT_TIMEOUT, Settings
+from .settings import DEFAULT_TIMEOUT, Settings, SettingsView
 
 #: Requests a client keeps in flight before further callers wait (the legacy proxy's bound).
 DEFAULT_MAX_IN_FLIGHT = 512
@@ -42,7 +42,7 @@ class _Link:
         self.task: asyncio.Task | None = None
 
 
-class AsyncClient:
+class AsyncClient(SettingsView):
     """An asyncio distcache client. Concurrent operations share one connection (PERSISTENT) and
     are pipelined: each request goes out at once under its own uid, and one reader task hands each
     reply to its caller, in whatever order replies come. The legacy client could not pipeline.
@@ -88,18 +88,6 @@ class AsyncClient:
         self._slots = asyncio.Semaphore(max_in_flight)
         self._connecting = asyncio.Lock()  # one connect, however many callers are waiting
         self._temporary: set[_Link] = set()
-
-    @property
-    def address(self) -> Address:
-        return self._settings.address
-
-    @property
-    def mode(self) -> Mode:
-        return self._settings.mode
-
-    @property
-    def timeout(self) -> float | None:
-        return self._settings.timeout
 
     @property
     def connected(self) -> bool:

@@ -20,7 +20,7 @@ from .errors import (
     UpstreamError,
 )
 from .modes import DEFAULT_MODE, Mode, checks_pid, connects_eagerly, keeps_connection, may_resend
-from .settings import DEFAULT_TIMEOUT, Settings
+from .settings import DEFAULT_TIMEOUT, Settings, SettingsView
 from .sockets import open_socket
 
 _RECV_SIZE = 65536
@@ -36,7 +36,7 @@ class _Link:
         self.conn = conn
 
 
-class Client:
+class Client(SettingsView):
     """A blocking distcache client (the legacy DC_CTX), safe to use from one thread at a time.
 
     ``address``: a legacy address string (``IP:127.0.0.1:9001``, ``UNIX:/path``) or an Address;
@@ -71,18 +71,6 @@ class Client:
         self._last_get: tuple[bytes, bytes] | None = None
         if connects_eagerly(self.mode):
             self._link = self._open(self._deadline())
-
-    @property
-    def address(self) -> Address:
-        return self._settings.address
-
-    @property
-    def mode(self) -> Mode:
-        return self._settings.mode
-
-    @property
-    def timeout(self) -> float | None:
-        return self._settings.timeout
 
     @property
     def connected(self) -> bool:

@@ -81,3 +81,22 @@ class Settings:
 
     def have(self, session_id: bytes) -> Call:
         return have_call(session_id)
+
+
+class SettingsView:
+    """What both clients expose of their :class:`Settings` (read-only)."""
+
+    __slots__ = ()
+    _settings: Settings
+
+    @property
+    def address(self) -> Address:
+        return self._settings.address
+
+    @property
+    def mode(self) -> Mode:
+        return self._settings.mode
+
+    @property
+    def timeout(self) -> float | None:
+        return self._settings.timeout
