@@ -1,99 +1,182 @@
-"""One local client connection of the proxy.
+"""One local client connection of the proxy, as transport callbacks.
 
 At most one request per connection is in progress: the next one is not even decoded until the
 previous reply has been written (PROXY-6), so pipelined requests are answered in order whatever
-the reply sizes, and a client that sends faster than it reads is held back by the socket (its
-unread bytes wait in the kernel and a bounded stream buffer; nothing grows without limit).
+the reply sizes. Back-pressure: reading pauses while the decoder holds more than
+``INPUT_BACKLOG`` unanswered bytes or the client is not reading its replies (the transport's
+buffer is over its high-water mark), and resumes once both have drained; a client that sends
+faster than it reads costs a bounded amount of memory.
 
 A protocol error from the client closes this connection only (PROXY-10, PROXY-12); replies already
 written are flushed first. A client that leaves with a request in flight costs nothing: the reply
 arrives later and is dropped (PROXY-4).
+
+Idle timeout (PROXY-8): the connection is closed ``idle`` seconds after it was accepted or last
+had a request forwarded upstream, unless a request is in progress. Requests answered locally (no
+upstream) do not count as forwarded, as in the legacy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
-from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError
+from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError, Request
+from ..server.connection import INPUT_BACKLOG
 from ..wire import Direction
-from .upstream import UpstreamLink
+
+if TYPE_CHECKING:
+    from .proxy import Proxy
 
 log = logging.getLogger("distcache.proxy")
 
-_READ_SIZE = 1 << 16
 
+class LocalConnection(asyncio.Protocol):
+    """The protocol object of one accepted local connection (created by :class:`Proxy`)."""
 
-class IdleWatch:
-    """Closes an idle connection ``idle`` seconds after it was accepted or last forwarded a
-    request, unless a request is in progress (PROXY-8). Requests answered locally (no upstream)
-    do not count as forwarded, as in the legacy."""
+    def __init__(self, proxy: Proxy) -> None:
+        self._proxy = proxy
+        self._link = proxy.link
+        self._idle = proxy.settings.idle_ms / 1000
+        self._decoder = MessageDecoder(receives=Direction.REQUEST)
+        self._transport: asyncio.Transport | None = None
+        self.number = 0
+        #: The request in progress (forwarded or waiting upstream), else None.
+        self.request: Request | None = None
+        self._serving = False  # inside _serve: answers given meanwhile are batched
+        self._batched: list[bytes] = []
+        self._writing_paused = False
+        self._reading_paused = False
+        self._eof = False
+        self._closing = False
+        self._idle_deadline = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
-    def __init__(self, idle: float, writer: asyncio.StreamWriter) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._idle = idle
-        self._writer = writer
-        self._deadline = self._loop.time() + idle
-        self._busy = False
-        self.expired = False
-        self._timer = self._loop.call_at(self._deadline, self._check)
+    # -- asyncio.Protocol -------------------------------------------------------------------
 
-    def busy(self) -> None:
-        self._busy = True
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        number = self._proxy.admit(self)
+        if number is None:
+            self._closing = True
+            transport.close()  # accepted then closed at once, as the legacy did
+            return
+        self.number = number
+        if self._idle > 0:
+            self._idle_deadline = self._proxy.loop.time() + self._idle
+            self._arm_idle_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._closing:
+            self._decoder.receive_data(data)
+            self._serve()
+
+    def eof_received(self) -> bool:
+        if not self._closing:
+            self._eof = True
+            self._decoder.receive_data(b"")
+            self._serve()
+        return True  # keep the sending side open: the reply in progress still goes out
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._cancel_idle_timer()
+        self._proxy.forget(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._serve()
+
+    # -- requests and replies ---------------------------------------------------------------
+
+    def _serve(self) -> None:
+        """Take the next request unless one is in progress or the client is not reading."""
+        decoder, batched = self._decoder, self._batched
+        finished = False
+        self._serving = True
+        try:
+            while self.request is None and not (self._writing_paused or self._closing):
+                event = decoder.next_event()
+                if event is NEED_DATA:
+                    break
+                if type(event) is Closed:
+                    finished = True
+                    break
+                self.request = event
+                self._link.submit(self)
+        except RemoteProtocolError as error:
+            log.warning("local client %d broke the protocol, closing it: %s", self.number, error)
+            finished = True
+        finally:
+            self._serving = False
+        if batched:  # answered locally (link down): pipelined replies leave in one write
+            self._transport.writelines(batched)
+            batched.clear()
+        if finished:
+            self.close()
+        elif self._reading_paused or self._writing_paused or decoder.buffered > INPUT_BACKLOG:
+            self._update_reading()
+
+    def answer(self, payload: bytes) -> None:
+        """Reply to the request in progress (called by the link), then take the next one."""
+        request, self.request = self.request, None
+        if self._closing or self._transport.is_closing():
+            return  # the client left or was closed: nobody to answer
+        reply = request.respond(payload)
+        if self._serving:
+            self._batched.append(reply)
+            return
+        self._transport.write(reply)
+        if self._idle_timer is None and self._idle > 0:
+            self._arm_idle_timer()  # it fell due while the request was in progress
+        if self._decoder.buffered or self._eof or self._reading_paused:
+            self._serve()  # pipelined bytes (or the end of the stream) wait behind the reply
 
     def forwarded(self) -> None:
-        self._deadline = self._loop.time() + self._idle
+        if self._idle > 0:
+            self._idle_deadline = self._proxy.loop.time() + self._idle
 
-    def answered(self) -> None:
-        self._busy = False
-        self._timer.cancel()
-        self._timer = self._loop.call_at(self._deadline, self._check)
-
-    def _check(self) -> None:
-        if self._busy:
-            return  # re-armed by answered()
-        if self._loop.time() < self._deadline:
-            self._timer = self._loop.call_at(self._deadline, self._check)
+    def _update_reading(self) -> None:
+        if self._closing:
             return
-        self.expired = True
-        self._writer.close()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-async def serve_local_client(
-    number: int,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    link: UpstreamLink,
-    idle: float,
-) -> None:
-    """Serve one local connection until it closes (or breaks the protocol, or idles out)."""
-    decoder = MessageDecoder(receives=Direction.REQUEST)
-    watch = IdleWatch(idle, writer) if idle > 0 else None
-    try:
-        while True:
-            event = decoder.next_event()
-            if event is NEED_DATA:
-                decoder.receive_data(await reader.read(_READ_SIZE))
-                continue
-            if type(event) is Closed:
-                break
-            if watch is None:
-                payload = await link.exchange(event.operation, event.payload)
+        wanted = not self._writing_paused and self._decoder.buffered <= INPUT_BACKLOG
+        if wanted == self._reading_paused:
+            if wanted:
+                self._transport.resume_reading()
             else:
-                watch.busy()
-                payload = await link.exchange(event.operation, event.payload, watch.forwarded)
-                watch.answered()
-            writer.write(event.respond(payload))
-            await writer.drain()
-    except RemoteProtocolError as error:
-        if watch is None or not watch.expired:
-            log.warning("local client %d broke the protocol, closing it: %s", number, error)
-    except (ConnectionError, OSError):
-        pass  # the client went away; nothing of it is left to serve
-    finally:
-        if watch is not None:
-            watch.cancel()
-        writer.close()
+                self._transport.pause_reading()
+            self._reading_paused = not wanted
+
+    # -- closing ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close once the replies written so far are sent."""
+        if self._closing:
+            return
+        self._closing = True
+        self._cancel_idle_timer()
+        self._transport.close()
+
+    def _arm_idle_timer(self) -> None:
+        self._idle_timer = self._proxy.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _cancel_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_check(self) -> None:
+        # Forwarding only moves the deadline; the timer catches up here rather than being
+        # re-armed for every request.
+        self._idle_timer = None
+        if self._closing or self.request is not None:
+            return  # answer() re-arms it
+        if self._proxy.loop.time() < self._idle_deadline:
+            self._arm_idle_timer()
+        else:
+            self.close()

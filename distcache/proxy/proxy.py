@@ -10,8 +10,8 @@ import socket
 from dataclasses import dataclass
 
 from ..address import Address
-from ..server.listeners import bind_listeners
-from .local import serve_local_client
+from ..server.listeners import BACKLOG, bind_listeners
+from .local import LocalConnection
 from .upstream import UpstreamLink
 
 log = logging.getLogger("distcache.proxy")
@@ -45,13 +45,14 @@ class Proxy:
             settings.server, retry_ms=settings.retry_ms, max_in_flight=settings.max_in_flight
         )
         self._listeners: list[asyncio.Server] = []
-        self._clients: set[asyncio.Task] = set()
+        self._connections: set[LocalConnection] = set()
         self._accepted = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def clients(self) -> int:
         """Local connections being served."""
-        return len(self._clients)
+        return len(self._connections)
 
     def listen_address(self) -> str:
         """The address actually listened on (the real port when the settings said port 0)."""
@@ -64,14 +65,19 @@ class Proxy:
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve on already bound ``sockets`` (bound here from the settings when None; raises
         ListenError/AddressError), and make the first upstream attempt."""
+        self.loop = loop = asyncio.get_running_loop()
         if sockets is None:
             sockets = bind_listeners(self.settings.listen)
         for sock in sockets:
             if sock.family == socket.AF_UNIX:
-                start = asyncio.start_unix_server
+                create = loop.create_unix_server
             else:
-                start = asyncio.start_server
-            self._listeners.append(await start(self._accept, sock=sock, start_serving=False))
+                create = loop.create_server
+            self._listeners.append(
+                await create(
+                    lambda: LocalConnection(self), sock=sock, backlog=BACKLOG, start_serving=False
+                )
+            )
         # Clients wait in the backlog until the first attempt has an outcome, so the first
         # requests are forwarded, or answered EMPTY, never caught by the attempt in progress.
         self.link.start()
@@ -79,22 +85,18 @@ class Proxy:
         for listener in self._listeners:
             await listener.start_serving()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def admit(self, connection: LocalConnection) -> int | None:
+        """Register a new local connection and return its number, or None when at the limit."""
         limit = self.settings.max_clients
-        if len(self._clients) >= limit:
-            # Accepted then closed at once, as the legacy did (the client sees end-of-file).
+        if len(self._connections) >= limit:
             log.error("rejected new client connection already at maximum (%d) - dropping it", limit)
-            writer.close()
-            return
+            return None
+        self._connections.add(connection)
         self._accepted += 1
-        task = asyncio.current_task()
-        self._clients.add(task)
-        try:
-            await serve_local_client(
-                self._accepted, reader, writer, self.link, self.settings.idle_ms / 1000
-            )
-        finally:
-            self._clients.discard(task)
+        return self._accepted
+
+    def forget(self, connection: LocalConnection) -> None:
+        self._connections.discard(connection)
 
     async def close(self) -> None:
         """Stop listening, drop every local connection and the upstream link."""
@@ -103,8 +105,6 @@ class Proxy:
         if self._listeners and self.settings.listen.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self.settings.listen.path)
-        for task in list(self._clients):
-            task.cancel()
+        for connection in list(self._connections):
+            connection.close()
         await self.link.close()
-        if self._clients:
-            await asyncio.wait(self._clients, timeout=1)

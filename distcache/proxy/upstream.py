@@ -1,20 +1,26 @@
 """The proxy's one persistent upstream connection, shared by every local client.
 
 Each forwarded request gets a fresh uid from a proxy-wide counter (1, 2, ... wrapping at 32 bits
-and skipping uids still in flight: :class:`~distcache.protocol.RequestTracker`), is written in one
-call, and its reply is matched by that uid. The link is always in one of three states:
+and skipping uids still in flight: :class:`~distcache.protocol.RequestTracker`), and its reply is
+matched by that uid. The link is always in one of three states:
 
-``DOWN``        no connection: :meth:`UpstreamLink.exchange` answers ``b""`` at once (the local
+``DOWN``        no connection: :meth:`UpstreamLink.submit` answers ``b""`` at once (the local
                 client gets the legacy EMPTY reply); a reconnect is scheduled ``retry`` after
                 the failure, on a timer (not the legacy's coarse poll).
 ``CONNECTING``  an attempt is under way: requests wait for its outcome (forwarded, or answered
                 DISCONNECTED if it fails), as the legacy did with requests queued to a backend
                 whose connect then failed.
-``UP``          requests are forwarded, at most ``max_in_flight`` at a time; the rest wait.
+``UP``          requests are forwarded, at most ``max_in_flight`` at a time; the rest wait, first
+                come first served.
 
 When the connection fails (end of stream, socket error, or anything the protocol forbids: garbage,
-a bad version, an unknown uid, a mismatched operation) every request in flight is answered with
-the status byte DISCONNECTED and the link goes DOWN. Nothing the server sends can stop the proxy.
+a bad version, an unknown uid, a mismatched operation) every request in flight or waiting is
+answered with the status byte DISCONNECTED and the link goes DOWN. Nothing the server sends can
+stop the proxy.
+
+Everything runs in transport callbacks, with no task or future per request: a reply is decoded,
+matched and handed to its local connection within the callback that read it. Requests forwarded
+in one pass of the event loop leave in one write, as do requests released by one read of replies.
 """
 
 from __future__ import annotations
@@ -23,12 +29,21 @@ import asyncio
 import enum
 import logging
 from collections import deque
-from collections.abc import Callable
+from typing import Protocol
 
 from ..address import Address
-from ..netio import ConnectError, open_connection
-from ..protocol import Closed, MessageDecoder, RemoteProtocolError, RequestTracker, encode_request
-from ..wire import Direction, Operation, Status
+from ..netio import ConnectError
+from ..protocol import (
+    NEED_DATA,
+    Closed,
+    MessageDecoder,
+    RemoteProtocolError,
+    Request,
+    RequestTracker,
+    encode_request,
+)
+from ..wire import Direction, Status
+from .dial import dial
 
 log = logging.getLogger("distcache.proxy")
 
@@ -39,13 +54,23 @@ DISCONNECTED_REPLY = bytes((Status.DISCONNECTED,))
 #: Seconds a connect attempt may take before it counts as failed (a black-holed host would
 #: otherwise keep requests waiting for minutes of SYN retries).
 CONNECT_TIMEOUT = 5.0
-_READ_SIZE = 1 << 16
 
 
 class LinkState(enum.Enum):
     DOWN = "down"
     CONNECTING = "connecting"
     UP = "up"
+
+
+class Requester(Protocol):
+    """What the link needs of a local connection: the request it has in progress, a way to
+    answer it, and word of when it was forwarded (the idle timer counts from there)."""
+
+    request: Request | None
+
+    def answer(self, payload: bytes) -> None: ...
+
+    def forwarded(self) -> None: ...
 
 
 class UpstreamLink:
@@ -59,10 +84,12 @@ class UpstreamLink:
         #: Connections made so far (tests and logs use it to tell reconnects apart).
         self.connections = 0
         self._tracker = RequestTracker()
-        self._slot_waiters: deque[asyncio.Future] = deque()
-        self._writer: asyncio.StreamWriter | None = None
+        self._waiting: deque[Requester] = deque()
+        self._connection: _UpstreamConnection | None = None
+        self._decoder = MessageDecoder(receives=Direction.RESPONSE)
+        self._outbox: list[bytes] = []
+        self._flush_scheduled = False
         self._attempt: asyncio.Task | None = None
-        self._reader_task: asyncio.Task | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._outage_logged = False
@@ -71,7 +98,65 @@ class UpstreamLink:
     def in_flight(self) -> int:
         return len(self._tracker)
 
-    # -- connection management ------------------------------------------------------------------
+    # -- forwarding (the hot path) ---------------------------------------------------------
+
+    def submit(self, requester: Requester) -> None:
+        """Forward ``requester.request``; its answer comes through ``requester.answer``, at once
+        (EMPTY) when the link is DOWN, else when the reply arrives or the link fails."""
+        state = self.state
+        if state is LinkState.UP and not self._waiting and len(self._tracker) < self.max_in_flight:
+            self._forward(requester)
+        elif state is LinkState.DOWN:
+            requester.answer(EMPTY_REPLY)
+        else:
+            self._waiting.append(requester)
+
+    def _forward(self, requester: Requester) -> None:
+        request = requester.request
+        tracker = self._tracker
+        uid = tracker.allocate_uid()
+        tracker.add(uid, request.operation, requester)
+        self._outbox.append(encode_request(uid, request.operation, request.payload))
+        if not self._flush_scheduled:
+            # Other local connections ready in this pass of the loop join the same write.
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+        requester.forwarded()
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self._flush()
+
+    def _flush(self) -> None:
+        outbox = self._outbox
+        if outbox:
+            self._outbox = []
+            self._connection.transport.writelines(outbox)
+
+    def _replies_received(self, connection: _UpstreamConnection, data: bytes) -> None:
+        if connection is not self._connection:
+            return  # a connection already given up
+        decoder, tracker, waiting = self._decoder, self._tracker, self._waiting
+        try:
+            decoder.receive_data(data)
+            while (event := decoder.next_event()) is not NEED_DATA:
+                if type(event) is Closed:
+                    self._lost("the server closed the connection")
+                    return
+                requester = tracker.match(event).context
+                if waiting:  # the slot just freed goes to the longest waiting request
+                    self._forward(waiting.popleft())
+                # A requester that left meanwhile drops the late reply (PROXY-4).
+                requester.answer(event.payload)
+                if not decoder.buffered:
+                    break  # the usual end of a read: spare the decoder a fruitless call
+        except RemoteProtocolError as error:
+            log.warning("server broke the protocol, dropping its connection: %s", error)
+            self._went_down()
+            return
+        self._flush()  # requests the replies released (waiting or pipelined) leave now
+
+    # -- connection management -------------------------------------------------------------
 
     def start(self) -> None:
         """Make the first connect attempt (the legacy connected as soon as it was serving)."""
@@ -91,37 +176,53 @@ class UpstreamLink:
 
     async def _connect(self) -> None:
         try:
-            reader, writer = await open_connection(self.address, timeout=CONNECT_TIMEOUT)
+            await dial(self.address, lambda: _UpstreamConnection(self), timeout=CONNECT_TIMEOUT)
         except (ConnectError, OSError) as error:
             if not self._outage_logged:
                 log.warning(
                     "cannot connect to the server: %s (retrying every %g s)", error, self.retry
                 )
                 self._outage_logged = True
-            self._went_down()
-            return
-        if self._closed:
-            writer.close()
+            if self.state is LinkState.CONNECTING:
+                self._went_down()
+
+    def _connected(self, connection: _UpstreamConnection) -> None:
+        if self._closed or self.state is not LinkState.CONNECTING:
+            connection.transport.close()
             return
         self.connections += 1
         if self._outage_logged or self.connections > 1:
             log.warning("connected to the server %s", self.address)
         self._outage_logged = False
         self.state = LinkState.UP
-        self._writer = writer
-        self._reader_task = asyncio.get_running_loop().create_task(self._read_replies(reader))
-        self._wake_slot_waiters()
+        self._connection = connection
+        self._decoder = MessageDecoder(receives=Direction.RESPONSE)
+        waiting = self._waiting
+        while waiting and len(self._tracker) < self.max_in_flight:
+            self._forward(waiting.popleft())
+
+    def _connection_lost(self, connection: _UpstreamConnection, error: Exception | None) -> None:
+        if connection is self._connection:
+            self._lost(error.strerror or str(error) if isinstance(error, OSError) else error)
+
+    def _lost(self, reason: object) -> None:
+        log.warning("lost the server connection: %s", reason or "connection closed")
+        self._went_down()
 
     def _went_down(self) -> None:
-        """Answer everything in flight with DISCONNECTED and schedule the next attempt."""
+        """Answer everything in flight or waiting with DISCONNECTED; schedule the next attempt."""
         self.state = LinkState.DOWN
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-        for entry in self._tracker.drain():
-            if not entry.context.done():
-                entry.context.set_result(DISCONNECTED_REPLY)
-        self._wake_slot_waiters()
+        connection, self._connection = self._connection, None
+        self._outbox = []
+        if connection is not None:
+            connection.transport.close()
+        in_flight = self._tracker.drain()
+        waiting, self._waiting = self._waiting, deque()
+        # Answered after the state changed: a client's next request now gets EMPTY at once.
+        for entry in in_flight:
+            entry.context.answer(DISCONNECTED_REPLY)
+        for requester in waiting:
+            requester.answer(DISCONNECTED_REPLY)
         if not self._closed and self._retry_timer is None:
             self._retry_timer = asyncio.get_running_loop().call_later(self.retry, self._connect_now)
 
@@ -130,73 +231,29 @@ class UpstreamLink:
         self._closed = True
         if self._retry_timer is not None:
             self._retry_timer.cancel()
-        for task in (self._attempt, self._reader_task):
-            if task is not None and not task.done():
-                task.cancel()
+        if self._attempt is not None and not self._attempt.done():
+            self._attempt.cancel()
         self._went_down()
 
-    # -- replies ----------------------------------------------------------------------------
 
-    async def _read_replies(self, reader: asyncio.StreamReader) -> None:
-        decoder = MessageDecoder(receives=Direction.RESPONSE)
-        tracker = self._tracker
-        try:
-            while True:
-                decoder.receive_data(await reader.read(_READ_SIZE))
-                for event in decoder.events():
-                    if type(event) is Closed:
-                        raise ConnectionResetError("the server closed the connection")
-                    future = tracker.match(event).context
-                    if not future.done():
-                        future.set_result(event.payload)
-                    # else: the local client gave up; its late reply is dropped (PROXY-4).
-                    self._free_slot()
-        except RemoteProtocolError as error:
-            log.warning("server broke the protocol, dropping its connection: %s", error)
-        except OSError as error:
-            log.warning("lost the server connection: %s", error.strerror or error)
-        except asyncio.CancelledError:
-            return
-        if self._reader_task is asyncio.current_task():
-            self._reader_task = None
-        self._went_down()
+class _UpstreamConnection(asyncio.Protocol):
+    """The callbacks of one upstream connection, passed on to its link (which ignores them
+    once it has given that connection up)."""
 
-    # -- forwarding -------------------------------------------------------------------------
+    def __init__(self, link: UpstreamLink) -> None:
+        self._link = link
+        self.transport: asyncio.Transport | None = None
 
-    async def exchange(
-        self, operation: Operation, payload: bytes, on_forward: Callable[[], None] | None = None
-    ) -> bytes:
-        """Forward one request and return the payload to answer the local client with.
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self._link._connected(self)
 
-        A request that finds the link DOWN is answered EMPTY at once; one that had to wait (for
-        a connect attempt or a free slot) and then loses the link is answered DISCONNECTED.
-        """
-        waited = False
-        if self.state is LinkState.CONNECTING:
-            waited = True
-            await asyncio.wait({self._attempt})
-        while self.state is LinkState.UP and len(self._tracker) >= self.max_in_flight:
-            waited = True
-            waiter = asyncio.get_running_loop().create_future()
-            self._slot_waiters.append(waiter)
-            await waiter
-        if self.state is not LinkState.UP:
-            return DISCONNECTED_REPLY if waited else EMPTY_REPLY
-        uid = self._tracker.allocate_uid()
-        future = asyncio.get_running_loop().create_future()
-        self._tracker.add(uid, operation, future)
-        self._writer.write(encode_request(uid, operation, payload))
-        if on_forward is not None:
-            on_forward()
-        return await future
+    def data_received(self, data: bytes) -> None:
+        self._link._replies_received(self, data)
 
-    def _free_slot(self) -> None:
-        while self._slot_waiters:
-            waiter = self._slot_waiters.popleft()
-            if not waiter.done():  # skip waiters whose client went away
-                waiter.set_result(None)
-                return
+    def eof_received(self) -> bool:
+        self._link._replies_received(self, b"")
+        return False
 
-    def _wake_slot_waiters(self) -> None:
-        while self._slot_waiters:
-            self._free_slot()
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._link._connection_lost(self, exc)
