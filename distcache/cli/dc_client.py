@@ -35,17 +35,17 @@ from ..proxy import (
 from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.daemon import become_user, detach, write_pidfile
 from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
-from .dc_server import LOG_LEVELS
-from .dc_server import _apply_socket_file_settings as apply_socket_file_settings
-from .legacy_flags import CommandLine, Flag, decimal_in, run_parser
+from .dc_server import apply_socket_file_settings
+from .legacy_flags import (
+    SERVICE_FLAGS,
+    CommandLine,
+    Flag,
+    decimal_in,
+    log_level_flag,
+    run_parser,
+)
 
 __all__ = ["COMMAND_LINE", "main"]
-
-
-def _log_level(text: str) -> str:
-    if text.upper() not in LOG_LEVELS:
-        raise ValueError(f"one of {', '.join(LOG_LEVELS)}")
-    return text.upper()
 
 
 COMMAND_LINE = CommandLine(
@@ -76,15 +76,7 @@ COMMAND_LINE = CommandLine(
             decimal_in(0, MAX_IDLE_MS),
             0,
         ),
-        Flag(("-daemon",), "daemon", "detach and run in the background"),
-        Flag(("-pidfile",), "pidfile", "write the process id to this file", "path"),
-        Flag(("-user",), "user", "run as this user (and its groups) once listening", "user"),
-        Flag(("-sockowner",), "sockowner", "owner of the UNIX socket file", "user"),
-        Flag(("-sockgroup",), "sockgroup", "group of the UNIX socket file", "group"),
-        Flag(
-            ("-sockperms",), "sockperms", "permissions of the UNIX socket file, e.g. 600", "octal"
-        ),
-        Flag(("-killable",), "killable", "stop cleanly on SIGUSR1/SIGUSR2 (else ignored)"),
+        *SERVICE_FLAGS,
         Flag(
             ("-maxinflight",),
             "max_in_flight",
@@ -101,14 +93,7 @@ COMMAND_LINE = CommandLine(
             decimal_in(1, 1_000_000),
             DEFAULT_MAX_CLIENTS,
         ),
-        Flag(
-            ("-log-level",),
-            "log_level",
-            "extension: logging threshold",
-            "level",
-            _log_level,
-            "WARNING",
-        ),
+        log_level_flag(),
     ],
     notes=(
         "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"

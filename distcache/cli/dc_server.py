@@ -36,19 +36,19 @@ from ..server import (
 from ..server.daemon import become_user, detach, write_pidfile
 from ..server.run import defer_stop_requests
 from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
-from .legacy_flags import CommandLine, Flag, decimal_in, run_parser
+from .legacy_flags import (
+    SERVICE_FLAGS,
+    CommandLine,
+    Flag,
+    decimal_in,
+    log_level_flag,
+    run_parser,
+)
 
-__all__ = ["COMMAND_LINE", "LOG_LEVELS", "main"]
+__all__ = ["COMMAND_LINE", "apply_socket_file_settings", "main"]
 
 #: Largest ``-progress`` value the legacy accepted.
 MAX_PROGRESS = 1_000_000
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-
-def _log_level(text: str) -> str:
-    if text.upper() not in LOG_LEVELS:
-        raise ValueError(f"one of {', '.join(LOG_LEVELS)}")
-    return text.upper()
 
 
 COMMAND_LINE = CommandLine(
@@ -73,15 +73,7 @@ COMMAND_LINE = CommandLine(
             decimal_in(0, MAX_PROGRESS),
             0,
         ),
-        Flag(("-daemon",), "daemon", "detach and run in the background"),
-        Flag(("-pidfile",), "pidfile", "write the process id to this file", "path"),
-        Flag(("-user",), "user", "run as this user (and its groups) once listening", "user"),
-        Flag(("-sockowner",), "sockowner", "owner of the UNIX socket file", "user"),
-        Flag(("-sockgroup",), "sockgroup", "group of the UNIX socket file", "group"),
-        Flag(
-            ("-sockperms",), "sockperms", "permissions of the UNIX socket file, e.g. 600", "octal"
-        ),
-        Flag(("-killable",), "killable", "stop cleanly on SIGUSR1/SIGUSR2 (else ignored)"),
+        *SERVICE_FLAGS,
         Flag(
             ("-maxconns",),
             "maxconns",
@@ -90,14 +82,7 @@ COMMAND_LINE = CommandLine(
             decimal_in(1, 1_000_000),
             DEFAULT_MAX_CONNECTIONS,
         ),
-        Flag(
-            ("-log-level",),
-            "log_level",
-            f"extension: logging threshold, one of {', '.join(LOG_LEVELS)}",
-            "level",
-            _log_level,
-            "WARNING",
-        ),
+        log_level_flag(),
         Flag(
             ("-engine",),
             "engine",
@@ -149,7 +134,7 @@ def _start(options: SimpleNamespace) -> int:
         sockets = bind_listeners(parse_address(options.listen))
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
-    _apply_socket_file_settings(options, unix_path_of(sockets))
+    apply_socket_file_settings(options, unix_path_of(sockets))
     pidfile = os.path.abspath(options.pidfile) if options.pidfile else None
     ready = None
     if options.daemon:
@@ -177,7 +162,7 @@ def _start(options: SimpleNamespace) -> int:
     return run_server(sockets, store, run_options)
 
 
-def _apply_socket_file_settings(options, unix_path: str | None) -> None:
+def apply_socket_file_settings(options, unix_path: str | None) -> None:
     """-sockowner/-sockgroup/-sockperms: UNIX listeners only; a failure is only a warning."""
     if options.sockowner or options.sockgroup:
         try:

@@ -22,11 +22,14 @@ from typing import Any
 
 __all__ = [
     "HELP_WORDS",
+    "LOG_LEVELS",
+    "SERVICE_FLAGS",
     "CommandLine",
     "Flag",
     "FlagExit",
     "InvalidArgument",
     "decimal_in",
+    "log_level_flag",
     "octal_mode",
     "run_parser",
 ]
@@ -87,6 +90,40 @@ def octal_mode(text: str) -> int:
     if not 0 <= mode <= 0o7777:
         raise InvalidArgument(f"file mode {text!r} is out of range")
     return mode
+
+
+#: Logging thresholds the ``-log-level`` extension takes.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(text: str) -> str:
+    if text.upper() not in LOG_LEVELS:
+        raise InvalidArgument(f"one of {', '.join(LOG_LEVELS)}")
+    return text.upper()
+
+
+def log_level_flag() -> Flag:
+    """The ``-log-level`` extension flag (default WARNING)."""
+    return Flag(
+        ("-log-level",),
+        "log_level",
+        f"extension: logging threshold, one of {', '.join(LOG_LEVELS)}",
+        "level",
+        _log_level,
+        "WARNING",
+    )
+
+
+#: The legacy daemon flags that dc_server and dc_client share, in their legacy order.
+SERVICE_FLAGS: tuple[Flag, ...] = (
+    Flag(("-daemon",), "daemon", "detach and run in the background"),
+    Flag(("-pidfile",), "pidfile", "write the process id to this file", "path"),
+    Flag(("-user",), "user", "run as this user (and its groups) once listening", "user"),
+    Flag(("-sockowner",), "sockowner", "owner of the UNIX socket file", "user"),
+    Flag(("-sockgroup",), "sockgroup", "group of the UNIX socket file", "group"),
+    Flag(("-sockperms",), "sockperms", "permissions of the UNIX socket file, e.g. 600", "octal"),
+    Flag(("-killable",), "killable", "stop cleanly on SIGUSR1/SIGUSR2 (else ignored)"),
+)
 
 
 @dataclass
