@@ -4,6 +4,8 @@ inside their header)."""
 
 from __future__ import annotations
 
+import struct
+
 from ..wire.enums import Complete, Direction, Operation, Status
 from ..wire.fastcodec import HEADER_STRUCT
 from ..wire.limits import HEADER_SIZE, MAX_FRAME_DATA, MAX_PAYLOAD, MAX_REQUEST_UID, PROTOCOL_LEVEL
@@ -76,8 +78,13 @@ def encode_response(request_uid: int, operation: Operation, payload: bytes) -> b
 
 
 _STATUS_BYTES = {status: bytes((status,)) for status in Status}
+_RESPONSE = int(Direction.RESPONSE)
 
 
 def encode_status(request_uid: int, operation: Operation, status: Status) -> bytes:
-    """Encode a one-byte status response."""
-    return encode_message(Direction.RESPONSE, request_uid, operation, _STATUS_BYTES[status])
+    """Encode a one-byte status response (the commonest reply: a single frame, packed directly)."""
+    try:
+        header = _pack_header(PROTOCOL_LEVEL, _RESPONSE, request_uid, _USER, operation, _LAST, 1)
+    except struct.error:
+        raise LocalProtocolError(f"request_uid {request_uid} does not fit in 32 bits") from None
+    return header + _STATUS_BYTES[status]
