@@ -65,7 +65,7 @@ def test_every_shipped_vector_file_loads():
     assert all(v.steps for f in files for v in f)
     reference = reference_vector_files()
     assert reference, "the safe-behaviour recordings ship with the package"
-    unsafe = {v.id for f in files if f.target_kind == "server" for v in f if v.unsafe}
+    unsafe = {v.id for f in files for v in f if v.unsafe}
     assert {v.id for f in reference for v in f} == unsafe
 
 

@@ -1,25 +1,31 @@
-"""Recording the safe-behaviour vectors from the reference server (``distcache conformance
---record DIR``).
+"""Recording the safe-behaviour vectors from the reference implementation (``distcache
+conformance --record DIR``).
 
-For each legacy server vector that pins a defect, the recorder plays the same client bytes against
-a fresh in-process reference server and writes down what it does instead: every ``send`` is
-followed by what arrived (one ``expect`` per frame), a silence, or a close. Two additions make the
-safe behaviour explicit: a frame left incomplete at the end of the legacy vector (the flood
-vectors) is completed, so the recording shows exactly one answer once the bytes arrive; and a
-vector whose connection ends closed (where the legacy process died) goes on with a new connection
-and a HAVE, showing that the server still serves.
+For each legacy vector that pins a defect, the recorder plays the same client bytes against a
+fresh reference target and writes down what it does instead: every ``send`` is followed by what
+arrived (one ``expect`` per frame), a silence, or a close. Server vectors play against an
+in-process reference server; proxy vectors against our ``dc_client`` started as a process in front
+of one (or of nothing, when the vector's upstream is absent), exactly as the proxy cases start
+the proxy under test. Two additions make the safe behaviour explicit: a frame left incomplete at
+the end of the legacy vector (the flood vectors) is completed, so the recording shows exactly one
+answer once the bytes arrive; and a vector whose connection ends closed (where the legacy process
+died) goes on with a new connection and a HAVE, showing that the target still serves.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import shlex
+import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..protocol import have_request
 from ..wire import HEADER_SIZE, PROTOCOL_LEVEL, fastcodec
 from .probe import Probe
-from .targets import InProcessSetup, TargetUnavailable
+from .targets import InProcessSetup, ProxySetup, TargetUnavailable, free_tcp_address
 from .vectors import (
     FORMAT,
     Expect,
@@ -41,6 +47,15 @@ QUIET_MS = 100
 #: Header of an empty GET (uid 0): completes a header the legacy vector left unfinished.
 _HEADER_TEMPLATE = fastcodec.encode_header(0, 0, 1, 1, 0, PROTOCOL_LEVEL)
 _PROBE_ID = b"still-serving"
+#: This project's proxy, started the way ``--proxy-cmd`` starts the proxy under test.
+REFERENCE_PROXY_COMMAND = (
+    f"{shlex.quote(sys.executable)} -m distcache.cli.dc_client -listen {{listen}} "
+    "-server {upstream} -retry {retry_ms} -idle {idle_ms}"
+)
+RECORDED_FROM = {
+    "server": "distcache reference server (Python), in-process, loopback TCP",
+    "proxy": "distcache dc_client (Python) in front of the reference server, loopback TCP",
+}
 
 
 def _frames(data: bytes) -> list[bytes]:
@@ -155,26 +170,21 @@ def _vector_json(vector: Vector) -> dict:
 
 
 async def _record_all(directory: Path, timeout: float) -> int:
-    setup = InProcessSetup()
+    servers, proxies = InProcessSetup(), ProxySetup(REFERENCE_PROXY_COMMAND)
     count = 0
     directory.mkdir(parents=True, exist_ok=True)
     for vector_file in legacy_vector_files():
-        if vector_file.target_kind != "server":
-            continue
         recorded = []
         for vector in vector_file:
             if not vector.unsafe:
                 continue
-            instance = await setup.start_instance(vector.sessions)
-            try:
-                recorded.append(await record_vector(vector, instance.address, timeout=timeout))
-            finally:
-                await instance.stop()
+            async with _reference_target(vector, servers, proxies) as address:
+                recorded.append(await record_vector(vector, address, timeout=timeout))
         if not recorded:
             continue
         document = {
             "format": FORMAT,
-            "recorded_from": "distcache reference server (Python), in-process, loopback TCP",
+            "recorded_from": RECORDED_FROM[vector_file.target_kind],
             "target_kind": vector_file.target_kind,
             "group": vector_file.group,
             "vectors": [_vector_json(v) for v in recorded],
@@ -184,6 +194,25 @@ async def _record_all(directory: Path, timeout: float) -> int:
         count += len(recorded)
         print(f"{path.name}: {len(recorded)} vectors")
     return count
+
+
+@contextlib.asynccontextmanager
+async def _reference_target(
+    vector: Vector, servers: InProcessSetup, proxies: ProxySetup
+) -> AsyncIterator[str]:
+    """The address of a fresh reference target set up as ``vector`` says; stopped afterwards."""
+    async with contextlib.AsyncExitStack() as stack:
+        if vector.upstream_running:  # always, for a server vector
+            server = await servers.start_instance(vector.sessions)
+            stack.push_async_callback(server.stop)
+            address = server.address
+        else:
+            address = free_tcp_address()
+        if vector.target_kind == "proxy":
+            proxy = await proxies.start(address, **vector.proxy_timers)
+            stack.push_async_callback(proxy.stop)
+            address = proxy.address
+        yield address
 
 
 def record_reference_vectors(directory: Path, *, timeout: float = 1.0) -> int:

@@ -39,6 +39,8 @@ __all__ = [
 FORMAT = "distcache-vectors/1"
 #: Flags that mark a recorded behaviour as something a new implementation must not copy.
 UNSAFE_FLAGS = frozenset({"legacy-bug", "environment-dependent"})
+#: ``dc_client -retry`` when a proxy vector does not say.
+LEGACY_RETRY_MS = 5000
 
 
 class VectorFormatError(ValueError):
@@ -113,6 +115,19 @@ class Vector:
     def sessions(self) -> int | None:
         """The cache capacity the vector was recorded with, if it says."""
         return self.setup.get("sessions")
+
+    @property
+    def upstream_running(self) -> bool:
+        """Proxy vectors: whether a server listens behind the proxy (else nothing does)."""
+        return self.setup.get("upstream", "running") == "running"
+
+    @property
+    def proxy_timers(self) -> dict[str, int]:
+        """Proxy vectors: ``retry_ms`` and ``idle_ms`` for the proxy (legacy defaults if unset)."""
+        return {
+            "retry_ms": self.setup.get("retry_ms", LEGACY_RETRY_MS),
+            "idle_ms": self.setup.get("idle_ms", 0),
+        }
 
     @property
     def expects_death(self) -> bool:

@@ -43,14 +43,11 @@ def _make_run(plan: VectorPlan):
                 "recorded behaviour is a legacy defect; no safe-behaviour recording yet"
             )
         if vector.target_kind == "proxy":
-            setup = vector.setup
-            if setup.get("upstream", "running") == "running":
-                upstream = await t.reference_upstream(setup.get("sessions"))
+            if vector.upstream_running:
+                upstream = await t.reference_upstream(vector.sessions)
             else:
                 upstream = free_tcp_address()
-            address = await t.start_proxy(
-                upstream, retry_ms=setup.get("retry_ms", 5000), idle_ms=setup.get("idle_ms", 0)
-            )
+            address = await t.start_proxy(upstream, **vector.proxy_timers)
         else:
             address = t.address
         result = await replay(vector, address, step_timeout=t.timeout, log=t.log)
