@@ -36,7 +36,12 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--proxy-cmd",
         metavar="CMD",
-        help='test a proxy: e.g. "dc_client -listen {listen} -server {upstream} -retry {retry_ms}"',
+        help=(
+            "test a proxy, started per case from this template: {listen} and {upstream} are "
+            "required, {retry_ms} and {idle_ms} optional (cases that need an idle limit are "
+            'UNSUPPORTED without {idle_ms}); e.g. "dc_client -listen {listen} -server {upstream} '
+            '-retry {retry_ms} -idle {idle_ms}"'
+        ),
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument(
@@ -65,7 +70,10 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--record",
         metavar="DIR",
-        help="record the safe-behaviour vectors from the reference server into DIR and exit",
+        help=(
+            "record the safe-behaviour vectors from the reference server and proxy into DIR "
+            "and exit"
+        ),
     )
     parser.set_defaults(handler=run)
 
