@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sys
 from types import SimpleNamespace
 
@@ -33,9 +32,7 @@ from ..proxy import (
     ProxySettings,
 )
 from ..server import bind_listeners, new_event_loop, unix_path_of
-from ..server.daemon import become_user, detach, write_pidfile
 from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
-from .dc_server import apply_socket_file_settings
 from .legacy_flags import (
     SERVICE_FLAGS,
     CommandLine,
@@ -44,6 +41,7 @@ from .legacy_flags import (
     log_level_flag,
     run_parser,
 )
+from .service import StartupError, apply_socket_file_settings, become_service
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -104,10 +102,6 @@ COMMAND_LINE = CommandLine(
 )
 
 
-class StartupError(Exception):
-    """Start-up failed: print the lines, exit 1."""
-
-
 def main(argv: list[str] | None = None) -> int:
     options = run_parser(COMMAND_LINE, argv)
     if isinstance(options, int):
@@ -121,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             format="%(asctime)s dc_client %(levelname)s: %(message)s",
         )
         sockets = _listen(options, settings)
-        _become_daemon(options)
+        become_service(SimpleNamespace(**options))
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1
@@ -157,27 +151,6 @@ def _listen(options: dict, settings: ProxySettings):
         raise StartupError(f"Error, bad listen address\n  ({error})") from None
     apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))
     return sockets
-
-
-def _become_daemon(options: dict) -> None:
-    pidfile = os.path.abspath(options["pidfile"]) if options["pidfile"] else None
-    if options["daemon"]:
-        try:
-            detach()
-        except OSError:
-            raise StartupError("Error, couldn't detach!") from None
-    if pidfile:
-        try:
-            write_pidfile(pidfile)
-        except OSError:
-            raise StartupError(
-                f"Error, couldn't open 'pidfile' at '{options['pidfile']}'."
-            ) from None
-    if options["user"]:
-        try:
-            become_user(options["user"])
-        except (KeyError, OSError):
-            raise StartupError(f"Error, couldn't become user '{options['user']}'.") from None
 
 
 async def _serve(settings: ProxySettings, sockets, killable: bool) -> int:

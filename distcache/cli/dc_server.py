@@ -17,12 +17,11 @@ invalid-argument messages). Deliberate differences from the legacy program:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from types import SimpleNamespace
 
 from ..address import AddressError, parse_address
-from ..netio import ListenError, set_unix_owner
+from ..netio import ListenError
 from ..server import (
     DEFAULT_ENGINE_URL,
     DEFAULT_MAX_CONNECTIONS,
@@ -33,7 +32,6 @@ from ..server import (
     run_server,
     unix_path_of,
 )
-from ..server.daemon import become_user, detach, write_pidfile
 from ..server.run import defer_stop_requests
 from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
 from .legacy_flags import (
@@ -44,8 +42,9 @@ from .legacy_flags import (
     log_level_flag,
     run_parser,
 )
+from .service import StartupError, apply_socket_file_settings, become_service
 
-__all__ = ["COMMAND_LINE", "apply_socket_file_settings", "main"]
+__all__ = ["COMMAND_LINE", "main"]
 
 #: Largest ``-progress`` value the legacy accepted.
 MAX_PROGRESS = 1_000_000
@@ -100,10 +99,6 @@ COMMAND_LINE = CommandLine(
 )
 
 
-class StartupError(Exception):
-    """Start-up failed; the message is printed and the exit status is 1."""
-
-
 def main(argv: list[str] | None = None) -> int:
     values = run_parser(COMMAND_LINE, argv)
     if isinstance(values, int):
@@ -135,24 +130,8 @@ def _start(options: SimpleNamespace) -> int:
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
     apply_socket_file_settings(options, unix_path_of(sockets))
-    pidfile = os.path.abspath(options.pidfile) if options.pidfile else None
-    ready = None
-    if options.daemon:
-        try:
-            # The launcher exits once the daemon serves: scripts may read the pid file at once.
-            ready = detach(wait_until_ready=True)
-        except OSError:
-            raise StartupError("Error, couldn't detach!") from None
-    if pidfile:
-        try:
-            write_pidfile(pidfile)
-        except OSError:
-            raise StartupError(f"Error, couldn't open 'pidfile' at '{options.pidfile}'.") from None
-    if options.user:
-        try:
-            become_user(options.user)
-        except (KeyError, OSError):
-            raise StartupError(f"Error, couldn't become user '{options.user}'.") from None
+    # The launcher exits once the daemon serves: scripts may read the pid file at once.
+    ready = become_service(options, wait_until_ready=True)
     run_options = RunOptions(
         progress=options.progress,
         killable=options.killable,
@@ -160,31 +139,6 @@ def _start(options: SimpleNamespace) -> int:
         on_ready=ready,
     )
     return run_server(sockets, store, run_options)
-
-
-def apply_socket_file_settings(options, unix_path: str | None) -> None:
-    """-sockowner/-sockgroup/-sockperms: UNIX listeners only; a failure is only a warning."""
-    if options.sockowner or options.sockgroup:
-        try:
-            if unix_path is None:
-                raise ListenError("not a UNIX listener")
-            set_unix_owner(unix_path, options.sockowner, options.sockgroup)
-        except ListenError:
-            print(
-                f"Warning, can't set socket ownership to user '{options.sockowner or '(null)'}'"
-                f" and group '{options.sockgroup or '(null)'}', continuing anyway",
-                file=sys.stderr,
-            )
-    if options.sockperms is not None:
-        try:
-            if unix_path is None:
-                raise OSError("not a UNIX listener")
-            os.chmod(unix_path, int(options.sockperms, 8))
-        except (OSError, ValueError):
-            print(
-                f"Warning, can't set socket permissions to '{options.sockperms}', continuing anyway",
-                file=sys.stderr,
-            )
 
 
 if __name__ == "__main__":
