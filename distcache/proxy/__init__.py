@@ -14,7 +14,14 @@ from .proxy import (
     Proxy,
     ProxySettings,
 )
-from .upstream import DISCONNECTED_REPLY, EMPTY_REPLY, LinkState, UpstreamLink
+from .upstream import (
+    DISCONNECTED_REPLY,
+    EMPTY_REPLY,
+    TRANSITIONS,
+    LinkEvent,
+    LinkState,
+    UpstreamLink,
+)
 
 __all__ = [
     "DEFAULT_LISTEN",
@@ -25,6 +32,8 @@ __all__ = [
     "EMPTY_REPLY",
     "MAX_IDLE_MS",
     "MAX_RETRY_MS",
+    "TRANSITIONS",
+    "LinkEvent",
     "LinkState",
     "Proxy",
     "ProxySettings",

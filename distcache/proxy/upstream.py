@@ -62,6 +62,32 @@ class LinkState(enum.Enum):
     UP = "up"
 
 
+class LinkEvent(enum.Enum):
+    """What moves the link from one state to another (the value says when it happens)."""
+
+    ATTEMPT = "start-up, or the retry timer fires: a connect attempt begins"
+    CONNECTED = "the connect attempt succeeded"
+    FAILED = "the connect attempt failed or timed out"
+    LOST = "end of stream, a socket error, or a protocol error from the server"
+    CLOSED = "the proxy stops; no further attempt"
+
+
+_DOWN, _CONNECTING, _UP = LinkState.DOWN, LinkState.CONNECTING, LinkState.UP
+
+#: The link's state machine: (state, event) -> next state. A pair not listed cannot happen; the
+#: docs' transition table is generated from this one. Every move into DOWN answers the requests
+#: in flight or waiting with DISCONNECTED and, unless CLOSED, arms the retry timer.
+TRANSITIONS: dict[tuple[LinkState, LinkEvent], LinkState] = {
+    (_DOWN, LinkEvent.ATTEMPT): _CONNECTING,
+    (_CONNECTING, LinkEvent.CONNECTED): _UP,
+    (_CONNECTING, LinkEvent.FAILED): _DOWN,
+    (_UP, LinkEvent.LOST): _DOWN,
+    (_DOWN, LinkEvent.CLOSED): _DOWN,
+    (_CONNECTING, LinkEvent.CLOSED): _DOWN,
+    (_UP, LinkEvent.CLOSED): _DOWN,
+}
+
+
 class Requester(Protocol):
     """What the link needs of a local connection: the request it has in progress, a way to
     answer it, and word of when it was forwarded (the idle timer counts from there)."""
@@ -152,7 +178,7 @@ class UpstreamLink:
                     break  # the usual end of a read: spare the decoder a fruitless call
         except RemoteProtocolError as error:
             log.warning("server broke the protocol, dropping its connection: %s", error)
-            self._went_down()
+            self._went_down(LinkEvent.LOST)
             return
         self._flush()  # requests the replies released (waiting or pipelined) leave now
 
@@ -167,11 +193,15 @@ class UpstreamLink:
         if self._attempt is not None:
             await asyncio.wait({self._attempt})
 
+    def _move(self, event: LinkEvent) -> None:
+        """Take the transition ``event`` causes (a pair missing from TRANSITIONS is a bug)."""
+        self.state = TRANSITIONS[(self.state, event)]
+
     def _connect_now(self) -> None:
         self._retry_timer = None
         if self._closed:
             return
-        self.state = LinkState.CONNECTING
+        self._move(LinkEvent.ATTEMPT)
         self._attempt = asyncio.get_running_loop().create_task(self._connect())
 
     async def _connect(self) -> None:
@@ -184,7 +214,7 @@ class UpstreamLink:
                 )
                 self._outage_logged = True
             if self.state is LinkState.CONNECTING:
-                self._went_down()
+                self._went_down(LinkEvent.FAILED)
 
     def _connected(self, connection: _UpstreamConnection) -> None:
         if self._closed or self.state is not LinkState.CONNECTING:
@@ -194,7 +224,7 @@ class UpstreamLink:
         if self._outage_logged or self.connections > 1:
             log.warning("connected to the server %s", self.address)
         self._outage_logged = False
-        self.state = LinkState.UP
+        self._move(LinkEvent.CONNECTED)
         self._connection = connection
         self._decoder = MessageDecoder(receives=Direction.RESPONSE)
         waiting = self._waiting
@@ -207,11 +237,11 @@ class UpstreamLink:
 
     def _lost(self, reason: object) -> None:
         log.warning("lost the server connection: %s", reason or "connection closed")
-        self._went_down()
+        self._went_down(LinkEvent.LOST)
 
-    def _went_down(self) -> None:
+    def _went_down(self, event: LinkEvent) -> None:
         """Answer everything in flight or waiting with DISCONNECTED; schedule the next attempt."""
-        self.state = LinkState.DOWN
+        self._move(event)
         connection, self._connection = self._connection, None
         self._outbox = []
         if connection is not None:
@@ -233,7 +263,7 @@ class UpstreamLink:
             self._retry_timer.cancel()
         if self._attempt is not None and not self._attempt.done():
             self._attempt.cancel()
-        self._went_down()
+        self._went_down(LinkEvent.CLOSED)
 
 
 class _UpstreamConnection(asyncio.Protocol):

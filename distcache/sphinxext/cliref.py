@@ -245,7 +245,44 @@ class EnumStates(SphinxDirective):
         ]
 
 
+class StateTransitions(SphinxDirective):
+    """``.. state-transitions:: module.TABLE``: a ``{(state, event): state}`` table as a diagram
+    (one arrow per transition) and a table with each event's meaning (the event's value)."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        target = self.arguments[0]
+        module_name, _, name = target.rpartition(".")
+        try:
+            table = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError) as error:
+            logger.warning("state-transitions: %s", error, location=self.get_location())
+            return []
+        if not isinstance(table, dict) or not table:
+            logger.warning(
+                "state-transitions: %s is not a table", target, location=self.get_location()
+            )
+            return []
+        width = max(len(state.name) for state, _ in table)
+        arrows = "\n".join(
+            f"{state.name:>{width}} --{event.name}--> {after.name}"
+            for (state, event), after in table.items()
+        )
+        diagram = nodes.literal_block(arrows, arrows)
+        diagram["language"] = "text"
+        rows = [
+            (code(state.name), code(event.name), code(after.name), nodes.paragraph("", event.value))
+            for (state, event), after in table.items()
+        ]
+        return [
+            diagram,
+            build_table(("From", "Event", "To", "When"), rows, (16, 16, 16, 52), caption=f"{name}"),
+        ]
+
+
 def setup(app) -> None:
+    app.add_directive("state-transitions", StateTransitions)
     app.add_directive("cli-reference", CliReference)
     app.add_directive("legacy-command-line", LegacyCommandLine)
     app.add_directive("enum-states", EnumStates)
