@@ -114,6 +114,8 @@ class MessageDecoder:
                 if available < HEADER_SIZE:
                     if available >= MIN_BYTES_EXAMINED:
                         self._reject_partial_header(available)
+                    if not self._eof:
+                        return NEED_DATA  # the usual end of a read
                     return self._at_end_of_input(available)
                 header = decode_header(buf, pos)
                 if header is None:
