@@ -17,13 +17,22 @@ from . import UsageError
 SUBCOMMAND_MODULES = ("decode", "oneshot", "conformance", "dissector")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports bad usage in one line (plus a pointer to --help), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="distcache",
         description="distcache protocol tools: decoding, conformance, one-shot operations.",
     )
     parser.add_argument("--version", action="version", version=f"distcache {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    subparsers = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
+    )
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)
     return parser
