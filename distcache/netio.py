@@ -24,6 +24,8 @@ from .address import Address, AddressError, parse_address
 __all__ = [
     "ConnectError",
     "ListenError",
+    "clear_unix_path",
+    "inherited_listener",
     "open_connection",
     "open_fd_connection",
     "set_unix_owner",
@@ -98,12 +100,12 @@ async def start_listener(
                 **options,
             )
         if address.kind == "unix":
-            _clear_unix_path(address, replace_stale=unix_replace_stale)
+            clear_unix_path(address, replace_stale=unix_replace_stale)
             server = await asyncio.start_unix_server(on_connect, path=address.path, **options)
             if sock_mode is not None:
                 _chmod_socket(server, address, sock_mode)
             return server
-        return await asyncio.start_server(on_connect, sock=_inherited_listener(address), **options)
+        return await asyncio.start_server(on_connect, sock=inherited_listener(address), **options)
     except OSError as error:
         if isinstance(error, ListenError):
             raise
@@ -114,7 +116,7 @@ def _reason(error: OSError) -> str:
     return error.strerror or str(error) or type(error).__name__
 
 
-def _clear_unix_path(address: Address, *, replace_stale: bool) -> None:
+def clear_unix_path(address: Address, *, replace_stale: bool) -> None:
     """Make way for a UNIX listener: remove a stale socket file, refuse anything else."""
     path = address.path
     assert path is not None
@@ -155,7 +157,8 @@ def _chmod_socket(server: asyncio.Server, address: Address, mode: int) -> None:
         ) from None
 
 
-def _inherited_listener(address: Address) -> socket.socket:
+def inherited_listener(address: Address) -> socket.socket:
+    """The listening socket an ``FD:n`` address names (inherited from the parent process)."""
     fd = address.read_fd
     if fd != address.write_fd or not _is_listening_socket(fd):
         raise AddressError(

@@ -33,7 +33,7 @@ def bind_listeners(address: Address | str) -> list[socket.socket]:
         return _bind_tcp(address)
     if address.kind == "unix":
         return [_bind_unix(address)]
-    return [netio._inherited_listener(address)]
+    return [netio.inherited_listener(address)]
 
 
 def close_listeners(sockets: list[socket.socket]) -> None:
@@ -80,7 +80,7 @@ def _bind_tcp(address: Address) -> list[socket.socket]:
 def _bind_unix(address: Address) -> socket.socket:
     path = address.path
     assert path is not None
-    netio._clear_unix_path(address, replace_stale=True)
+    netio.clear_unix_path(address, replace_stale=True)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
