@@ -109,7 +109,9 @@ class MemoryCache:
         if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
             _reject_timeout(timeout_ms)
         now = self._clock.now_ms()
-        self._purge_expired(now)
+        heap = self._heap
+        if heap and heap[0][0] < now:
+            self._purge_expired(now)
         entries = self._entries
         if session_id in entries:
             return _DUPLICATE
@@ -126,7 +128,10 @@ class MemoryCache:
         """The live session stored under ``session_id``, or ``None``."""
         if type(session_id) is not bytes:
             session_id = _as_bytes("session_id", session_id)
-        self._purge_expired(self._clock.now_ms())
+        now = self._clock.now_ms()
+        heap = self._heap
+        if heap and heap[0][0] < now:
+            self._purge_expired(now)
         entry = self._entries.get(session_id)
         return None if entry is None else entry.session
 
@@ -134,18 +139,24 @@ class MemoryCache:
         """Whether a live session is stored under ``session_id``."""
         if type(session_id) is not bytes:
             session_id = _as_bytes("session_id", session_id)
-        self._purge_expired(self._clock.now_ms())
+        now = self._clock.now_ms()
+        heap = self._heap
+        if heap and heap[0][0] < now:
+            self._purge_expired(now)
         return session_id in self._entries
 
     def remove(self, session_id: bytes) -> bool:
         """Forget the live session under ``session_id``; ``True`` if there was one."""
         if type(session_id) is not bytes:
             session_id = _as_bytes("session_id", session_id)
-        self._purge_expired(self._clock.now_ms())
+        now = self._clock.now_ms()
+        heap = self._heap
+        if heap and heap[0][0] < now:
+            self._purge_expired(now)
         if self._entries.pop(session_id, None) is None:
             return False
         # The entry's heap item is now stale; rebuild once stale items outnumber live entries.
-        if len(self._heap) > 2 * len(self._entries) + _STALE_SLACK:
+        if len(heap) > 2 * len(self._entries) + _STALE_SLACK:
             self._rebuild_heap()
         return True
 
@@ -160,6 +171,7 @@ class MemoryCache:
         self._heap.clear()
 
     def _purge_expired(self, now: int) -> None:
+        # The hot methods test the heap top before calling this (a call costs more than the test).
         # Entries expire when now > expiry; every live entry has exactly one heap item, so all the
         # expired ones sit at the front of the heap.
         heap = self._heap

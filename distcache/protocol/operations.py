@@ -20,11 +20,12 @@ from .framing import encode_request
 # The fixed prefix of an ADD payload (timeout_ms, id_len), taken from the schema's field formats.
 _ADD_PREFIX = struct.Struct(">" + "".join(f.fmtstr.lstrip(">") for f in fields_of(AddRequest)[:2]))
 assert _ADD_PREFIX.size == ADD_PREFIX_SIZE
+_unpack_add_prefix = _ADD_PREFIX.unpack_from
 
 
 def add_prefix(payload: bytes) -> tuple[int, int]:
     """``(timeout_ms, id_len)`` from the start of an ADD payload (at least ADD_PREFIX_SIZE bytes)."""
-    return _ADD_PREFIX.unpack_from(payload)
+    return _unpack_add_prefix(payload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +44,20 @@ def check_add(payload: bytes) -> AddArgs | Status:
     the two 4-byte fields is a protocol error (the connection is closed without a reply). The
     duplicate check (101) is the store's, and comes after these.
     """
+    checked = check_add_fields(payload)
+    return checked if type(checked) is not tuple else AddArgs(*checked)
+
+
+def check_add_fields(payload: bytes) -> tuple[int, bytes, bytes] | Status:
+    """:func:`check_add` returning ``(timeout_ms, session_id, session)`` as a plain tuple, which
+    servers build several times faster than an :class:`AddArgs`."""
     size = len(payload)
     if size < ADD_PREFIX_SIZE:
         raise RemoteProtocolError(
             "add_payload_too_short",
             f"ADD payload of {size} bytes cannot hold its {ADD_PREFIX_SIZE}-byte prefix",
         )
-    timeout_ms, id_len = add_prefix(payload)
+    timeout_ms, id_len = _unpack_add_prefix(payload)
     if timeout_ms > MAX_TIMEOUT_MS:
         return Status.ADD_TIMEOUT_RANGE
     rest = size - ADD_PREFIX_SIZE
@@ -61,7 +69,7 @@ def check_add(payload: bytes) -> AddArgs | Status:
     if session_len == 0 or session_len > MAX_SESSION_DATA:
         return Status.ADD_DATA_RANGE
     end = ADD_PREFIX_SIZE + id_len
-    return AddArgs(timeout_ms, payload[ADD_PREFIX_SIZE:end], payload[end:])
+    return timeout_ms, payload[ADD_PREFIX_SIZE:end], payload[end:]
 
 
 def add_payload(session_id: bytes, session: bytes, timeout_ms: int) -> bytes:

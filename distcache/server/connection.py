@@ -95,20 +95,24 @@ class ServerConnection(asyncio.Protocol):
 
     def _serve(self) -> None:
         """Answer requests while the decoder has whole ones and the peer is keeping up."""
-        decoder = self._decoder
-        next_event = decoder.next_event
+        next_event = self._decoder.next_event
         write = self._transport.write  # type: ignore[union-attr]
+        answer_now = self._handler.answer_now if self._sync else None
         answered = 0
         try:
             while not (self._writing_paused or self._in_flight or self._closing):
                 event = next_event()
                 if event is NEED_DATA:
-                    break
+                    # The decoder now holds less than one message (it checks every limit on the
+                    # header), so it is under INPUT_BACKLOG: only paused reading may need a change.
+                    if self._reading_paused:
+                        self._update_reading()
+                    return
                 if type(event) is Closed:
                     self._close()
                     return
-                if self._sync:
-                    write(self._handler.answer_now(event))
+                if answer_now is not None:
+                    write(answer_now(event))
                     answered += 1
                 else:
                     self._in_flight = True
@@ -120,9 +124,7 @@ class ServerConnection(asyncio.Protocol):
             return
         finally:
             self._server.operations += answered
-        # Reading state changes only under pressure; skip the bookkeeping otherwise.
-        if self._reading_paused or self._writing_paused or decoder.buffered > INPUT_BACKLOG:
-            self._update_reading()
+        self._update_reading()
 
     async def _answer_later(self, request) -> None:
         try:

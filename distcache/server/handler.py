@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from ..cache import AddResult, MemoryStore, SessionStore
 from ..cache.errors import StoreUnavailableError
-from ..protocol import AddArgs, Request, check_add
+from ..protocol import Request, check_add_fields, encode_status
 from ..wire import Operation, Status
 
 __all__ = ["RequestHandler"]
@@ -22,18 +22,20 @@ _NOTOK = Status.NOTOK
 _ADD = Operation.ADD
 
 
+# The replies call encode_status directly: request.respond_status would add a call per request.
 def _stored(request: Request, result: AddResult) -> bytes:
-    if result is AddResult.STORED:
-        return request.respond_status(_OK)
-    return request.respond_status(Status.ADD_MATCHING_SESSION)
+    status = _OK if result is AddResult.STORED else Status.ADD_MATCHING_SESSION
+    return encode_status(request.request_uid, request.operation, status)
 
 
 def _found(request: Request, session: bytes | None) -> bytes:
-    return request.respond_status(_NOTOK) if session is None else request.respond(session)
+    if session is None:
+        return encode_status(request.request_uid, request.operation, _NOTOK)
+    return request.respond(session)
 
 
 def _yes_no(request: Request, answer: bool) -> bytes:
-    return request.respond_status(_OK if answer else _NOTOK)
+    return encode_status(request.request_uid, request.operation, _OK if answer else _NOTOK)
 
 
 # operation -> (store method name, how its result becomes the reply)
@@ -43,6 +45,7 @@ _ACTIONS: dict[Operation, tuple[str, Callable[[Request, object], bytes]]] = {
     Operation.REMOVE: ("remove", _yes_no),
     Operation.HAVE: ("have", _yes_no),
 }
+assert sorted(_ACTIONS) == list(range(len(_ACTIONS))), "operation values index _sync_calls"
 
 
 #: The answer when the store cannot be reached (StoreUnavailableError): the legacy's own answers
@@ -60,7 +63,7 @@ class RequestHandler:
     """Answers requests from one store.
 
     :attr:`sync_core` is the engine's synchronous core (the memory engine's ``MemoryCache``), or
-    None when every call must be awaited. ``check_add`` raises ``RemoteProtocolError`` for an
+    None when every call must be awaited. ``check_add_fields`` raises ``RemoteProtocolError`` for an
     ADD payload too short to check; callers close the connection.
     """
 
@@ -73,30 +76,37 @@ class RequestHandler:
         self._async_calls = {
             op: (getattr(store, name), reply) for op, (name, reply) in _ACTIONS.items()
         }
+        # Indexed by the operation's value: cheaper per request than a dict lookup.
         self._sync_calls = (
-            {op: (getattr(self.sync_core, name), reply) for op, (name, reply) in _ACTIONS.items()}
+            tuple(
+                (getattr(self.sync_core, _ACTIONS[op][0]), _ACTIONS[op][1])
+                for op in sorted(_ACTIONS)
+            )
             if self.sync_core is not None
             else None
         )
 
     def answer_now(self, request: Request) -> bytes:
         """The reply, computed synchronously (only when :attr:`sync_core` is set)."""
-        call, reply = self._sync_calls[request.operation]  # type: ignore[index]
-        if request.operation is _ADD:
-            checked = check_add(request.payload)
-            if type(checked) is not AddArgs:
-                return request.respond_status(checked)
-            return reply(request, call(checked.session_id, checked.session, checked.timeout_ms))
+        operation = request.operation
+        call, reply = self._sync_calls[operation]  # type: ignore[index]
+        if operation is _ADD:
+            checked = check_add_fields(request.payload)
+            if type(checked) is not tuple:
+                return encode_status(request.request_uid, _ADD, checked)
+            timeout_ms, session_id, session = checked
+            return reply(request, call(session_id, session, timeout_ms))
         return reply(request, call(request.payload))
 
     async def answer(self, request: Request) -> bytes:
         """The reply, awaiting the engine."""
         call, reply = self._async_calls[request.operation]
         if request.operation is _ADD:
-            checked = check_add(request.payload)
-            if type(checked) is not AddArgs:
+            checked = check_add_fields(request.payload)
+            if type(checked) is not tuple:
                 return request.respond_status(checked)
-            args: tuple = (checked.session_id, checked.session, checked.timeout_ms)
+            timeout_ms, session_id, session = checked
+            args: tuple = (session_id, session, timeout_ms)
         else:
             args = (request.payload,)
         try:
