@@ -252,7 +252,7 @@ async def open_fd_connection(address: Address | str) -> Streams:
     """Wrap the inherited descriptors of an ``FD:`` address as one stream.
 
     The streams take ownership of the descriptors: closing the writer closes them all. A socket
-    given as ``FD:n`` is wrapped as a socket; otherwise each side must be a pipe, a socket or a
+    given as ``FD:n``, or as ``FD:r:w`` with two descriptors of it, is wrapped as a socket; otherwise each side must be a pipe, a socket or a
     character device. A -1 read side reads as end-of-file; a -1 write side refuses writes with
     BrokenPipeError. Raises ConnectError, leaving the descriptors open, if they cannot be used.
     """
@@ -267,6 +267,12 @@ async def open_fd_connection(address: Address | str) -> Streams:
         raise ConnectError(
             f"cannot use the descriptors of '{address}': {_reason(error)}", error.errno
         ) from None
+    if read_fd != write_fd and _same_socket(read_fd, write_fd):
+        # Two descriptors of one socket (as inetd-style launchers pass them): a write-pipe
+        # transport would watch the socket for readability and take incoming data for a hang-up,
+        # so keep one descriptor and serve it as a socket.
+        os.close(write_fd)
+        write_fd = read_fd
     if read_fd == write_fd and stat.S_ISSOCK(modes[read_fd]):
         reader, writer = await asyncio.open_connection(sock=socket.socket(fileno=read_fd))
         _set_nodelay(writer)
@@ -277,6 +283,14 @@ async def open_fd_connection(address: Address | str) -> Streams:
             "each must be a pipe, a socket or a character device"
         )
     return await _open_pipes(read_fd, write_fd)
+
+
+def _same_socket(first: int, second: int) -> bool:
+    """Whether two descriptors refer to the same socket (``-1`` refers to nothing)."""
+    if first < 0 or second < 0:
+        return False
+    a, b = os.fstat(first), os.fstat(second)
+    return stat.S_ISSOCK(a.st_mode) and (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def _is_stream_like(mode: int) -> bool:

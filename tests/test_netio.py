@@ -317,6 +317,29 @@ def test_fd_socket_is_wrapped_as_a_stream():
         assert ours.recv(4) == b"pong"
 
 
+def test_fd_two_descriptors_of_one_socket_are_one_stream():
+    """FD:r:w where both descriptors are the same socket (as inetd-style launchers pass it)."""
+    ours, theirs = socket.socketpair()
+    read_fd = theirs.detach()
+    write_fd = os.dup(read_fd)
+
+    async def scenario():
+        reader, writer = await asyncio.wait_for(
+            open_fd_connection(f"FD:{read_fd}:{write_fd}"), IO_DEADLINE
+        )
+        ours.sendall(b"ping")
+        received = await asyncio.wait_for(reader.readexactly(4), IO_DEADLINE)
+        writer.write(b"pong")
+        await writer.drain()
+        writer.close()
+        return received
+
+    with ours:
+        assert run(scenario()) == b"ping"
+        assert ours.recv(4) == b"pong"
+        assert ours.recv(1) == b""  # closing the writer closed both descriptors
+
+
 def test_fd_pipes_are_wrapped_as_a_stream_and_closed_together():
     inbound_read, inbound_write = os.pipe()
     outbound_read, outbound_write = os.pipe()
