@@ -126,37 +126,22 @@ class MemoryCache:
 
     def get(self, session_id: bytes) -> bytes | None:
         """The live session stored under ``session_id``, or ``None``."""
-        if type(session_id) is not bytes:
-            session_id = _as_bytes("session_id", session_id)
-        now = self._clock.now_ms()
-        heap = self._heap
-        if heap and heap[0][0] < now:
-            self._purge_expired(now)
+        session_id = self._admit(session_id)
         entry = self._entries.get(session_id)
         return None if entry is None else entry.session
 
     def have(self, session_id: bytes) -> bool:
         """Whether a live session is stored under ``session_id``."""
-        if type(session_id) is not bytes:
-            session_id = _as_bytes("session_id", session_id)
-        now = self._clock.now_ms()
-        heap = self._heap
-        if heap and heap[0][0] < now:
-            self._purge_expired(now)
+        session_id = self._admit(session_id)
         return session_id in self._entries
 
     def remove(self, session_id: bytes) -> bool:
         """Forget the live session under ``session_id``; ``True`` if there was one."""
-        if type(session_id) is not bytes:
-            session_id = _as_bytes("session_id", session_id)
-        now = self._clock.now_ms()
-        heap = self._heap
-        if heap and heap[0][0] < now:
-            self._purge_expired(now)
+        session_id = self._admit(session_id)
         if self._entries.pop(session_id, None) is None:
             return False
         # The entry's heap item is now stale; rebuild once stale items outnumber live entries.
-        if len(heap) > 2 * len(self._entries) + _STALE_SLACK:
+        if len(self._heap) > 2 * len(self._entries) + _STALE_SLACK:
             self._rebuild_heap()
         return True
 
@@ -164,6 +149,16 @@ class MemoryCache:
         """The number of live sessions."""
         self._purge_expired(self._clock.now_ms())
         return len(self._entries)
+
+    def _admit(self, session_id: bytes) -> bytes:
+        """Every operation's first step: the id as bytes, and expired entries gone."""
+        if type(session_id) is not bytes:
+            session_id = _as_bytes("session_id", session_id)
+        now = self._clock.now_ms()
+        heap = self._heap
+        if heap and heap[0][0] < now:  # a call to _purge_expired costs more than this test
+            self._purge_expired(now)
+        return session_id
 
     def clear(self) -> None:
         """Forget every session."""
