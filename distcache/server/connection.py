@@ -28,7 +28,13 @@ if TYPE_CHECKING:
     from .handler import RequestHandler
     from .server import Server
 
-__all__ = ["INPUT_BACKLOG", "LINGER_SECONDS", "REPLY_BACKLOG", "ServerConnection"]
+__all__ = [
+    "INPUT_BACKLOG",
+    "LINGER_SECONDS",
+    "REPLY_BACKLOG",
+    "REPLY_BATCH",
+    "ServerConnection",
+]
 
 log = logging.getLogger("distcache.server")
 
@@ -37,6 +43,8 @@ REPLY_BACKLOG = 256 * 1024
 #: Received, undecoded bytes above which the connection stops reading: two of the largest
 #: messages, so one whole message can always be buffered behind the one being answered.
 INPUT_BACKLOG = 2 * (MAX_PAYLOAD + MAX_FRAMES * HEADER_SIZE)
+#: Reply bytes gathered from one read before they are written out anyway.
+REPLY_BATCH = 64 * 1024
 #: How long a closing connection may take to flush its last replies to a peer that does not read.
 LINGER_SECONDS = 30.0
 
@@ -94,37 +102,58 @@ class ServerConnection(asyncio.Protocol):
     # -- serving ----------------------------------------------------------------------------
 
     def _serve(self) -> None:
-        """Answer requests while the decoder has whole ones and the peer is keeping up."""
+        """Answer requests while the decoder has whole ones and the peer is keeping up.
+
+        Replies to the requests of one read leave in one write (a proxy pipelines many requests
+        per read; one system call for all their replies), flushed early past ``REPLY_BATCH``
+        bytes so that pause_writing can stop the loop before memory piles up.
+        """
         next_event = self._decoder.next_event
-        write = self._transport.write  # type: ignore[union-attr]
         answer_now = self._handler.answer_now if self._sync else None
-        answered = 0
+        replies: list[bytes] = []
+        batched = 0
         try:
             while not (self._writing_paused or self._in_flight or self._closing):
                 event = next_event()
                 if event is NEED_DATA:
+                    self._write(replies)
                     # The decoder now holds less than one message (it checks every limit on the
                     # header), so it is under INPUT_BACKLOG: only paused reading may need a change.
                     if self._reading_paused:
                         self._update_reading()
                     return
                 if type(event) is Closed:
+                    self._write(replies)
                     self._close()
                     return
                 if answer_now is not None:
-                    write(answer_now(event))
-                    answered += 1
+                    reply = answer_now(event)
+                    replies.append(reply)
+                    batched += len(reply)
+                    if batched > REPLY_BATCH:
+                        self._write(replies)
+                        replies, batched = [], 0
                 else:
+                    self._write(replies)
+                    replies = []
                     self._in_flight = True
                     self._server.track(asyncio.ensure_future(self._answer_later(event)))
         except RemoteProtocolError as error:
             if error.offset is None:  # raised on a whole message: point at its start
                 error.offset = event.offset
+            self._write(replies)  # the requests before the offending bytes are answered
             self._reject(error)
             return
-        finally:
-            self._server.operations += answered
+        self._write(replies)
         self._update_reading()
+
+    def _write(self, replies: list[bytes]) -> None:
+        if replies:
+            self._server.operations += len(replies)
+            if len(replies) == 1:
+                self._transport.write(replies[0])  # type: ignore[union-attr]
+            else:
+                self._transport.writelines(replies)  # type: ignore[union-attr]
 
     async def _answer_later(self, request) -> None:
         try:
