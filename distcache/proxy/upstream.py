@@ -115,6 +115,7 @@ class UpstreamLink:
         self._decoder = MessageDecoder(receives=Direction.RESPONSE)
         self._outbox: list[bytes] = []
         self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # set by start()
         self._attempt: asyncio.Task | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -146,7 +147,8 @@ class UpstreamLink:
         if not self._flush_scheduled:
             # Other local connections ready in this pass of the loop join the same write.
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            # (The loop is kept: asyncio.get_running_loop() costs a getpid() system call.)
+            self._loop.call_soon(self._scheduled_flush)  # type: ignore[union-attr]
         requester.forwarded()
 
     def _scheduled_flush(self) -> None:
@@ -186,6 +188,7 @@ class UpstreamLink:
 
     def start(self) -> None:
         """Make the first connect attempt (the legacy connected as soon as it was serving)."""
+        self._loop = asyncio.get_running_loop()
         self._connect_now()
 
     async def settled(self) -> None:
