@@ -27,10 +27,12 @@ class LinkBroken(ConnectionError):
 class _Session:
     """One connection and the replies it owes, oldest first. Never reused once broken."""
 
-    __slots__ = ("broken", "connection", "deadlines", "tasks", "waiting")
+    __slots__ = ("broken", "connection", "deadlines", "loop", "tasks", "waiting")
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, loop: asyncio.AbstractEventLoop) -> None:
         self.connection = connection
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on CPython 3.11.
+        self.loop = loop
         self.waiting: collections.deque[asyncio.Future] = collections.deque()
         self.deadlines: collections.deque[float] = collections.deque()  # one per waiting future
         self.tasks: list[asyncio.Task] = []  # its reader and watchdog
@@ -63,7 +65,7 @@ class Link:
             session = await self._connect()
         # From here to the write nothing suspends, so the reply queue keeps the write order.
         connection = session.connection
-        loop = asyncio.get_running_loop()
+        loop = session.loop
         reply = loop.create_future()
         session.waiting.append(reply)
         session.deadlines.append(loop.time() + self._budget)
@@ -105,7 +107,7 @@ class Link:
             with contextlib.suppress(Exception):
                 await connection.disconnect(nowait=True)
             raise
-        session = _Session(connection)
+        session = _Session(connection, asyncio.get_running_loop())
         session.tasks = [
             asyncio.ensure_future(self._read_replies(session)),
             asyncio.ensure_future(self._watch(session)),

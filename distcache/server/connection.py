@@ -58,6 +58,7 @@ class ServerConnection(asyncio.Protocol):
         self._sync = handler.sync_core is not None
         self._decoder = MessageDecoder(receives=Direction.REQUEST)
         self._transport: asyncio.Transport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.peer = "?"
         self._writing_paused = False  # the transport's reply buffer is over its high mark
         self._reading_paused = False
@@ -68,6 +69,8 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        # Kept: asyncio.get_running_loop() costs a getpid() system call on CPython 3.11.
+        self._loop = asyncio.get_running_loop()
         self.peer = _describe_peer(transport)
         if not self._server.admit(self):
             self._closing = True
@@ -137,7 +140,7 @@ class ServerConnection(asyncio.Protocol):
                     self._write(replies)
                     replies = []
                     self._in_flight = True
-                    self._server.track(asyncio.ensure_future(self._answer_later(event)))
+                    self._server.track(self._loop.create_task(self._answer_later(event)))  # type: ignore[union-attr]
         except RemoteProtocolError as error:
             if error.offset is None:  # raised on a whole message: point at its start
                 error.offset = event.offset
@@ -214,7 +217,7 @@ class ServerConnection(asyncio.Protocol):
         transport.close()
         if transport.get_write_buffer_size():
             # A peer that stops reading must not hold the connection open for ever.
-            asyncio.get_running_loop().call_later(LINGER_SECONDS, transport.abort)
+            self._loop.call_later(LINGER_SECONDS, transport.abort)  # type: ignore[union-attr]
 
     def abort(self) -> None:
         """Drop the connection now (server shutdown)."""
