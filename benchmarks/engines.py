@@ -8,10 +8,12 @@ One run, three set-ups, the same load on each:
 
 The load is dc_test's model: each client process keeps one connection and loops over uniformly
 chosen operations (ADD, GET, REMOVE, HAVE) on uniformly chosen ids from a small shared set, with
-sessions of 50..2100 bytes and timeouts of 55..65 s. Prints operations per second, the mean
-latency, and the redis/memory ratio. Not a test: figures depend on the machine and its load.
+sessions of 50..2100 bytes and timeouts of 55..65 s. The set-ups take turns in short rounds, so
+that the machine's drifting speed hits them alike. Prints the median operations per second and
+mean latency of each, the median round-by-round redis/memory ratio, and how much a second front
+end adds. Not a test: figures depend on the machine and its load.
 
-Run: python3 benchmarks/engines.py [--seconds S] [--clients N] [--store-url URL]
+Run: python3 benchmarks/engines.py [--seconds S] [--rounds N] [--clients N] [--store-url URL]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import multiprocessing
 import random
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -122,44 +125,62 @@ def client_loop(address: str, seconds: float, seed: int, start_at: float) -> tup
     return done, failed
 
 
-def measure(addresses: list[str], clients: int, seconds: float) -> tuple[float, float, int]:
-    """Run ``clients`` processes (spread over ``addresses``): (ops/s, mean latency ms, failures)."""
-    start_at = time.time() + 1.0  # every client connected before the clock starts
+def measure(pool, addresses: list[str], clients: int, seconds: float) -> tuple[float, int]:
+    """Run ``clients`` workers of ``pool`` (spread over ``addresses``): (ops/s, failures)."""
+    start_at = time.time() + 0.3  # every client connected before the clock starts
     jobs = [(addresses[n % len(addresses)], seconds, n, start_at) for n in range(clients)]
-    with multiprocessing.get_context("spawn").Pool(clients) as pool:
-        results = pool.starmap(client_loop, jobs)
+    results = pool.starmap(client_loop, jobs)
     operations = sum(done for done, _ in results)
     failures = sum(failed for _, failed in results)
-    rate = operations / seconds
+    return operations / seconds, failures
+
+
+def report(label: str, rates: list[float], failures: int, clients: int) -> None:
+    rate = statistics.median(rates)
     latency_ms = 1000.0 * clients / rate if rate else float("inf")
-    return rate, latency_ms, failures
-
-
-def report(label: str, figures: tuple[float, float, int]) -> None:
-    rate, latency_ms, failures = figures
     line = f"{label:<28} {rate:>10,.0f} ops/s   mean latency {latency_ms:6.3f} ms"
     print(line + (f"   ({failures} failed)" if failures else ""), flush=True)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0, help="per set-up (default 5)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="per round (default 1.5)")
+    parser.add_argument("--rounds", type=int, default=6, help="rounds per set-up (default 6)")
     parser.add_argument("--clients", type=int, default=4, help="client processes (default 4)")
     parser.add_argument("--store-url", help="use this store instead of starting redis-server")
     args = parser.parse_args()
-    print(f"{args.clients} clients, {args.seconds:g} s per set-up")
-    with dc_server("memory:") as address:
-        memory = measure([address], args.clients, args.seconds)
-    report("memory engine", memory)
-    with store_server(args.store_url) as url:
+    print(f"{args.clients} clients, {args.rounds} rounds of {args.seconds:g} s per set-up")
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(store_server(args.store_url))
         prefix_url = url + ("&" if "?" in url else "?") + "prefix=bench:"
-        with dc_server(prefix_url) as address:
-            redis = measure([address], args.clients, args.seconds)
-        report("redis engine", redis)
-        with dc_server(prefix_url) as first, dc_server(prefix_url) as second:
-            shared = measure([first, second], args.clients, args.seconds)
-        report("redis engine, 2 servers", shared)
-    print(f"redis / memory with {args.clients} clients: {redis[0] / memory[0]:.2f}")
+        setups = {
+            "memory engine": [stack.enter_context(dc_server("memory:"))],
+            "redis engine": [stack.enter_context(dc_server(prefix_url))],
+            "redis engine, 2 servers": [
+                stack.enter_context(dc_server(prefix_url)),
+                stack.enter_context(dc_server(prefix_url)),
+            ],
+        }
+        pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(args.clients))
+        # Short rounds, alternating: the machine's speed drifts, so only rounds measured back
+        # to back compare fairly, and the ratio is the median of the round-by-round ratios.
+        rates: dict[str, list[float]] = {label: [] for label in setups}
+        failures = dict.fromkeys(setups, 0)
+        for _ in range(args.rounds):
+            for label, addresses in setups.items():
+                rate, failed = measure(pool, addresses, args.clients, args.seconds)
+                rates[label].append(rate)
+                failures[label] += failed
+    for label in setups:
+        report(label, rates[label], failures[label], args.clients)
+    ratios = [r / m for r, m in zip(rates["redis engine"], rates["memory engine"], strict=True)]
+    two = [
+        t / r for t, r in zip(rates["redis engine, 2 servers"], rates["redis engine"], strict=True)
+    ]
+    print(
+        f"redis / memory with {args.clients} clients: {statistics.median(ratios):.2f} "
+        f"(median of {len(ratios)} rounds); two front ends / one: {statistics.median(two):.2f}"
+    )
     return 0
 
 
