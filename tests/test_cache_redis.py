@@ -517,6 +517,143 @@ def test_dc_server_on_a_cluster(cluster: str) -> None:
         assert cache.add_status(b"k", b"x", 60_000) is Status.ADD_MATCHING_SESSION
 
 
+# -- TLS (rediss://) ---------------------------------------------------------------------------
+
+
+class TlsStoreProcess(StoreProcess):
+    """A store that speaks only TLS, with a certificate from a throw-away CA (trustme);
+    ``require_client_cert`` makes it demand one from its clients too (mutual TLS)."""
+
+    def __init__(self, tmp: Path, *, require_client_cert: bool = False) -> None:
+        trustme = pytest.importorskip("trustme")
+        self.ca = trustme.CA()
+        self.files = {name: tmp / f"{name}.pem" for name in ("ca", "cert", "key", "ccert", "ckey")}
+        self.ca.cert_pem.write_to_path(self.files["ca"])
+        server_cert = self.ca.issue_cert("127.0.0.1", "localhost")
+        server_cert.private_key_pem.write_to_path(self.files["key"])
+        server_cert.cert_chain_pems[0].write_to_path(self.files["cert"])
+        client_cert = self.ca.issue_cert("dc-server.example")
+        client_cert.private_key_pem.write_to_path(self.files["ckey"])
+        client_cert.cert_chain_pems[0].write_to_path(self.files["ccert"])
+        super().__init__(
+            "--port", "0", "--tls-port", "{port}",
+            "--tls-cert-file", str(self.files["cert"]),
+            "--tls-key-file", str(self.files["key"]),
+            "--tls-ca-cert-file", str(self.files["ca"]),
+            "--tls-auth-clients", "yes" if require_client_cert else "no",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        self._extra = tuple(str(self.port) if a == "{port}" else a for a in self._extra)
+        argv = [STORE_BINARY, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(
+            [*argv, *self._extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _accepts(self.port):
+            if self.process.poll() is not None:
+                error = self.process.stderr.read().decode(errors="replace")
+                if "TLS" in error or "tls" in error:
+                    pytest.skip(f"{STORE_BINARY} was built without TLS support")
+                raise AssertionError(f"the TLS store did not start: {error[-300:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError("the TLS store did not start")
+            time.sleep(0.02)
+
+    @property
+    def url(self) -> str:
+        return f"rediss://127.0.0.1:{self.port}/0?ssl_ca_certs={self.files['ca']}"
+
+    def with_client_cert(self) -> str:
+        return f"{self.url}&ssl_certfile={self.files['ccert']}&ssl_keyfile={self.files['ckey']}"
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def tls_store(tmp_path: Path) -> Iterator[TlsStoreProcess]:
+    server = TlsStoreProcess(tmp_path)
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def mutual_tls_store(tmp_path: Path) -> Iterator[TlsStoreProcess]:
+    server = TlsStoreProcess(tmp_path, require_client_cert=True)
+    yield server
+    server.kill()
+
+
+def test_tls_store_verified_against_its_ca(tls_store: TlsStoreProcess) -> None:
+    async def body(store: RedisStore):
+        assert await store.add(b"id\x00tls", b"\xffsession", 60_000) is AddResult.STORED
+        assert await store.get(b"id\x00tls") == b"\xffsession"
+        assert await store.remove(b"id\x00tls")
+
+    with_store(tls_store.url + "&timeout=5", body)
+
+
+def test_tls_store_with_an_untrusted_certificate_is_refused(
+    tls_store: TlsStoreProcess, tmp_path: Path
+) -> None:
+    """Certificates are checked: a CA that did not sign the store's certificate makes every call
+    a typed store failure, never a silent plain or unverified connection."""
+    trustme = pytest.importorskip("trustme")
+    stranger = tmp_path / "stranger-ca.pem"
+    trustme.CA().cert_pem.write_to_path(stranger)
+    url = f"rediss://127.0.0.1:{tls_store.port}/0?ssl_ca_certs={stranger}&timeout=2"
+
+    async def body(store: RedisStore):
+        with pytest.raises(StoreUnavailableError):
+            await store.have(b"id")
+
+    with_store(url, body)
+
+
+def test_plain_redis_url_to_a_tls_only_store_fails_cleanly(tls_store: TlsStoreProcess) -> None:
+    async def body(store: RedisStore):
+        with pytest.raises(StoreUnavailableError):
+            await store.have(b"id")
+
+    with_store(f"redis://127.0.0.1:{tls_store.port}/0?timeout=1", body)
+
+
+def test_mutual_tls_needs_the_client_certificate(mutual_tls_store: TlsStoreProcess) -> None:
+    async def without_cert(store: RedisStore):
+        with pytest.raises(StoreUnavailableError):
+            await store.have(b"id")
+
+    async def with_cert(store: RedisStore):
+        assert await store.add(b"mtls", b"session", 60_000) is AddResult.STORED
+        assert await store.have(b"mtls")
+
+    with_store(mutual_tls_store.url + "&timeout=2", without_cert)
+    with_store(mutual_tls_store.with_client_cert() + "&timeout=5", with_cert)
+
+
+def test_two_servers_share_a_tls_store(tls_store: TlsStoreProcess) -> None:
+    url = tls_store.url + "&timeout=5"
+    with (
+        dc_server("-engine", url) as first,
+        dc_server("-engine", url) as second,
+        Client(first.listen, timeout=5.0, strict_timeouts=False) as a,
+        Client(second.listen, timeout=5.0, strict_timeouts=False) as b,
+    ):
+        assert a.add(b"over-tls", b"session", 60_000)
+        assert b.get(b"over-tls") == b"session"
+        assert b.remove(b"over-tls")
+        assert not a.have(b"over-tls")
+
+
 # -- dc_server processes on one store ---------------------------------------------------------
 
 
