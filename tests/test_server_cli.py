@@ -297,3 +297,27 @@ def test_progress_timing_rules(every, steps, expected):
         for now, ops, sessions in steps
     ]
     assert printed == expected
+
+
+def test_a_slow_count_is_not_repeated_until_it_has_paid_for_itself():
+    """A count that takes 20 ms (a SCAN of a big shared store) is not made again for 2 s; the
+    line printed meanwhile on the -progress rule shows the last count."""
+    import asyncio
+
+    counts = []
+
+    async def slow_count():
+        await asyncio.sleep(0.02)
+        counts.append(len(counts) + 1)
+        return counts[-1]
+
+    reporter = ProgressReporter(10, start_time=0.0)
+    lines = [
+        asyncio.run(reporter.evaluate(now, ops, slow_count))
+        for now, ops in [(1.0, 1), (1.5, 10), (2.5, 11), (60.0, 12)]
+    ]
+    assert counts == [1, 2]  # at 1.0 s, then not before 1.0 + 100 x (at least 0.02 s) = 3.0 s
+    assert lines[0] is not None and "total sessions =     1" in lines[0]
+    assert lines[1] is not None and "total sessions =     1  (=  0)" in lines[1]
+    assert lines[2] is None  # no count was due and no multiple of 10 crossed
+    assert lines[3] is not None and "total sessions =     2" in lines[3]

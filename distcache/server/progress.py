@@ -4,18 +4,25 @@ Evaluated every ``PROGRESS_INTERVAL`` seconds. Within a second of the last line,
 only if ``-progress N`` is set and the operation count has entered a new multiple of N; after a
 second, the live sessions are counted and a line is printed if that count changed since the last
 line, or on the same ``-progress`` rule. Without ``-progress``, operations alone never print.
+
+Counting is free on the memory engine but walks the keys of a shared store (``SCAN``), so a count
+that took T seconds is not repeated for ``COUNT_COST_FACTOR`` x T seconds: the progress line can
+never spend more than about 1% of the store's time. Meanwhile the last count stands.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["PROGRESS_INTERVAL", "ProgressReporter", "format_progress"]
+__all__ = ["COUNT_COST_FACTOR", "PROGRESS_INTERVAL", "ProgressReporter", "format_progress"]
 
 #: Seconds between evaluations (the legacy event loop's poll timeout).
 PROGRESS_INTERVAL = 0.5
 #: The least time between two lines printed because the session count changed.
 _SESSION_CHECK_INTERVAL = 1.0
+#: A count that took T seconds waits this many times T before the next one.
+COUNT_COST_FACTOR = 100
 
 
 def format_progress(operations: int, operations_delta: int, sessions: int, sessions_delta: int):
@@ -35,6 +42,8 @@ class ProgressReporter:
         self._last_time = start_time
         self._last_operations = 0
         self._last_sessions = 0
+        self._counted = 0  # the latest count, reused until the next one is due
+        self._next_count = start_time
 
     def _crossed_multiple(self, operations: int) -> bool:
         every = self.every
@@ -47,7 +56,7 @@ class ProgressReporter:
         crossed = self._crossed_multiple(operations)
         if now - self._last_time < _SESSION_CHECK_INTERVAL and not crossed:
             return None
-        sessions = await count_sessions()
+        sessions = await self._count(now, count_sessions)
         if sessions == self._last_sessions and not crossed:
             return None
         line = format_progress(
@@ -60,3 +69,10 @@ class ProgressReporter:
         self._last_operations = operations
         self._last_sessions = sessions
         return line
+
+    async def _count(self, now: float, count_sessions: Callable[[], Awaitable[int]]) -> int:
+        if now >= self._next_count:
+            started = time.perf_counter()
+            self._counted = await count_sessions()
+            self._next_count = now + COUNT_COST_FACTOR * (time.perf_counter() - started)
+        return self._counted
