@@ -2,23 +2,30 @@
 
 The JSON record keys are a public contract (documented in the user guide):
 
-``direction``  "request" or "response"
-``request_uid`` int
-``op``         "ADD", "GET", "REMOVE" or "HAVE"
-``proto_level`` int (as received; patch levels vary)
-``frames``     int, frames the message arrived in
-``offset``     int, stream offset of the message's first byte
-``payload``    object:
-               ADD request: ``timeout_ms``, ``session_id`` (hex), ``session`` (hex), and
-               ``refused`` (a status name such as ``ADD_ID_RANGE``) when a server will refuse it;
-               GET/REMOVE/HAVE request: ``session_id`` (hex);
-               response with a status byte: ``status`` (name) and ``code`` (int);
-               GET hit: ``session`` (hex);
-               a 1-byte GET response 01 or 02 is reported as a status with
-               ``"ambiguous": true`` (it is also what a stored 1-byte session 01 or 02 looks
-               like); any other single byte is a session;
-               an empty response (a proxy without upstream): ``"empty": true``;
-               anything else that cannot be what it claims: ``malformed`` (why) and ``data`` (hex).
+``direction``
+    "request" or "response"
+``request_uid``
+    int
+``op``
+    "ADD", "GET", "REMOVE" or "HAVE"
+``proto_level``
+    int (as received; patch levels vary)
+``frames``
+    int, frames the message arrived in
+``offset``
+    int, stream offset of the message's first byte
+``payload``
+    object:
+
+    - ADD request: ``timeout_ms``, ``session_id`` (hex), ``session`` (hex), and ``refused`` (a
+      status name such as ``ADD_ID_RANGE``) when a server will refuse it;
+    - GET/REMOVE/HAVE request: ``session_id`` (hex);
+    - response with a status byte: ``status`` (name) and ``code`` (int);
+    - GET hit: ``session`` (hex);
+    - a 1-byte GET response 01 or 02 is reported as a status with ``"ambiguous": true`` (it is
+      also what a stored 1-byte session 01 or 02 looks like); any other single byte is a session;
+    - an empty response (a proxy without upstream): ``"empty": true``;
+    - anything else that cannot be what it claims: ``malformed`` (why) and ``data`` (hex).
 
 Errors are records too: ``error`` (a stable reason), ``detail``, ``offset`` (and ``field``).
 """

@@ -4,14 +4,16 @@ Each forwarded request gets a fresh uid from a proxy-wide counter (1, 2, ... wra
 and skipping uids still in flight: :class:`~distcache.protocol.RequestTracker`), and its reply is
 matched by that uid. The link is always in one of three states:
 
-``DOWN``        no connection: :meth:`UpstreamLink.submit` answers ``b""`` at once (the local
-                client gets the legacy EMPTY reply); a reconnect is scheduled ``retry`` after
-                the failure, on a timer (not the legacy's coarse poll).
-``CONNECTING``  an attempt is under way: requests wait for its outcome (forwarded, or answered
-                DISCONNECTED if it fails), as the legacy did with requests queued to a backend
-                whose connect then failed.
-``UP``          requests are forwarded, at most ``max_in_flight`` at a time; the rest wait, first
-                come first served.
+``DOWN``
+    no connection: :meth:`UpstreamLink.submit` answers ``b""`` at once (the local client gets the
+    legacy EMPTY reply); a reconnect is scheduled ``retry`` after the failure, on a timer (not
+    the legacy's coarse poll).
+``CONNECTING``
+    an attempt is under way: requests wait for its outcome (forwarded, or answered DISCONNECTED if
+    it fails), as the legacy did with requests queued to a backend whose connect then failed.
+``UP``
+    requests are forwarded, at most ``max_in_flight`` at a time; the rest wait, first come first
+    served.
 
 When the connection fails (end of stream, socket error, or anything the protocol forbids: garbage,
 a bad version, an unknown uid, a mismatched operation) every request in flight or waiting is
