@@ -18,6 +18,8 @@ import time
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
+from distcache.wire import MAX_TIMEOUT_MS
+
 __all__ = [
     "AddResult",
     "Clock",
@@ -136,3 +138,22 @@ class SessionStore(Protocol):
     async def close(self) -> None:
         """Release the engine's resources; later calls raise ``StoreClosedError``. Idempotent."""
         ...
+
+
+# -- argument checks shared by the engines (their slow paths: callers test the common case inline)
+
+
+def as_bytes(name: str, value: object) -> bytes:
+    """``value`` as bytes if it is a byte buffer, else TypeError naming the argument."""
+    # bytes(int) would silently make a zero-filled buffer, so only accept real byte buffers.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+
+
+def check_timeout(timeout_ms: object) -> None:
+    """TypeError or ValueError unless ``timeout_ms`` is an int of 0..MAX_TIMEOUT_MS."""
+    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool):
+        raise TypeError(f"timeout_ms must be an int, not {type(timeout_ms).__name__}")
+    if not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
+        raise ValueError(f"timeout_ms must be 0..{MAX_TIMEOUT_MS} ms, got {timeout_ms}")

@@ -32,7 +32,7 @@ from distcache.wire import (
     MIN_CACHE_SESSIONS,
 )
 
-from .engine import AddResult, Clock, MonotonicClock, StoreClosedError
+from .engine import AddResult, Clock, MonotonicClock, StoreClosedError, as_bytes, check_timeout
 
 __all__ = ["MemoryCache", "MemoryStore", "eviction_batch"]
 
@@ -103,11 +103,11 @@ class MemoryCache:
     def add(self, session_id: bytes, session: bytes, timeout_ms: int) -> AddResult:
         """Store ``session`` under ``session_id`` until ``timeout_ms`` ms from now (inclusive)."""
         if type(session_id) is not bytes:
-            session_id = _as_bytes("session_id", session_id)
+            session_id = as_bytes("session_id", session_id)
         if type(session) is not bytes:
-            session = _as_bytes("session", session)
+            session = as_bytes("session", session)
         if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
-            _reject_timeout(timeout_ms)
+            check_timeout(timeout_ms)
         now = self._clock.now_ms()
         heap = self._heap
         if heap and heap[0][0] < now:
@@ -153,7 +153,7 @@ class MemoryCache:
     def _admit(self, session_id: bytes) -> bytes:
         """Every operation's first step: the id as bytes, and expired entries gone."""
         if type(session_id) is not bytes:
-            session_id = _as_bytes("session_id", session_id)
+            session_id = as_bytes("session_id", session_id)
         now = self._clock.now_ms()
         heap = self._heap
         if heap and heap[0][0] < now:  # a call to _purge_expired costs more than this test
@@ -266,17 +266,3 @@ def _check_capacity(capacity: object) -> None:
         raise ValueError(
             f"capacity must be {MIN_CACHE_SESSIONS}..{MAX_CACHE_SESSIONS} sessions, got {capacity}"
         )
-
-
-def _as_bytes(name: str, value: object) -> bytes:
-    # bytes(int) would silently make a zero-filled buffer, so only accept real byte buffers.
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
-
-
-def _reject_timeout(timeout_ms: object) -> None:
-    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool):
-        raise TypeError(f"timeout_ms must be an int, not {type(timeout_ms).__name__}")
-    if not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
-        raise ValueError(f"timeout_ms must be 0..{MAX_TIMEOUT_MS} ms, got {timeout_ms}")

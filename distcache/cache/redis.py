@@ -46,7 +46,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 from distcache.wire import MAX_TIMEOUT_MS
 
-from .engine import AddResult, StoreClosedError
+from .engine import AddResult, StoreClosedError, as_bytes, check_timeout
 from .errors import StoreUnavailableError
 from .redis_link import Link
 
@@ -399,9 +399,9 @@ class RedisStore:
     async def add(self, session_id: bytes, session: bytes, timeout_ms: int) -> AddResult:
         key = self._key(session_id)
         if type(session) is not bytes:
-            session = _as_bytes("session", session)
+            session = as_bytes("session", session)
         if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
-            _reject_timeout(timeout_ms)
+            check_timeout(timeout_ms)
         if timeout_ms == 0:
             # Redis refuses PX 0. Such an entry is gone by the next request, so writing it would
             # change nothing anyone can see; only a live entry (a duplicate) is visible.
@@ -442,7 +442,7 @@ class RedisStore:
 
     def _key(self, session_id: bytes) -> bytes:
         if type(session_id) is not bytes:
-            session_id = _as_bytes("session_id", session_id)
+            session_id = as_bytes("session_id", session_id)
         return self._prefix + session_id
 
     def _open_backend(self) -> _SingleServer | _Cluster:
@@ -508,15 +508,3 @@ def _glob_escape(prefix: bytes) -> bytes:
     """``prefix`` as a literal in a SCAN MATCH pattern."""
     special = b"\\*?[]"
     return b"".join(b"\\" + bytes([c]) if c in special else bytes([c]) for c in prefix)
-
-
-def _as_bytes(name: str, value: object) -> bytes:
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
-
-
-def _reject_timeout(timeout_ms: object) -> None:
-    if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool):
-        raise TypeError(f"timeout_ms must be an int, not {type(timeout_ms).__name__}")
-    raise ValueError(f"timeout_ms must be 0..{MAX_TIMEOUT_MS} ms, got {timeout_ms}")
