@@ -20,6 +20,18 @@ async def _forwarded(t, upstream):
         t.fail("the proxy did not forward the request upstream")
 
 
+async def _round_trip(t, upstream, client, operation: Operation, encode, answer: bytes):
+    """Send ``encode(uid)`` from ``client``, answer it upstream with ``answer``, and return the
+    upstream link and the reply the client got (its uid and operation checked)."""
+    uid = t.uid()
+    await client.send(encode(uid))
+    link, request = await _forwarded(t, upstream)
+    link.reply(request, answer)
+    reply = await t.response(client)
+    t.check_header(reply, uid, operation)
+    return link, reply
+
+
 @case(
     id="PROXY-2/no-upstream-empty-reply",
     requirements=["PROXY-2"],
@@ -181,12 +193,9 @@ async def transparency(t):
         t.fail("the ADD payload changed on its way upstream")
     link.reply(request, b"\x00")
     t.expect_status(await t.response(probe), [Status.OK], "ADD through the proxy")
-    uid = t.uid()
-    await probe.send(get_request(uid, sid))
-    link, request = await _forwarded(t, upstream)
-    link.reply(request, session)
-    reply = await t.response(probe)
-    t.check_header(reply, uid, Operation.GET)
+    _, reply = await _round_trip(
+        t, upstream, probe, Operation.GET, lambda uid: get_request(uid, sid), session
+    )
     if reply.payload != session:
         t.fail("the 32 KB GET reply changed on its way through the proxy")
 
@@ -202,20 +211,17 @@ async def client_error(t):
     upstream = await t.upstream()
     await t.start_proxy(upstream.address)
     good = await t.connect()
-    await good.send(have_request(t.uid(), b"warm-up"))
-    link, request = await _forwarded(t, upstream)
-    link.reply(request, b"\x01")
-    await t.response(good)
+    link, _ = await _round_trip(
+        t, upstream, good, Operation.HAVE, lambda uid: have_request(uid, b"warm-up"), b"\x01"
+    )
     bad = await t.connect()
     await bad.send(frame(Operation.GET, b"x", op_class=1))
     await t.expect_closed(bad, "a client sending op_class 1")
-    uid = t.uid()
-    await good.send(have_request(uid, b"after"))
-    second_link, request = await _forwarded(t, upstream)
+    second_link, _ = await _round_trip(
+        t, upstream, good, Operation.HAVE, lambda uid: have_request(uid, b"after"), b"\x00"
+    )
     if second_link is not link or link.closed.is_set():
         t.fail("one client's protocol error disturbed the upstream link")
-    second_link.reply(request, b"\x00")
-    t.check_header(await t.response(good), uid, Operation.HAVE)
 
 
 @case(
@@ -233,11 +239,9 @@ async def foreign_version(t):
     await bad.send(b"SSH-2.0-x\r\n")
     await t.expect_closed(bad, "a client sending a foreign version")
     good = await t.connect()
-    uid = t.uid()
-    await good.send(have_request(uid, b"after"))
-    link, request = await _forwarded(t, upstream)
-    link.reply(request, b"\x00")
-    t.check_header(await t.response(good), uid, Operation.HAVE)
+    await _round_trip(
+        t, upstream, good, Operation.HAVE, lambda uid: have_request(uid, b"after"), b"\x00"
+    )
 
 
 @case(
@@ -258,12 +262,9 @@ async def client_leaves(t):
     await asyncio.sleep(0.05)
     link.reply(request, b"late")
     other = await t.connect()
-    uid = t.uid()
-    await other.send(have_request(uid, b"x"))
-    link, request = await _forwarded(t, upstream)
-    link.reply(request, b"\x01")
-    reply = await t.response(other)
-    t.check_header(reply, uid, Operation.HAVE)
+    _, reply = await _round_trip(
+        t, upstream, other, Operation.HAVE, lambda uid: have_request(uid, b"x"), b"\x01"
+    )
     if interpret_response(reply.operation, reply.payload).code != Status.NOTOK:
         t.fail("another client got a wrong answer after a client left mid-request")
 
