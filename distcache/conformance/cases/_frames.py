@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from ...protocol import encode_message
-from ...wire import HEADER_SIZE, PROTOCOL_LEVEL, Complete, Direction, Operation, fastcodec
+from ...wire import (
+    HEADER_SIZE,
+    MAX_FRAME_DATA,
+    PROTOCOL_LEVEL,
+    Complete,
+    Direction,
+    Operation,
+    fastcodec,
+)
 
 
 def frame(
@@ -23,6 +31,11 @@ def frame(
         is_response, uid, operation, complete, size, proto_level, op_class=op_class
     )
     return header + data
+
+
+def unfinished(uid: int, frames: int = 1) -> bytes:
+    """``frames`` full GET frames marked MORE: a message that the next frame must continue."""
+    return frame(Operation.GET, bytes(MAX_FRAME_DATA), uid=uid, complete=Complete.MORE) * frames
 
 
 def request(uid: int, operation: Operation, payload: bytes) -> bytes:

@@ -16,7 +16,7 @@ from ...wire import (
 )
 from ..probe import ProbeError
 from ..registry import case
-from ._frames import frame, read_raw_frames
+from ._frames import frame, read_raw_frames, unfinished
 
 # Header fields a server must reject, each as the keyword arguments of a crafted frame.
 MALFORMED_HEADERS = {
@@ -159,7 +159,7 @@ async def withheld_last_bytes(t):
 async def uid_change(t):
     probe = await t.connect()
     uid = t.uid()
-    first = frame(Operation.GET, bytes(MAX_FRAME_DATA), uid=uid, complete=Complete.MORE)
+    first = unfinished(uid)
     second = frame(Operation.GET, b"x", uid=uid ^ 1)
     await probe.send(first + second)
     await t.expect_closed(probe, "after a uid change inside a message", "FRAG-2")
@@ -173,7 +173,7 @@ async def uid_change(t):
 async def operation_change(t):
     probe = await t.connect()
     uid = t.uid()
-    first = frame(Operation.GET, bytes(MAX_FRAME_DATA), uid=uid, complete=Complete.MORE)
+    first = unfinished(uid)
     second = frame(Operation.HAVE, b"x", uid=uid)
     await probe.send(first + second)
     await t.expect_closed(probe, "after an operation change inside a message", "FRAG-2")
@@ -217,10 +217,7 @@ async def seventeen_frames(t):
 async def one_byte_too_many(t):
     probe = await t.connect()
     uid = t.uid()
-    body = b"".join(
-        frame(Operation.GET, bytes(MAX_FRAME_DATA), uid=uid, complete=Complete.MORE)
-        for _ in range(MAX_FRAMES_NOMINAL)
-    )
+    body = unfinished(uid, MAX_FRAMES_NOMINAL)
     await probe.send(body + frame(Operation.GET, b"x", uid=uid))
     await t.expect_closed(probe, "after a 32769-byte message", "FRAG-3")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import time
 
 from ...protocol import RemoteProtocolError, get_request
-from ...wire import MAX_FRAME_DATA, MAX_FRAMES_NOMINAL, Complete, Operation, fastcodec
+from ...wire import MAX_FRAME_DATA, MAX_FRAMES_NOMINAL, Operation, fastcodec
 from ..probe import ProbeError
 from ..registry import case
-from ._frames import frame
+from ._frames import frame, unfinished
 
 
 @case(
@@ -43,10 +43,7 @@ async def reject_partial_header(t):
 async def oversize_on_header(t):
     probe = await t.connect()
     uid = t.uid()
-    body = b"".join(
-        frame(Operation.GET, bytes(MAX_FRAME_DATA), uid=uid, complete=Complete.MORE)
-        for _ in range(MAX_FRAMES_NOMINAL)
-    )
+    body = unfinished(uid, MAX_FRAMES_NOMINAL)
     # The 17th header announces one more byte; its data is never sent.
     await probe.send(body + frame(Operation.GET, b"", uid=uid, data_len=1))
     await t.expect_closed(probe, "after a header taking the message to 32769 bytes")

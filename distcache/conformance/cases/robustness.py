@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import secrets
 
-from ...wire import MAX_FRAME_DATA, Complete, Operation
+from ...wire import Operation
 from ..registry import case
-from ._frames import frame
+from ._frames import frame, unfinished
 
 FOREIGN_STARTS = {
     "old-version-0x0010": bytes.fromhex("0010000000"),
@@ -49,7 +49,7 @@ for _name, _data in FOREIGN_STARTS.items():
 async def foreign_version_second_frame(t):
     probe = await t.connect()
     uid = t.uid()
-    first = frame(Operation.GET, bytes(MAX_FRAME_DATA), uid=uid, complete=Complete.MORE)
+    first = unfinished(uid)
     second = frame(Operation.GET, b"x", uid=uid, proto_level=0x00120000)
     await probe.send(first + second)
     await t.expect_closed(probe, "after a foreign version in frame 2", "FRAME-4")
