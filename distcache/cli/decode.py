@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 from ..capture import command as capture
 from ..decoding import DIRECTIONS, decode_stream, record_text
-from . import UsageError
+from . import UsageError, read_input
 
 
 def register(subparsers) -> None:
@@ -44,13 +43,7 @@ def _read_input(args) -> bytes:
             return bytes.fromhex(text)
         except ValueError:
             raise UsageError("--hex: not a hexadecimal string") from None
-    if args.file == "-":
-        return sys.stdin.buffer.read()
-    try:
-        with open(args.file, "rb") as stream:
-            return stream.read()
-    except OSError as error:
-        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+    return read_input(args.file)
 
 
 def run(args) -> int:

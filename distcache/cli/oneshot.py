@@ -14,7 +14,7 @@ import sys
 from ..address import AddressError
 from ..client import Client, DistcacheError, Mode
 from ..wire import Status
-from . import UsageError
+from . import UsageError, read_input
 
 #: Environment variable giving the default ``--server``.
 SERVER_ENV = "DISTCACHE_SERVER"
@@ -193,13 +193,7 @@ def _session_of(args) -> bytes:
         raise UsageError("give the session either as SESSION or with --file, not both or neither")
     if args.file is None:
         return _bytes_of(args.session, "SESSION", args.hex)
-    if args.file == "-":
-        return sys.stdin.buffer.read()
-    try:
-        with open(args.file, "rb") as source:
-            return source.read()
-    except OSError as error:
-        raise UsageError(f"cannot read {args.file}: {error.strerror}") from None
+    return read_input(args.file)
 
 
 def _say(message: str) -> None:
