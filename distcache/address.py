@@ -49,6 +49,7 @@ __all__ = [
     "AddressError",
     "AddressKind",
     "parse_address",
+    "port_argument",
 ]
 
 #: Bounds on the whole address string, as the legacy parser enforced them.
@@ -304,3 +305,14 @@ def _inet_aton(text: str) -> str | None:
     for index, value in enumerate(leading):
         number |= value << (24 - 8 * index)
     return str(ipaddress.IPv4Address(number))
+
+
+def port_argument(text: str) -> int:
+    """A TCP port 1..MAX_PORT from a command line (an argparse ``type``: ValueError if not)."""
+    port = int(text)
+    if not 0 < port <= MAX_PORT:
+        raise ValueError(text)
+    return port
+
+
+port_argument.__name__ = "port"  # argparse names the type in its error message

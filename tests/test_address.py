@@ -17,6 +17,7 @@ from distcache.address import (
     Address,
     AddressError,
     parse_address,
+    port_argument,
 )
 
 INET, INET6 = socket.AF_INET, socket.AF_INET6
@@ -276,3 +277,13 @@ def test_any_text_parses_canonically_or_fails_with_address_error(text):
         return
     assert parse_address(str(address)) == address
     assert str(parse_address(str(address))) == str(address)
+
+
+@pytest.mark.parametrize("text", ["0", "65536", "-1", "http", ""])
+def test_port_argument_refuses_what_is_not_a_tcp_port(text):
+    with pytest.raises(ValueError):
+        port_argument(text)
+
+
+def test_port_argument_takes_the_whole_range():
+    assert [port_argument(text) for text in ("1", "9001", "65535")] == [1, 9001, MAX_PORT]

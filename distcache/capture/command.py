@@ -10,6 +10,7 @@ import json
 import sys
 from datetime import UTC, datetime
 
+from ..address import port_argument
 from ..cli import UsageError
 from ..decoding import record_text
 from .decoder import CaptureDecoder, CaptureProblem, capture_record
@@ -17,21 +18,11 @@ from .reader import CaptureError, capture_format, read_segments
 from .summary import CaptureSummary, summary_text
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 < port < 65536:
-        raise ValueError(text)
-    return port
-
-
-_port.__name__ = "port"  # argparse names the type in its error message
-
-
 def add_arguments(parser) -> None:
     """The options that apply to captures only."""
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port_argument,
         action="append",
         metavar="PORT",
         help="captures: decode the TCP connections with an end on PORT (repeatable; default: "

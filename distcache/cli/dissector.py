@@ -2,17 +2,8 @@
 
 from __future__ import annotations
 
+from ..address import port_argument
 from ..dissector import DEFAULT_PORTS, generate
-
-
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 < port < 65536:
-        raise ValueError(text)
-    return port
-
-
-_port.__name__ = "port"  # argparse names the type in its error message
 
 
 def register(subparsers) -> None:
@@ -24,7 +15,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--port",
-        type=_port,
+        type=port_argument,
         action="append",
         metavar="PORT",
         help="TCP port the dissector registers on (repeatable; default "
