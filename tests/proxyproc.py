@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from serverproc import START_TIMEOUT, ServerThread
+from serverproc import START_TIMEOUT, ServerThread, run_program
 
 from distcache.address import parse_address
 from distcache.proxy import Proxy, ProxySettings
@@ -98,10 +98,4 @@ def dc_client(path: str, upstream: str, *args: str) -> Iterator[DcClient]:
 
 def run_dc_client(*args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``dc_client`` to completion (flag errors, -h) and capture its output."""
-    return subprocess.run(
-        [sys.executable, "-m", "distcache.cli.dc_client", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_program("dc_client", *args, timeout=timeout)

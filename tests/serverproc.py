@@ -140,15 +140,21 @@ def dc_server(*args: str, listen: str | None = "default") -> Iterator[DcServer]:
         server._stderr.close()
 
 
-def run_dc_server(*args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ``dc_server`` to completion (for flag errors, -h) and capture its output."""
+def run_program(name: str, *args: str, timeout: float = START_TIMEOUT):
+    """Run one of the legacy-named programs (``dc_server``, ``dc_client``, ``dc_test``, ...) to
+    completion and capture its output as text."""
     return subprocess.run(
-        [sys.executable, "-m", "distcache.cli.dc_server", *args],
+        [sys.executable, "-m", f"distcache.cli.{name}", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
+
+
+def run_dc_server(*args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run ``dc_server`` to completion (for flag errors, -h) and capture its output."""
+    return run_program("dc_server", *args, timeout=timeout)
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:

@@ -6,25 +6,18 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 
 import pytest
 from proxyproc import dc_client
 from scripted_upstream import ScriptedUpstream
-from serverproc import ServerThread, dc_server
+from serverproc import ServerThread, dc_server, run_program
 
 from distcache.loadtest import Presence, SessionModel
 from distcache.wire import MIN_CACHE_SESSIONS, Operation
 
 
 def run_dc_test(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "distcache.cli.dc_test", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_program("dc_test", *args, timeout=timeout)
 
 
 @pytest.fixture
