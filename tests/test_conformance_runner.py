@@ -201,13 +201,9 @@ def test_a_fixed_target_that_dies_ends_the_run_cleanly(tmp_path):
         process.wait()
 
 
-def test_implementation_profile_grades_xfail_and_xpass(tmp_path):
-    profile = tmp_path / "profile.toml"
-    profile.write_text(
-        'format = "distcache-implementation-profile/1"\nimplementation = "faulty"\n'
-        '[expected-failures]\n"ADD-2/check-order-and-codes" = "checks the id range first"\n'
-        '"RESP-1/*" = "claimed broken, but is not"\n'
-    )
+def _add_order_fault_with_profile(profile, tmp_path):
+    """Exit code and results by case id of ADD-2 and RESP-1 against a server that checks the
+    ADD fields in the wrong order (so ADD-2 fails and RESP-1 passes), graded with ``profile``."""
     code, report = json_report(
         "--server-cmd",
         faulty_cmd("add_order"),
@@ -219,7 +215,17 @@ def test_implementation_profile_grades_xfail_and_xpass(tmp_path):
         str(profile),
         tmp_path=tmp_path,
     )
-    results = by_id(report)
+    return code, by_id(report)
+
+
+def test_implementation_profile_grades_xfail_and_xpass(tmp_path):
+    profile = tmp_path / "profile.toml"
+    profile.write_text(
+        'format = "distcache-implementation-profile/1"\nimplementation = "faulty"\n'
+        '[expected-failures]\n"ADD-2/check-order-and-codes" = "checks the id range first"\n'
+        '"RESP-1/*" = "claimed broken, but is not"\n'
+    )
+    code, results = _add_order_fault_with_profile(profile, tmp_path)
     assert results["ADD-2/check-order-and-codes"]["grade"] == "XFAIL"
     assert results["RESP-1/uid-echo"]["grade"] == "XPASS"
     assert code == 1  # an unexpected pass fails the run
@@ -231,18 +237,7 @@ def test_nondeterministic_profile_entries_never_xpass(tmp_path):
         'format = "distcache-implementation-profile/1"\n'
         '[nondeterministic]\n"ADD-2/check-order-and-codes" = "a race"\n"RESP-1/*" = "a race"\n'
     )
-    code, report = json_report(
-        "--server-cmd",
-        faulty_cmd("add_order"),
-        "--case",
-        "ADD-2",
-        "--case",
-        "RESP-1",
-        "--implementation-profile",
-        str(profile),
-        tmp_path=tmp_path,
-    )
-    results = by_id(report)
+    code, results = _add_order_fault_with_profile(profile, tmp_path)
     assert results["ADD-2/check-order-and-codes"]["grade"] == "XFAIL"  # lost the race
     assert results["RESP-1/uid-echo"]["grade"] == "PASS"  # won it: not an XPASS
     assert code == 0
