@@ -67,50 +67,42 @@ def ipv6_loopback_available() -> bool:
 # --- TCP ---------------------------------------------------------------------------------------
 
 
-def test_tcp_listen_and_connect_with_nodelay_on_both_ends():
-    async def scenario():
-        accepted_nodelay = asyncio.get_running_loop().create_future()
+async def _nodelay_scenario():
+    """Listen and connect on loopback TCP: (reused address, echoed bytes, NODELAY on the
+    connecting end, NODELAY on the accepted end)."""
+    accepted_nodelay = asyncio.get_running_loop().create_future()
 
-        async def serve(reader, writer):
-            accepted_nodelay.set_result(nodelay(writer.get_extra_info("socket")))
-            await echo(reader, writer)
+    async def serve(reader, writer):
+        accepted_nodelay.set_result(nodelay(writer.get_extra_info("socket")))
+        await echo(reader, writer)
 
-        server = await start_listener("IP:127.0.0.1:0", serve)
-        port = server.sockets[0].getsockname()[1]
-        listener = server.sockets[0]
-        assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
-        reader, writer = await open_connection(f"IP:127.0.0.1:{port}", timeout=IO_DEADLINE)
-        connected_nodelay = nodelay(writer.get_extra_info("socket"))
-        writer.write(b"hello")
-        assert await reader.read() == b"hello"
-        writer.close()
-        server.close()
-        await server.wait_closed()
-        return connected_nodelay, await accepted_nodelay
-
-    assert run(scenario()) == (True, True)
+    server = await start_listener("IP:127.0.0.1:0", serve)
+    listener = server.sockets[0]
+    reused = bool(listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
+    port = listener.getsockname()[1]
+    reader, writer = await open_connection(f"IP:127.0.0.1:{port}", timeout=IO_DEADLINE)
+    connected_nodelay = nodelay(writer.get_extra_info("socket"))
+    writer.write(b"hello")
+    data = await reader.read()
+    writer.close()
+    server.close()
+    await server.wait_closed()
+    return reused, data, connected_nodelay, await accepted_nodelay
 
 
-@pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
-def test_tcp_nodelay_under_uvloop():
-    async def scenario():
-        accepted_nodelay = asyncio.get_running_loop().create_future()
-
-        async def serve(reader, writer):
-            accepted_nodelay.set_result(nodelay(writer.get_extra_info("socket")))
-            await echo(reader, writer)
-
-        server = await start_listener("IP:127.0.0.1:0", serve)
-        port = server.sockets[0].getsockname()[1]
-        reader, writer = await open_connection(f"IP:127.0.0.1:{port}", timeout=IO_DEADLINE)
-        connected_nodelay = nodelay(writer.get_extra_info("socket"))
-        writer.write(b"hello")
-        data = await reader.read()
-        writer.close()
-        server.close()
-        return data, connected_nodelay, await accepted_nodelay
-
-    assert uvloop.run(asyncio.wait_for(scenario(), IO_DEADLINE)) == (b"hello", True, True)
+@pytest.mark.parametrize(
+    "loop",
+    [
+        "asyncio",
+        pytest.param(
+            "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
+        ),
+    ],
+)
+def test_tcp_listen_and_connect_with_nodelay_on_both_ends(loop):
+    runner = uvloop.run if loop == "uvloop" else asyncio.run
+    result = runner(asyncio.wait_for(_nodelay_scenario(), IO_DEADLINE))
+    assert result == (True, b"hello", True, True)
 
 
 def test_all_interfaces_form_listens_on_ipv4_any():
