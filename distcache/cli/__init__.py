@@ -1,5 +1,7 @@
 """Command-line entry points: the legacy-named programs and the ``distcache`` umbrella command."""
 
+import sys
+
 
 class UsageError(Exception):
     """Bad usage detected after parsing; reported in one line with exit status 2."""
@@ -7,8 +9,6 @@ class UsageError(Exception):
 
 def read_input(path: str) -> bytes:
     """The bytes of file ``path`` (``-``: standard input); UsageError if it cannot be read."""
-    import sys
-
     if path == "-":
         return sys.stdin.buffer.read()
     try:
