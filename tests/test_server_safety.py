@@ -13,6 +13,7 @@ import pytest
 from serverproc import ServerThread, address_of, dc_server, rss_kib
 
 from distcache.cache import MemoryStore
+from distcache.cache.errors import StoreUnavailableError
 from distcache.protocol import (
     NEED_DATA,
     MessageDecoder,
@@ -232,6 +233,52 @@ def test_an_asynchronous_engine_answers_pipelined_requests_in_order(servers):
             add, get, remove, have = (a.payload for a in answers[4 * i : 4 * i + 4])
             assert (add, get, have) == (OK, b"v%d" % i, OK)
             assert remove == (NOTOK if i == 0 else OK)
+    finally:
+        servers.stop(server)
+
+
+class _FailingStore(MemoryStore):
+    """An engine with coroutines only, failing on chosen ids: "down" as an unreachable store
+    does, "boom" with an error no engine should raise."""
+
+    async def get(self, session_id):
+        if session_id == b"down":
+            raise StoreUnavailableError("store down")
+        if session_id == b"boom":
+            raise RuntimeError("engine bug")
+        return await super().get(session_id)
+
+
+class _RefusingStore(MemoryStore):
+    """A ``CallbackStore`` whose ``submit`` raises for one id, as a closed engine would."""
+
+    def submit(self, method, args, done):
+        if args == (b"refused",):
+            raise RuntimeError("engine refused the call")
+        call = asyncio.ensure_future(getattr(self, method)(*args))
+        call.add_done_callback(lambda call: done(call.result()))
+
+
+@pytest.mark.parametrize(
+    ("store", "fatal_request", "logged"),
+    [
+        (_FailingStore, get_request(2, b"boom"), "engine bug"),
+        (_RefusingStore, have_request(2, b"refused"), "engine refused the call"),
+    ],
+)
+def test_engine_failures_answer_or_close_only_their_own_connection(
+    servers, caplog, store, fatal_request, logged
+):
+    server = servers.call(_start_with(store(64)))
+    try:
+        broken, other = connect(server), connect(server)
+        assert ask(other, add_request(1, b"id", b"session", 60_000)) == OK
+        broken.sendall(fatal_request)
+        assert_closed(broken)
+        if store is _FailingStore:  # a failure answer, and the connection stays
+            assert ask(other, get_request(3, b"down")) == NOTOK
+        assert ask(other, get_request(4, b"id")) == b"session"
+        assert "storage engine failed" in caplog.text and logged in caplog.text
     finally:
         servers.stop(server)
 

@@ -7,6 +7,7 @@ not await. ``MonotonicClock`` drives expiry by default; ``ManualClock`` lets tes
 
 from .engine import (
     AddResult,
+    CallbackStore,
     Clock,
     ManualClock,
     MonotonicClock,
@@ -17,6 +18,7 @@ from .memory import MemoryCache, MemoryStore, eviction_batch
 
 __all__ = [
     "AddResult",
+    "CallbackStore",
     "Clock",
     "ManualClock",
     "MemoryCache",

@@ -15,6 +15,7 @@ memory, Valkey/Redis, ...) but must agree on what a client can observe:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +23,7 @@ from distcache.wire import MAX_TIMEOUT_MS
 
 __all__ = [
     "AddResult",
+    "CallbackStore",
     "Clock",
     "ManualClock",
     "MonotonicClock",
@@ -137,6 +139,23 @@ class SessionStore(Protocol):
 
     async def close(self) -> None:
         """Release the engine's resources; later calls raise ``StoreClosedError``. Idempotent."""
+        ...
+
+
+@runtime_checkable
+class CallbackStore(Protocol):
+    """A ``SessionStore`` that can also report a call's outcome to a callback.
+
+    The server uses it when present: awaiting a coroutine costs a task and several event-loop
+    passes per request, a callback costs neither. Engines that only have coroutines still work.
+    """
+
+    def submit(self, method: str, args: tuple, done: Callable[[object], None]) -> None:
+        """Start ``method(*args)`` (``"add"``, ``"get"``, ``"remove"`` or ``"have"``).
+
+        ``done`` is called later, never during this call, with the result the coroutine would
+        return or the exception it would raise. Argument errors raise here, at once.
+        """
         ...
 
 

@@ -1,8 +1,8 @@
 """One client connection: bytes in through the sans-IO decoder, replies out in request order.
 
 Ordering: requests are taken from the decoder one at a time. With a synchronous engine core each
-reply is written before the next request is decoded; with an asynchronous engine the connection
-stops taking requests while one is in flight, so replies can never overtake each other and
+reply is written before the next request is decoded; otherwise the connection stops taking
+requests while one is in flight with the engine, so replies can never overtake each other and
 pipelining works whatever the reply sizes.
 
 Back-pressure: reading pauses while the transport holds more than ``REPLY_BACKLOG`` unsent reply
@@ -137,15 +137,22 @@ class ServerConnection(asyncio.Protocol):
                         self._write(replies)
                         replies, batched = [], 0
                 else:
+                    reply = self._handler.begin(event, self._answered)
+                    if reply is not None:  # answered without the engine (a refused ADD)
+                        replies.append(reply)
+                        continue
                     self._write(replies)
                     replies = []
                     self._in_flight = True
-                    self._server.track(self._loop.create_task(self._answer_later(event)))  # type: ignore[union-attr]
         except RemoteProtocolError as error:
             if error.offset is None:  # raised on a whole message: point at its start
                 error.offset = event.offset
             self._write(replies)  # the requests before the offending bytes are answered
             self._reject(error)
+            return
+        except Exception as error:  # the engine refused the call itself (e.g. closed)
+            self._write(replies)
+            self._engine_failed(error)
             return
         self._write(replies)
         self._update_reading()
@@ -158,23 +165,25 @@ class ServerConnection(asyncio.Protocol):
             else:
                 self._transport.writelines(replies)  # type: ignore[union-attr]
 
-    async def _answer_later(self, request) -> None:
-        try:
-            reply = await self._handler.answer(request)
-        except RemoteProtocolError as error:
-            error.offset = request.offset if error.offset is None else error.offset
-            self._reject(error)
+    def _answered(self, outcome: object) -> None:
+        """The engine's answer to the request in flight: its reply, or the error that stopped it."""
+        self._in_flight = False
+        if self._closing:
             return
-        except Exception:
-            log.exception("%s: storage engine failed; closing the connection", self.peer)
-            self._close(abort=True)
-            return
-        finally:
-            self._in_flight = False
-        if not self._closing:
-            self._transport.write(reply)  # type: ignore[union-attr]
+        if type(outcome) is bytes:
+            self._transport.write(outcome)  # type: ignore[union-attr]
             self._server.operations += 1
             self._serve()
+        else:
+            self._engine_failed(outcome)
+
+    def _engine_failed(self, error: object) -> None:
+        log.error(
+            "%s: storage engine failed; closing the connection",
+            self.peer,
+            exc_info=error if isinstance(error, BaseException) else None,
+        )
+        self._close(abort=True)
 
     def _update_reading(self) -> None:
         transport = self._transport

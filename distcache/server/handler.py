@@ -1,16 +1,19 @@
 """From a decoded request to the encoded reply: the ADD checks, then one storage call.
 
 Each operation is described once (which store method, and what its result means on the wire);
-the synchronous path (an engine with a sync core, such as the memory engine)
-and the asynchronous path (any ``SessionStore``) share that description, so no rule is written
-twice and the memory engine's hot path creates no coroutine.
+the synchronous path (an engine with a sync core, such as the memory engine) and the callback
+path (every other engine) share that description, so no rule is written twice. Neither creates a
+coroutine per request on the engines that matter: the memory engine answers at once, and the
+Valkey/Redis engine reports to a callback (``CallbackStore``); only an engine with nothing but
+coroutines costs a task per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
-from ..cache import AddResult, MemoryStore, SessionStore
+from ..cache import AddResult, CallbackStore, MemoryStore, SessionStore
 from ..cache.errors import StoreUnavailableError
 from ..protocol import Request, check_add_fields, encode_status
 from ..wire import Operation, Status
@@ -62,20 +65,20 @@ _UNAVAILABLE: dict[Operation, Status] = {
 class RequestHandler:
     """Answers requests from one store.
 
-    :attr:`sync_core` is the engine's synchronous core (the memory engine's ``MemoryCache``), or
-    None when every call must be awaited. ``check_add_fields`` raises ``RemoteProtocolError`` for an
-    ADD payload too short to check; callers close the connection.
+    :attr:`sync_core` is the engine's synchronous core (the memory engine's ``MemoryCache``), used
+    through :meth:`answer_now`; with None, requests go through :meth:`begin`. Both raise
+    ``RemoteProtocolError`` for an ADD payload too short to check; callers close the connection.
     """
 
-    __slots__ = ("_async_calls", "_sync_calls", "store", "sync_core")
+    __slots__ = ("_submit", "_sync_calls", "_tasks", "store", "sync_core")
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
         # Exactly the memory engine: a subclass may override the async methods it must go through.
         self.sync_core = store.cache if type(store) is MemoryStore else None
-        self._async_calls = {
-            op: (getattr(store, name), reply) for op, (name, reply) in _ACTIONS.items()
-        }
+        # The engine's own callback core if it has one, else a task per call.
+        self._submit = store.submit if isinstance(store, CallbackStore) else self._submit_as_task
+        self._tasks: set[asyncio.Future] = set()
         # Indexed by the operation's value: cheaper per request than a dict lookup.
         self._sync_calls = (
             tuple(
@@ -98,10 +101,16 @@ class RequestHandler:
             return reply(request, call(session_id, session, timeout_ms))
         return reply(request, call(request.payload))
 
-    async def answer(self, request: Request) -> bytes:
-        """The reply, awaiting the engine."""
-        call, reply = self._async_calls[request.operation]
-        if request.operation is _ADD:
+    def begin(self, request: Request, finish: Callable[[object], None]) -> bytes | None:
+        """Start answering ``request``: the reply now, or None when ``finish`` will get it.
+
+        ``finish`` is called later, never during this call, with the reply's bytes or with the
+        exception that stopped the engine (the connection then closes). A store that cannot be
+        reached is not such an exception: the client gets the failure answer for its request.
+        """
+        operation = request.operation
+        method, reply = _ACTIONS[operation]
+        if operation is _ADD:
             checked = check_add_fields(request.payload)
             if type(checked) is not tuple:
                 return request.respond_status(checked)
@@ -109,8 +118,36 @@ class RequestHandler:
             args: tuple = (session_id, session, timeout_ms)
         else:
             args = (request.payload,)
-        try:
-            result = await call(*args)
-        except StoreUnavailableError:  # the engine logs the outage, once per burst
-            return request.respond_status(_UNAVAILABLE[request.operation])
-        return reply(request, result)
+
+        def done(outcome: object) -> None:
+            if isinstance(outcome, StoreUnavailableError):  # the engine logs the outage
+                finish(request.respond_status(_UNAVAILABLE[operation]))
+            elif isinstance(outcome, BaseException):
+                finish(outcome)
+            else:
+                finish(reply(request, outcome))
+
+        self._submit(method, args, done)
+        return None
+
+    def _submit_as_task(self, method: str, args: tuple, done: Callable[[object], None]) -> None:
+        """``CallbackStore.submit`` for an engine that only has coroutines: one task per call."""
+        task = asyncio.ensure_future(getattr(self.store, method)(*args))
+        self._tasks.add(task)
+
+        def settle(task: asyncio.Future) -> None:
+            self._tasks.discard(task)
+            if task.cancelled():
+                done(asyncio.CancelledError())
+            else:
+                error = task.exception()
+                done(error if error is not None else task.result())
+
+        task.add_done_callback(settle)
+
+    async def cancel_calls(self) -> None:
+        """Cancel the engine calls still running as tasks (server shutdown)."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -34,7 +34,6 @@ class Server:
         self.operations = 0
         self._handler = RequestHandler(store)
         self._connections: set[ServerConnection] = set()
-        self._tasks: set[asyncio.Future] = set()
         self._listeners: list[asyncio.AbstractServer] = []
 
     # -- life cycle -------------------------------------------------------------------------
@@ -55,10 +54,7 @@ class Server:
             listener.close()
         for connection in list(self._connections):
             connection.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._handler.cancel_calls()
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
@@ -92,8 +88,3 @@ class Server:
 
     def forget(self, connection: ServerConnection) -> None:
         self._connections.discard(connection)
-
-    def track(self, task: asyncio.Future) -> None:
-        """Keep a reference to an engine call in flight, so that shutdown can cancel it."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
