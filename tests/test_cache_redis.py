@@ -37,11 +37,12 @@ START_TIMEOUT = 10.0
 class StoreProcess:
     """A throw-away redis-server on a loopback port: no persistence, killed at the end."""
 
-    def __init__(self, *extra: str, cluster_node: bool = False) -> None:
+    def __init__(self, *extra: str, cluster_node: bool = False, login: str | None = None) -> None:
         if STORE_BINARY is None:
             pytest.skip("neither valkey-server nor redis-server is installed")
         self.port = free_cluster_port() if cluster_node else free_port()
         self._extra = extra
+        self._login = login
         self.process: subprocess.Popen | None = None
         self.start()
 
@@ -71,7 +72,9 @@ class StoreProcess:
             self.process.wait(START_TIMEOUT)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=2, socket_connect_timeout=2)
+        return redis.Redis(
+            port=self.port, password=self._login, socket_timeout=2, socket_connect_timeout=2
+        )
 
 
 def free_cluster_port() -> int:
@@ -362,12 +365,97 @@ def test_closed_store_raises_store_closed(store_server: StoreProcess) -> None:
     run(body())
 
 
+# -- connecting: login, database, UNIX socket ------------------------------------------------
+
+
+@pytest.fixture
+def guarded_store_server(tmp_path: Path) -> Iterator[StoreProcess]:
+    """A store with a default-user password, an ACL user, and a UNIX socket.
+
+    The ACL user has exactly the rights the operator guide's Security section gives.
+    """
+    socket_path = tmp_path / "store.sock"
+    server = StoreProcess(
+        "--requirepass", "p@ss:word",
+        "--user", "alice", "on", ">alice-secret", "~distcache:*",
+        "+set", "+get", "+del", "+exists", "+scan", "+dbsize",
+        "--unixsocket", str(socket_path), "--unixsocketperm", "700",
+        login="p@ss:word",
+    )  # fmt: skip
+    server.socket_path = socket_path
+    yield server
+    server.kill()
+
+
+def round_trip(url: str) -> bytes | None:
+    async def body(store: RedisStore):
+        await store.add(b"id", b"session", 60_000)
+        return await store.get(b"id")
+
+    return with_store(url, body)
+
+
+def test_password_and_acl_user_from_the_url(guarded_store_server: StoreProcess) -> None:
+    port = guarded_store_server.port
+    assert round_trip(f"redis://:p%40ss%3Aword@127.0.0.1:{port}/0") == b"session"
+    alice = f"redis://alice:alice-secret@127.0.0.1:{port}/0"
+    assert round_trip(alice) == b"session"
+
+    async def every_command(store: RedisStore) -> None:
+        assert await store.add(b"x", b"s", 0) is AddResult.STORED  # EXISTS
+        assert await store.add(b"x", b"s", 60_000) is AddResult.STORED  # SET
+        assert await store.have(b"x") and await store.remove(b"x")  # EXISTS, DEL
+        assert await store.count() == 1  # SCAN: "id" is left
+
+    with_store(alice, every_command)
+
+
+def test_a_refused_login_fails_calls_without_showing_the_password(
+    guarded_store_server: StoreProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = guarded_store_server.port
+
+    async def body(store: RedisStore):
+        with pytest.raises(StoreUnavailableError, match="refused the handshake") as failure:
+            await store.get(b"id")
+        assert "WRONGPASS" in str(failure.value) and "wrong-secret" not in str(failure.value)
+        anonymous = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+        with pytest.raises(StoreUnavailableError, match="NOAUTH"):  # no password at all
+            await anonymous.get(b"id")
+        await anonymous.close()
+
+    with_store(f"redis://alice:wrong-secret@127.0.0.1:{port}/0", body)
+    assert "wrong-secret" not in caplog.text
+
+
+def test_database_from_the_path_and_the_unix_socket(guarded_store_server: StoreProcess) -> None:
+    port, path = guarded_store_server.port, guarded_store_server.socket_path
+    assert round_trip(f"redis://:p%40ss%3Aword@127.0.0.1:{port}/3?prefix=db3:") == b"session"
+    assert round_trip(f"unix://:p%40ss%3Aword@{path}?db=5&prefix=db5:") == b"session"
+    client = guarded_store_server.client()
+    assert client.keys() == []  # database 0 untouched
+    client.select(3)  # redis-py's own connection: SELECT sticks to it
+    assert client.get(b"db3:id") == b"session"
+    client.select(5)
+    assert client.get(b"db5:id") == b"session"
+
+
+def test_unreadable_tls_files_stop_the_server_at_start_up(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(StoreURLError, match="cannot load the TLS files"):
+        RedisStore.from_url(f"rediss://127.0.0.1:6379/0?ssl_ca_certs={missing}")
+    engine = f"rediss://127.0.0.1:6379/0?ssl_certfile={missing}"
+    result = run_dc_server("-listen", "IP:127.0.0.1:0", "-engine", engine)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "cannot load the TLS files" in result.stderr
+
+
 # -- failures ---------------------------------------------------------------------------------
 
 
 def test_unreachable_store_fails_fast_with_a_typed_error() -> None:
     async def body(store: RedisStore):
-        with pytest.raises(StoreUnavailableError, match="ConnectionError"):
+        with pytest.raises(StoreUnavailableError, match="ConnectionRefusedError"):
             await store.add(b"id", b"s", 1000)
         assert await store.count() == 0  # best effort: the last count
 
@@ -396,6 +484,72 @@ def test_a_store_that_never_answers_costs_one_time_budget() -> None:
         with_store(f"redis://127.0.0.1:{port}/0?timeout=0.3", body)
 
 
+async def scripted_store(answer: bytes) -> tuple[asyncio.AbstractServer, list[int]]:
+    """A fake store that sends ``answer`` for every chunk it reads; counts its connections."""
+    connections: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(1)
+        while await reader.read(65536):
+            writer.write(answer)
+        writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0), connections
+
+
+def test_an_unreadable_reply_fails_the_call_and_the_next_call_reconnects() -> None:
+    async def body() -> None:
+        server, connections = await scripted_store(b"%%% not RESP\r\n")
+        port = server.sockets[0].getsockname()[1]
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            for attempt in (1, 2):
+                with pytest.raises(StoreUnavailableError, match="unreadable reply from the store"):
+                    await store.have(b"id")
+                assert len(connections) == attempt
+        finally:
+            await store.close()
+            server.close()
+
+    run(body())
+
+
+def test_a_reply_nobody_asked_for_drops_the_connection(caplog: pytest.LogCaptureFixture) -> None:
+    async def body() -> None:
+        server, connections = await scripted_store(b":1\r\n:1\r\n")  # one reply too many
+        port = server.sockets[0].getsockname()[1]
+        store = RedisStore.from_url(f"redis://127.0.0.1:{port}/0")
+        try:
+            assert await store.have(b"id") is True
+            await asyncio.sleep(0.05)  # the second reply arrives, and out of step it is
+            assert await store.have(b"id") is True
+            assert len(connections) == 2
+        finally:
+            await store.close()
+            server.close()
+
+    run(body())
+    assert "a reply nobody asked for" in caplog.text
+
+
+def test_a_failing_callback_does_not_cost_the_replies_behind_it(
+    store_server: StoreProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(store: RedisStore):
+        outcomes: list[object] = []
+
+        def explode(outcome: object) -> None:
+            raise RuntimeError("caller bug")
+
+        store.submit("have", (b"a",), explode)
+        store.submit("have", (b"b",), outcomes.append)
+        assert await store.get(b"c") is None
+        assert outcomes == [False]
+
+    with_store(unique_url(store_server), body)
+    assert "store reply callback failed" in caplog.text
+
+
 def test_a_stalled_store_fails_calls_within_the_budget_and_recovers(
     fresh_store_server: StoreProcess,
 ) -> None:
@@ -417,7 +571,7 @@ def test_full_store_without_eviction_refuses_adds(fresh_store_server: StoreProce
     client.config_set("maxmemory-policy", "noeviction")
 
     async def body(store: RedisStore):
-        with pytest.raises(StoreUnavailableError, match="OutOfMemoryError"):
+        with pytest.raises(StoreUnavailableError, match="OOM command not allowed"):
             for number in range(100):
                 await store.add(b"%d" % number, b"x" * 16_384, 60_000)
 

@@ -21,10 +21,11 @@ Capacity is the store's memory, not a session count: run the store with ``maxmem
 approximately the soonest-expiring ones, and as many as needed rather than a fixed batch).
 
 Concurrency: on one server the calls of every client connection are pipelined over a single
-store connection (:mod:`.redis_link`); on a cluster, redis-py's cluster client keeps a pool of up
-to ``max_connections`` connections per node.
+store connection (:mod:`.redis_link`, on hiredis), each reported to a callback
+(``CallbackStore``) so that a request costs no task; on a cluster, redis-py's cluster client
+routes each key and keeps up to ``max_connections`` connections per node.
 
-Failures: every call has a time budget (``timeout``, 1 s by default; connecting has its own);
+Failures: every call has a time budget (``timeout``, 1 s by default, connecting included);
 past it, or on any store error (connection refused or lost, out of memory, read-only replica,
 ...), the call raises :class:`StoreUnavailableError`. Calls are never retried: a retried ADD
 whose first reply was lost would answer DUPLICATE for its own session. A lost connection is
@@ -38,17 +39,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from distcache.wire import MAX_TIMEOUT_MS
 
 from .engine import AddResult, StoreClosedError, as_bytes, check_timeout
 from .errors import StoreUnavailableError
-from .redis_link import Link
+from .redis_link import Endpoint, Link, LinkBroken
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -76,7 +78,7 @@ _SCAN_BATCH = 1000
 #: Counting walks the keyspace in many steps, so it gets a longer budget than one command.
 _COUNT_BUDGET_FACTOR = 10
 
-#: URL scheme -> (the scheme redis-py understands, whether it names a cluster).
+#: URL scheme -> (the plain scheme it stands for, whether it names a cluster).
 SCHEMES: dict[str, tuple[str, bool]] = {
     "redis": ("redis", False),
     "rediss": ("rediss", False),
@@ -141,7 +143,7 @@ def _path(name: str, text: str) -> str:
     return text
 
 
-#: Query parameters handed to redis-py, with their checks. Anything else is refused, so that a
+#: Query parameters of the connection (database, TLS files), with their checks. Anything else is refused, so that a
 #: typo fails at start-up instead of at the first connection.
 _CLIENT_PARAMETERS: dict[str, Callable[[str, str], Any]] = {
     "db": _database,
@@ -156,15 +158,15 @@ _OWN_PARAMETERS = ("prefix", "timeout", "max_connections")
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """What a store URL says, split into this engine's options and redis-py's."""
+    """What a store URL says, split into this engine's options and the connection's."""
 
-    #: The URL for redis-py: scheme translated, query removed.
+    #: The URL of the connection: scheme translated, query removed.
     client_url: str
     cluster: bool
     prefix: bytes = DEFAULT_PREFIX
     timeout: float = DEFAULT_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
-    #: Further keyword arguments for the redis-py client (db, TLS files).
+    #: The connection's parameters (db, TLS files), as redis-py names them.
     client_options: dict[str, Any] = field(default_factory=dict)
     #: The URL without credentials or query, for messages.
     display: str = ""
@@ -181,7 +183,7 @@ def parse_store_url(url: str) -> StoreSettings:
     if parts.fragment:
         raise StoreURLError("a store URL takes no '#' part")
     try:
-        parts.port  # noqa: B018 - only checked here; redis-py reads it again
+        parts.port  # noqa: B018 - only checked here; the connection reads it again
     except ValueError:
         raise StoreURLError(f"bad port in '{_display(parts)}'") from None
     path_db = _path_database(scheme, parts.path)
@@ -308,9 +310,8 @@ class _SingleServer:
 
     def __init__(self, link: Link) -> None:
         self.link = link
-
-    def execute(self, *args: Any) -> Awaitable:
-        return self.link.execute(*args)
+        self.send = link.send
+        self.execute = link.execute
 
     async def count_keys(self, pattern: bytes) -> int:
         # SCAN may report a key twice if the store resizes its table meanwhile: best effort.
@@ -336,10 +337,25 @@ class _Cluster:
     def __init__(self, client: Any, budget: float) -> None:
         self.client = client
         self.budget = budget
+        self._calls: set[asyncio.Future] = set()  # referenced until done
 
     async def execute(self, *args: Any) -> Any:
         async with asyncio.timeout(self.budget):
             return await self.client.execute_command(*args)
+
+    def send(self, args: tuple, callback: Callable[[Any], None]) -> None:
+        call = asyncio.ensure_future(self.execute(*args))
+        self._calls.add(call)
+
+        def settle(call: asyncio.Future) -> None:
+            self._calls.discard(call)
+            if call.cancelled():
+                callback(LinkBroken("the store was closed"))
+            else:
+                error = call.exception()
+                callback(error if error is not None else call.result())
+
+        call.add_done_callback(settle)
 
     async def count_keys(self, pattern: bytes) -> int:
         total = 0
@@ -352,11 +368,26 @@ class _Cluster:
         return await self.client.dbsize(target_nodes=self.client.PRIMARIES)
 
     async def close(self) -> None:
+        for call in list(self._calls):
+            call.cancel()
         await self.client.aclose()
 
 
+# What each operation's reply means (see the module's doc string for the commands).
+def _added(reply: Any) -> AddResult:
+    return _DUPLICATE if reply is None else _STORED
+
+
+def _exists_means_duplicate(reply: Any) -> AddResult:
+    return _DUPLICATE if reply else _STORED
+
+
+def _as_is(reply: Any) -> Any:
+    return reply
+
+
 class RedisStore:
-    """A ``SessionStore`` on Valkey/Redis (one server or a cluster), built on redis-py.
+    """A ``SessionStore`` (and ``CallbackStore``) on Valkey/Redis, one server or a cluster.
 
     Build it with :meth:`from_url`.
     """
@@ -378,6 +409,12 @@ class RedisStore:
         self._outage = _OutageLog(name)
         self._last_count = 0
         self._pattern = _glob_escape(prefix) + b"*"
+        self._commands = {
+            "add": self._add_command,
+            "get": self._get_command,
+            "remove": self._remove_command,
+            "have": self._have_command,
+        }
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -394,30 +431,19 @@ class RedisStore:
     def prefix(self) -> bytes:
         return self._prefix
 
-    # -- SessionStore -----------------------------------------------------------------------
+    # -- SessionStore: each coroutine is its command, awaited ---------------------------------
 
     async def add(self, session_id: bytes, session: bytes, timeout_ms: int) -> AddResult:
-        key = self._key(session_id)
-        if type(session) is not bytes:
-            session = as_bytes("session", session)
-        if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
-            check_timeout(timeout_ms)
-        if timeout_ms == 0:
-            # Redis refuses PX 0. Such an entry is gone by the next request, so writing it would
-            # change nothing anyone can see; only a live entry (a duplicate) is visible.
-            exists = await self._call("EXISTS", key)
-            return _DUPLICATE if exists else _STORED
-        stored = await self._call("SET", key, session, "NX", "PX", timeout_ms)
-        return _DUPLICATE if stored is None else _STORED
+        return await self._run(*self._add_command(session_id, session, timeout_ms))
 
     async def get(self, session_id: bytes) -> bytes | None:
-        return await self._call("GET", self._key(session_id))
+        return await self._run(*self._get_command(session_id))
 
     async def remove(self, session_id: bytes) -> bool:
-        return bool(await self._call("DEL", self._key(session_id)))
+        return await self._run(*self._remove_command(session_id))
 
     async def have(self, session_id: bytes) -> bool:
-        return bool(await self._call("EXISTS", self._key(session_id)))
+        return await self._run(*self._have_command(session_id))
 
     async def count(self) -> int:
         """Live sessions under the prefix, or the last count if the store does not answer."""
@@ -438,6 +464,40 @@ class RedisStore:
             except Exception as error:  # closing a broken link must not stop a shutdown
                 log.debug("store %s: error while closing: %s", self._name, _reason(error))
 
+    # -- CallbackStore: the server's path, with no coroutine per request ---------------------
+
+    def submit(self, method: str, args: tuple, done: Callable[[object], None]) -> None:
+        command, meaning = self._commands[method](*args)
+        outcome = self._outcome
+
+        def settle(reply: Any) -> None:
+            done(outcome(reply, meaning))
+
+        self._open_backend().send(command, settle)
+
+    # -- commands: (the store command, what its reply means) ----------------------------------
+
+    def _add_command(self, session_id: bytes, session: bytes, timeout_ms: int) -> tuple:
+        key = self._key(session_id)
+        if type(session) is not bytes:
+            session = as_bytes("session", session)
+        if type(timeout_ms) is not int or not 0 <= timeout_ms <= MAX_TIMEOUT_MS:
+            check_timeout(timeout_ms)
+        if timeout_ms == 0:
+            # Redis refuses PX 0. Such an entry is gone by the next request, so writing it would
+            # change nothing anyone can see; only a live entry (a duplicate) is visible.
+            return ("EXISTS", key), _exists_means_duplicate
+        return ("SET", key, session, "NX", "PX", timeout_ms), _added
+
+    def _get_command(self, session_id: bytes) -> tuple:
+        return ("GET", self._key(session_id)), _as_is
+
+    def _remove_command(self, session_id: bytes) -> tuple:
+        return ("DEL", self._key(session_id)), bool
+
+    def _have_command(self, session_id: bytes) -> tuple:
+        return ("EXISTS", self._key(session_id)), bool
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _key(self, session_id: bytes) -> bytes:
@@ -451,19 +511,31 @@ class RedisStore:
             raise StoreClosedError(f"the store {self._name} is closed")
         return backend
 
-    def _call(self, *args: Any) -> Awaitable:
-        return self._guarded(self._open_backend().execute(*args))
+    def _outcome(self, reply: Any, meaning: Callable[[Any], Any]) -> Any:
+        """What a reply means, or StoreUnavailableError for a failed command (logged)."""
+        if isinstance(reply, Exception):  # an error reply, a broken link, a timeout, ...
+            self._outage.failed(reply)
+            return StoreUnavailableError(f"store {self._name}: {_reason(reply)}")
+        if self._outage.active:
+            self._outage.succeeded()
+        return meaning(reply)
 
-    async def _guarded(self, command: Awaitable, *, budget: float | None = None) -> Any:
-        """Await ``command`` (within ``budget`` if given; single commands are bounded by their
-        backend) and turn every store failure into one error."""
+    async def _run(self, command: tuple, meaning: Callable[[Any], Any]) -> Any:
+        backend = self._open_backend()
+        future = asyncio.get_running_loop().create_future()
+        backend.send(command, lambda reply: future.done() or future.set_result(reply))
+        reply = await future
+        result = self._outcome(reply, meaning)
+        if isinstance(result, StoreUnavailableError):
+            raise result from reply
+        return result
+
+    async def _guarded(self, command: Awaitable, *, budget: float) -> Any:
+        """Await ``command`` within ``budget`` and turn every store failure into one error."""
         try:
-            if budget is None:
+            async with asyncio.timeout(budget):
                 result = await command
-            else:
-                async with asyncio.timeout(budget):
-                    result = await command
-        except Exception as error:  # redis-py errors, OSError, TimeoutError: the store failed
+        except Exception as error:  # ReplyError, OSError, TimeoutError, redis-py's errors
             self._outage.failed(error)
             raise StoreUnavailableError(f"store {self._name}: {_reason(error)}") from error
         if self._outage.active:
@@ -476,32 +548,56 @@ class RedisStore:
 
 
 def _make_backend(settings: StoreSettings) -> _SingleServer | _Cluster:
-    # Imported here so that importing this module (for its URL checks) does not need redis-py.
-    from redis.asyncio import ConnectionPool
+    if not settings.cluster:
+        return _SingleServer(Link(_endpoint(settings), settings.timeout))
+    # Imported here: only clusters need redis-py.
     from redis.asyncio.cluster import RedisCluster
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
-    options = {
-        "socket_connect_timeout": settings.timeout,
-        # No retries: see the module's doc string (a retried ADD could answer DUPLICATE).
-        "retry": Retry(NoBackoff(), 0),
-        **settings.client_options,
+    return _Cluster(
+        RedisCluster.from_url(
+            settings.client_url,
+            max_connections=settings.max_connections,
+            socket_timeout=settings.timeout,
+            socket_connect_timeout=settings.timeout,
+            # No retries: see the module's doc string (a retried ADD could answer DUPLICATE).
+            retry=Retry(NoBackoff(), 0),
+            **settings.client_options,
+        ),
+        settings.timeout,
+    )
+
+
+def _endpoint(settings: StoreSettings) -> Endpoint:
+    """Where a single store is, from a checked URL."""
+    parts = urlsplit(settings.client_url)
+    options = settings.client_options
+    login = {
+        "username": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password is not None else None,
+        "database": options.get("db") or int(parts.path.strip("/") or 0),
     }
-    if settings.cluster:
-        return _Cluster(
-            RedisCluster.from_url(
-                settings.client_url,
-                max_connections=settings.max_connections,
-                socket_timeout=settings.timeout,
-                **options,
-            ),
-            settings.timeout,
-        )
-    # The pool is only a factory of configured connections (URL, TLS, AUTH, database); the link
-    # does the pipelining, and its watchdog bounds every wait instead of a socket timeout.
-    factory = ConnectionPool.from_url(settings.client_url, socket_timeout=None, **options)
-    return _SingleServer(Link(factory.make_connection, settings.timeout))
+    if parts.scheme == "unix":
+        login["database"] = options.get("db", 0)
+        return Endpoint(unix_path=parts.path, **login)
+    tls = _tls_context(options) if parts.scheme == "rediss" else None
+    return Endpoint(host=parts.hostname or "localhost", port=parts.port or 6379, tls=tls, **login)
+
+
+def _tls_context(options: dict[str, Any]) -> ssl.SSLContext:
+    """TLS as redis-py sets it up: the certificate verified, and its host name checked."""
+    verify = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+    mode = verify[options.get("ssl_cert_reqs", "required")]
+    try:
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+        context.check_hostname = mode != ssl.CERT_NONE and options.get("ssl_check_hostname", True)
+        context.verify_mode = mode
+        if "ssl_certfile" in options:
+            context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    except (OSError, ssl.SSLError) as error:  # a missing or unreadable file: refuse at start-up
+        raise StoreURLError(f"cannot load the TLS files: {error}") from None
+    return context
 
 
 def _glob_escape(prefix: bytes) -> bytes:

@@ -61,13 +61,13 @@ register_engine("memory", _memory_engine)
 
 
 def _store_engine(url: str, capacity: int) -> SessionStore:
-    """Valkey/Redis (redis-py itself is imported only when such an engine is opened)."""
+    """Valkey/Redis (redis-py itself is imported only when a cluster is opened)."""
     try:
         store = RedisStore.from_url(url)
     except StoreURLError as error:
         raise EngineError(f"bad storage engine URL: {error}") from None
     except ImportError as error:
-        raise EngineError(f"the redis engine needs the redis package ({error})") from None
+        raise EngineError(f"the Valkey/Redis engine needs the {error.name} package") from None
     if capacity != DEFAULT_CACHE_SESSIONS:
         log.warning("-sessions is ignored by %r: the store's maxmemory bounds the cache", store)
     return store
