@@ -14,8 +14,9 @@ memory, Valkey/Redis, ...) but must agree on what a client can observe:
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from enum import Enum
 from typing import Protocol, runtime_checkable
 
@@ -157,6 +158,25 @@ class CallbackStore(Protocol):
         return or the exception it would raise. Argument errors raise here, at once.
         """
         ...
+
+
+def report_when_done(
+    call: Awaitable, done: Callable[[object], None], running: set[asyncio.Future]
+) -> None:
+    """Run ``call`` as a task (kept in ``running`` until it ends); ``done`` then gets its result,
+    the exception it raised, or ``CancelledError``. Serves ``submit`` for coroutine calls."""
+    task = asyncio.ensure_future(call)
+    running.add(task)
+
+    def report(task: asyncio.Future) -> None:
+        running.discard(task)
+        if task.cancelled():
+            done(asyncio.CancelledError())
+        else:
+            error = task.exception()
+            done(error if error is not None else task.result())
+
+    task.add_done_callback(report)
 
 
 # -- argument checks shared by the engines (their slow paths: callers test the common case inline)

@@ -48,9 +48,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from distcache.wire import MAX_TIMEOUT_MS
 
-from .engine import AddResult, StoreClosedError, as_bytes, check_timeout
+from .engine import AddResult, StoreClosedError, as_bytes, check_timeout, report_when_done
 from .errors import StoreUnavailableError
-from .redis_link import Endpoint, Link, LinkBroken
+from .redis_link import Endpoint, Link
 
 __all__ = [
     "DEFAULT_MAX_CONNECTIONS",
@@ -344,18 +344,7 @@ class _Cluster:
             return await self.client.execute_command(*args)
 
     def send(self, args: tuple, callback: Callable[[Any], None]) -> None:
-        call = asyncio.ensure_future(self.execute(*args))
-        self._calls.add(call)
-
-        def settle(call: asyncio.Future) -> None:
-            self._calls.discard(call)
-            if call.cancelled():
-                callback(LinkBroken("the store was closed"))
-            else:
-                error = call.exception()
-                callback(error if error is not None else call.result())
-
-        call.add_done_callback(settle)
+        report_when_done(self.execute(*args), callback, self._calls)
 
     async def count_keys(self, pattern: bytes) -> int:
         total = 0
@@ -513,7 +502,7 @@ class RedisStore:
 
     def _outcome(self, reply: Any, meaning: Callable[[Any], Any]) -> Any:
         """What a reply means, or StoreUnavailableError for a failed command (logged)."""
-        if isinstance(reply, Exception):  # an error reply, a broken link, a timeout, ...
+        if isinstance(reply, BaseException):  # error reply, broken link, timeout, closed ...
             self._outage.failed(reply)
             return StoreUnavailableError(f"store {self._name}: {_reason(reply)}")
         if self._outage.active:
@@ -573,13 +562,15 @@ def _endpoint(settings: StoreSettings) -> Endpoint:
     """Where a single store is, from a checked URL."""
     parts = urlsplit(settings.client_url)
     options = settings.client_options
+    unix = parts.scheme == "unix"
+    # parse_store_url allowed the database in the path (TCP only) or as ?db=, not both.
+    database = options.get("db") or (0 if unix else int(parts.path.strip("/") or 0))
     login = {
         "username": unquote(parts.username) if parts.username else None,
         "password": unquote(parts.password) if parts.password is not None else None,
-        "database": options.get("db") or int(parts.path.strip("/") or 0),
+        "database": database,
     }
-    if parts.scheme == "unix":
-        login["database"] = options.get("db", 0)
+    if unix:
         return Endpoint(unix_path=parts.path, **login)
     tls = _tls_context(options) if parts.scheme == "rediss" else None
     return Endpoint(host=parts.hostname or "localhost", port=parts.port or 6379, tls=tls, **login)

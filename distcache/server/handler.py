@@ -14,6 +14,7 @@ import asyncio
 from collections.abc import Callable
 
 from ..cache import AddResult, CallbackStore, MemoryStore, SessionStore
+from ..cache.engine import report_when_done
 from ..cache.errors import StoreUnavailableError
 from ..protocol import Request, check_add_fields, encode_status
 from ..wire import Operation, Status
@@ -132,18 +133,7 @@ class RequestHandler:
 
     def _submit_as_task(self, method: str, args: tuple, done: Callable[[object], None]) -> None:
         """``CallbackStore.submit`` for an engine that only has coroutines: one task per call."""
-        task = asyncio.ensure_future(getattr(self.store, method)(*args))
-        self._tasks.add(task)
-
-        def settle(task: asyncio.Future) -> None:
-            self._tasks.discard(task)
-            if task.cancelled():
-                done(asyncio.CancelledError())
-            else:
-                error = task.exception()
-                done(error if error is not None else task.result())
-
-        task.add_done_callback(settle)
+        report_when_done(getattr(self.store, method)(*args), done, self._tasks)
 
     async def cancel_calls(self) -> None:
         """Cancel the engine calls still running as tasks (server shutdown)."""
