@@ -131,8 +131,13 @@ def test_connection_loss_fails_every_pending_request():
 
 
 def test_protocol_violation_fails_pending_requests_and_the_next_operation_works():
+    arrived = []
+
     def wrong_uid_first(index, request):
-        if index == 0:
+        if index == 0:  # silent until all five are in flight: then one answer, to nobody
+            arrived.append(request)
+            if len(arrived) < 5:
+                return None
             return encode_message(
                 Direction.RESPONSE, request.request_uid ^ 0x8000, request.operation, b"\x01"
             )
