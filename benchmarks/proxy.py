@@ -14,7 +14,7 @@ Prints, per operation, the mean latency of each path, both ratios, p50 and p99, 
 second.
 
     python benchmarks/proxy.py [--clients N] [--requests N] [--size N] [--rounds N]
-                               [--client-loop asyncio|uvloop]
+                               [--client-loop asyncio|uvloop] [--engine URL]
 """
 
 from __future__ import annotations
@@ -153,6 +153,11 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1000, help="session bytes")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
+        "--engine",
+        default="memory:",
+        help="dc_server's storage engine, e.g. redis://127.0.0.1:6379/0 (default memory:)",
+    )
+    parser.add_argument(
         "--client-loop",
         choices=("asyncio", "uvloop"),
         default="asyncio",
@@ -164,7 +169,8 @@ def main() -> None:
         paths = {name: f"{tmp}/{name}" for name in PATHS}
         python = sys.executable
         server = start([python, "-m", "distcache.cli.dc_server", "-listen",
-                        f"UNIX:{paths['direct']}", "-sessions", "60000"], paths["direct"])  # fmt: skip
+                        f"UNIX:{paths['direct']}", "-sessions", "60000", "-engine", args.engine],
+                       paths["direct"])  # fmt: skip
         relay = start([python, os.path.abspath(__file__), "--serve-relay", paths["relay"],
                        paths["direct"]], paths["relay"])  # fmt: skip
         proxy = start([python, "-m", "distcache.cli.dc_client", "-listen",
@@ -196,7 +202,8 @@ def _ms(values: list[float], fraction: float | None = None) -> float:
 
 def report(totals: dict, args) -> None:
     print(f"{args.clients} clients x {args.requests} requests x {args.rounds} rounds, "
-          f"{args.size}-byte sessions, UNIX sockets, {args.client_loop} client")  # fmt: skip
+          f"{args.size}-byte sessions, UNIX sockets, {args.client_loop} client, "
+          f"engine {args.engine}")  # fmt: skip
     print("mean ms per operation; ratio = proxied/direct, floor = relay/direct; "
           "p50 and p99 ms as direct/relay/proxied")  # fmt: skip
     print(f"{'op':>7} {'direct':>7} {'relay':>7} {'proxied':>7} {'ratio':>6} {'floor':>6}   "

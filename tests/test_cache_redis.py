@@ -20,13 +20,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from serverproc import dc_server, free_port, run_dc_server
 
 from distcache.cache import AddResult, SessionStore, StoreClosedError
 from distcache.cache.errors import StoreUnavailableError
 from distcache.cache.redis import RedisStore, StoreURLError, parse_store_url
 from distcache.client import Client
-from distcache.wire import MAX_PAYLOAD, Status
+from distcache.protocol import NEED_DATA, MessageDecoder, get_request, have_request, remove_request
+from distcache.protocol import add_request as encode_add
+from distcache.wire import MAX_PAYLOAD, Direction, Operation, Status
+
+OK = bytes([Status.OK])
+NOTOK = bytes([Status.NOTOK])
+DUPLICATE = bytes([Status.ADD_MATCHING_SESSION])
 
 redis = pytest.importorskip("redis", reason="the redis client package is not installed")
 
@@ -866,6 +874,107 @@ def test_requests_from_many_connections_are_in_flight_together(store_server: Sto
         for sock in sockets:
             assert recv_reply(sock)[-1] == Status.OK
             sock.close()
+
+
+def test_pipelined_requests_of_one_connection_are_in_flight_together(
+    store_server: StoreProcess,
+) -> None:
+    """A proxy's one connection: its pipelined requests reach the store together, and the
+    replies come back in request order."""
+    url = unique_url(store_server, timeout="5")
+    admin = store_server.client()
+    session = b"s" * 1000
+    with dc_server("-engine", url) as server, client_of(server) as warm_up:
+        assert warm_up.add(b"warm-up", b"s", 60_000)  # the server's store link is open
+        sock = server.connect(timeout=10)
+        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        try:
+            sock.sendall(b"".join(add_request(b"held-%d" % uid, uid, session=session)
+                                  for uid in range(8)))  # fmt: skip
+            sock.shutdown(socket.SHUT_WR)  # answered all the same, then closed
+            wanted = 7 * len(session)  # all but the first held SET wait in the query buffer
+            queued = 0
+            deadline = time.monotonic() + 2
+            while queued < wanted and time.monotonic() < deadline:
+                time.sleep(0.05)
+                links = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
+                queued = max(int(c.get("qbuf", 0)) for c in links)
+            assert queued >= wanted, links
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        answers = read_answers(sock, 8)
+        assert [(a.request_uid, a.payload) for a in answers] == [(uid, OK) for uid in range(8)]
+
+
+def read_answers(sock: socket.socket, count: int) -> list:
+    """``count`` answers, then nothing more: the server has closed the connection."""
+    decoder = MessageDecoder(receives=Direction.RESPONSE)
+    answers = []
+    while True:
+        event = decoder.next_event()
+        if event is NEED_DATA:
+            chunk = sock.recv(65536)
+            if not chunk:
+                assert len(answers) == count, f"closed after {len(answers)} of {count} answers"
+                return answers
+            decoder.receive_data(chunk)
+        elif len(answers) == count:
+            return answers
+        else:
+            answers.append(event)
+
+
+@pytest.fixture(scope="module")
+def server_on_store(store_server: StoreProcess) -> Iterator:
+    with dc_server("-engine", unique_url(store_server, timeout="5")) as server:
+        yield server
+
+
+_OPERATIONS = st.tuples(
+    st.sampled_from(Operation), st.integers(0, 3), st.binary(min_size=1, max_size=3000)
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(_OPERATIONS, min_size=1, max_size=40))
+def test_pipelined_requests_take_effect_in_request_order(server_on_store, operations) -> None:
+    """Requests sent in one write are in flight together, yet each sees the ones before it: the
+    answers are those of a dict updated one request at a time."""
+    namespace = uuid.uuid4().hex.encode()  # each example its own ids
+    model: dict[bytes, bytes] = {}
+    requests, expected = [], []
+    for uid, (operation, number, session) in enumerate(operations):
+        session_id = namespace + b"-%d" % number
+        if operation is Operation.ADD:
+            requests.append(encode_add(uid, session_id, session, 600_000))
+            expected.append(DUPLICATE if session_id in model else OK)
+            model.setdefault(session_id, session)
+        elif operation is Operation.GET:
+            requests.append(get_request(uid, session_id))
+            expected.append(model.get(session_id, NOTOK))
+        elif operation is Operation.REMOVE:
+            requests.append(remove_request(uid, session_id))
+            expected.append(OK if model.pop(session_id, None) is not None else NOTOK)
+        else:
+            requests.append(have_request(uid, session_id))
+            expected.append(OK if session_id in model else NOTOK)
+    with server_on_store.connect(timeout=10) as sock:
+        sock.sendall(b"".join(requests))
+        sock.shutdown(socket.SHUT_WR)  # the end of input: answered, then closed
+        answers = read_answers(sock, len(requests))
+    assert [a.request_uid for a in answers] == list(range(len(requests)))
+    assert [a.payload for a in answers] == expected
+
+
+def test_a_protocol_error_behind_requests_in_flight_waits_for_their_answers(
+    server_on_store,
+) -> None:
+    with server_on_store.connect(timeout=10) as sock:
+        sock.sendall(
+            b"".join(have_request(uid, b"x") for uid in range(12)) + b"\x00\x12\x00\x00\x00"
+        )
+        answers = read_answers(sock, 12)  # then closed, without an answer to the garbage
+    assert [(a.request_uid, a.payload) for a in answers] == [(uid, NOTOK) for uid in range(12)]
 
 
 def test_conformance_core_profile_with_the_redis_engine(store_server: StoreProcess) -> None:

@@ -252,6 +252,8 @@ class _FailingStore(MemoryStore):
 class _RefusingStore(MemoryStore):
     """A ``CallbackStore`` whose ``submit`` raises for one id, as a closed engine would."""
 
+    in_order = False
+
     def submit(self, method, args, done):
         if args == (b"refused",):
             raise RuntimeError("engine refused the call")

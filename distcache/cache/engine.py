@@ -151,6 +151,11 @@ class CallbackStore(Protocol):
     passes per request, a callback costs neither. Engines that only have coroutines still work.
     """
 
+    #: True if calls take effect in the order they were submitted (e.g. all on one pipelined
+    #: connection). Only then may the server have several requests of one client connection in
+    #: flight: the protocol promises that each request sees the effect of those before it.
+    in_order: bool
+
     def submit(self, method: str, args: tuple, done: Callable[[object], None]) -> None:
         """Start ``method(*args)`` (``"add"``, ``"get"``, ``"remove"`` or ``"have"``).
 

@@ -420,6 +420,11 @@ class RedisStore:
     def prefix(self) -> bytes:
         return self._prefix
 
+    @property
+    def in_order(self) -> bool:
+        """One store: every call goes down one connection, in order. A cluster spreads them."""
+        return isinstance(self._backend, _SingleServer)
+
     # -- SessionStore: each coroutine is its command, awaited ---------------------------------
 
     async def add(self, session_id: bytes, session: bytes, timeout_ms: int) -> AddResult:

@@ -1,9 +1,12 @@
 """One client connection: bytes in through the sans-IO decoder, replies out in request order.
 
-Ordering: requests are taken from the decoder one at a time. With a synchronous engine core each
-reply is written before the next request is decoded; otherwise the connection stops taking
-requests while one is in flight with the engine, so replies can never overtake each other and
-pipelining works whatever the reply sizes.
+Ordering: replies leave in request order. With a synchronous engine core each reply is written
+before the next request is decoded. An engine that executes calls in submission order (one
+Valkey/Redis store) gets up to ``PIPELINE_DEPTH`` requests of one connection at once: a proxy
+pipelines the requests of many TLS servers on one connection and must not wait one store round
+trip per request. Each reply then waits in its request's place until the replies before it have
+been written. Any other engine gets one request of a connection at a time, so that each request
+still sees the effect of those before it.
 
 Back-pressure: reading pauses while the transport holds more than ``REPLY_BACKLOG`` unsent reply
 bytes or the decoder holds more than ``INPUT_BACKLOG`` received bytes, and resumes once both have
@@ -12,12 +15,13 @@ amount of memory.
 
 Errors: a protocol error closes only this connection, without a reply, after the replies to every
 request that was complete before the offending bytes have been sent (the legacy executed those
-requests but lost their answers).
+requests but lost their answers); so does the client's end of input.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from typing import TYPE_CHECKING
 
@@ -31,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INPUT_BACKLOG",
     "LINGER_SECONDS",
+    "PIPELINE_DEPTH",
     "REPLY_BACKLOG",
     "REPLY_BATCH",
     "ServerConnection",
@@ -43,6 +48,9 @@ REPLY_BACKLOG = 256 * 1024
 #: Received, undecoded bytes above which the connection stops reading: two of the largest
 #: messages, so one whole message can always be buffered behind the one being answered.
 INPUT_BACKLOG = 2 * (MAX_PAYLOAD + MAX_FRAMES * HEADER_SIZE)
+#: Requests of one connection in flight at once with an engine that keeps their order. Each
+#: holds its request and, once answered, its reply (two of the largest messages) until written.
+PIPELINE_DEPTH = 16
 #: Reply bytes gathered from one read before they are written out anyway.
 REPLY_BATCH = 64 * 1024
 #: How long a closing connection may take to flush its last replies to a peer that does not read.
@@ -56,13 +64,16 @@ class ServerConnection(asyncio.Protocol):
         self._server = server
         self._handler = handler
         self._sync = handler.sync_core is not None
+        self._depth = PIPELINE_DEPTH if handler.in_order else 1  # requests in flight at most
         self._decoder = MessageDecoder(receives=Direction.REQUEST)
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.peer = "?"
         self._writing_paused = False  # the transport's reply buffer is over its high mark
         self._reading_paused = False
-        self._in_flight = False  # an asynchronous engine call is pending
+        # Requests given to an asynchronous engine whose replies are not written yet, in order.
+        self._in_flight: collections.deque[_InFlight] = collections.deque()
+        self._draining = False  # no more requests: close once the ones in flight are answered
         self._closing = False
 
     # -- asyncio.Protocol -------------------------------------------------------------------
@@ -83,13 +94,13 @@ class ServerConnection(asyncio.Protocol):
         self._server.forget(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._closing:
+        if self._closing or self._draining:
             return
         self._decoder.receive_data(data)
         self._serve()
 
     def eof_received(self) -> bool:
-        if not self._closing:
+        if not (self._closing or self._draining):
             self._decoder.receive_data(b"")
             self._serve()
         return True  # keep the sending side open: replies to earlier requests still go out
@@ -113,10 +124,13 @@ class ServerConnection(asyncio.Protocol):
         """
         next_event = self._decoder.next_event
         answer_now = self._handler.answer_now if self._sync else None
+        in_flight = self._in_flight
         replies: list[bytes] = []
         batched = 0
         try:
-            while not (self._writing_paused or self._in_flight or self._closing):
+            while not (self._writing_paused or self._closing or self._draining):
+                if len(in_flight) >= self._depth:
+                    break  # taken up again by _answered
                 event = next_event()
                 if event is NEED_DATA:
                     self._write(replies)
@@ -127,7 +141,7 @@ class ServerConnection(asyncio.Protocol):
                     return
                 if type(event) is Closed:
                     self._write(replies)
-                    self._close()
+                    self._close_when_answered()
                     return
                 if answer_now is not None:
                     reply = answer_now(event)
@@ -136,14 +150,14 @@ class ServerConnection(asyncio.Protocol):
                     if batched > REPLY_BATCH:
                         self._write(replies)
                         replies, batched = [], 0
-                else:
-                    reply = self._handler.begin(event, self._answered)
-                    if reply is not None:  # answered without the engine (a refused ADD)
-                        replies.append(reply)
-                        continue
-                    self._write(replies)
-                    replies = []
-                    self._in_flight = True
+                    continue
+                waiting = _InFlight(self)
+                reply = self._handler.begin(event, waiting.settle)
+                if reply is None or in_flight:  # its place is behind the requests in flight
+                    waiting.reply = reply
+                    in_flight.append(waiting)
+                else:  # answered without the engine (a refused ADD), and nothing before it
+                    replies.append(reply)
         except RemoteProtocolError as error:
             if error.offset is None:  # raised on a whole message: point at its start
                 error.offset = event.offset
@@ -165,17 +179,25 @@ class ServerConnection(asyncio.Protocol):
             else:
                 self._transport.writelines(replies)  # type: ignore[union-attr]
 
-    def _answered(self, outcome: object) -> None:
-        """The engine's answer to the request in flight: its reply, or the error that stopped it."""
-        self._in_flight = False
+    def _answered(self) -> None:
+        """A request in flight got its outcome: write every reply now in order, then go on."""
         if self._closing:
             return
-        if type(outcome) is bytes:
-            self._transport.write(outcome)  # type: ignore[union-attr]
-            self._server.operations += 1
-            self._serve()
+        in_flight = self._in_flight
+        replies: list[bytes] = []
+        while in_flight and in_flight[0].reply is not None:
+            reply = in_flight.popleft().reply
+            if type(reply) is not bytes:  # the engine failed: this connection ends here
+                self._write(replies)
+                self._engine_failed(reply)
+                return
+            replies.append(reply)
+        self._write(replies)
+        if self._draining:
+            if not in_flight:
+                self._close()
         else:
-            self._engine_failed(outcome)
+            self._serve()
 
     def _engine_failed(self, error: object) -> None:
         log.error(
@@ -187,7 +209,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         transport = self._transport
-        if transport is None or self._closing:
+        if transport is None or self._closing or self._draining:
             return
         wanted = not self._writing_paused and self._decoder.buffered <= INPUT_BACKLOG
         if wanted == self._reading_paused:
@@ -198,6 +220,16 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = not wanted
 
     # -- closing ----------------------------------------------------------------------------
+
+    def _close_when_answered(self) -> None:
+        """Take no more requests; close once the replies to those in flight are written."""
+        if self._in_flight:
+            self._draining = True  # what arrives now is dropped, so stop reading it at all
+            if not self._reading_paused:
+                self._transport.pause_reading()  # type: ignore[union-attr]
+                self._reading_paused = True
+        else:
+            self._close()
 
     def _reject(self, error: RemoteProtocolError) -> None:
         level = logging.INFO if error.reason == "truncated" else logging.WARNING
@@ -210,7 +242,7 @@ class ServerConnection(asyncio.Protocol):
             f" ({error.field})" if error.field else "",
             error.detail,
         )
-        self._close()
+        self._close_when_answered()
 
     def _close(self, *, abort: bool = False) -> None:
         """Close after the queued replies are sent (or at once with ``abort``)."""
@@ -231,6 +263,21 @@ class ServerConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection now (server shutdown)."""
         self._close(abort=True)
+
+
+class _InFlight:
+    """One request given to an asynchronous engine: its reply, once the engine has answered."""
+
+    __slots__ = ("connection", "reply")
+
+    def __init__(self, connection: ServerConnection) -> None:
+        self.connection = connection
+        #: The reply's bytes, or the exception that stopped the engine; None until answered.
+        self.reply: object = None
+
+    def settle(self, outcome: object) -> None:
+        self.reply = outcome
+        self.connection._answered()
 
 
 def _describe_peer(transport: asyncio.BaseTransport) -> str:

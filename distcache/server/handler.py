@@ -71,14 +71,17 @@ class RequestHandler:
     ``RemoteProtocolError`` for an ADD payload too short to check; callers close the connection.
     """
 
-    __slots__ = ("_submit", "_sync_calls", "_tasks", "store", "sync_core")
+    __slots__ = ("_submit", "_sync_calls", "_tasks", "in_order", "store", "sync_core")
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
         # Exactly the memory engine: a subclass may override the async methods it must go through.
         self.sync_core = store.cache if type(store) is MemoryStore else None
         # The engine's own callback core if it has one, else a task per call.
-        self._submit = store.submit if isinstance(store, CallbackStore) else self._submit_as_task
+        callbacks = isinstance(store, CallbackStore)
+        self._submit = store.submit if callbacks else self._submit_as_task
+        #: Whether the engine executes calls in submission order (see CallbackStore.in_order).
+        self.in_order = callbacks and bool(store.in_order)  # type: ignore[attr-defined]
         self._tasks: set[asyncio.Future] = set()
         # Indexed by the operation's value: cheaper per request than a dict lookup.
         self._sync_calls = (
