@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import socket
@@ -19,7 +20,17 @@ from distcache.conformance import (
     reference_vector_files,
     replay_sync,
 )
-from distcache.conformance.vectors import Expect, ExpectClose, ExpectTargetDies, Send
+from distcache.conformance.record import record_vector
+from distcache.conformance.vectors import (
+    Expect,
+    ExpectClose,
+    ExpectSilence,
+    ExpectTargetDies,
+    Send,
+    Vector,
+)
+from distcache.protocol import encode_status, have_request
+from distcache.wire import Operation, Status
 
 HERE = Path(__file__).parent
 
@@ -131,3 +142,31 @@ def test_expect_target_dies_is_left_to_the_caller(server):
 def test_an_unreachable_target_is_a_mismatch_not_an_exception():
     result = replay_sync(_vector("server-ops-003"), _free_address(), step_timeout=0.5)
     assert not result.passed and "cannot connect" in result.mismatch.reason
+
+
+def test_the_recorder_waits_for_a_late_answer_instead_of_recording_silence():
+    """A target on a busy machine: the answer comes 300 ms after the request (three times the
+    recorder's quiet time), in two halves 300 ms apart. The recording still shows the request
+    answered by one whole frame, and nothing recorded where nothing was owed."""
+    answer = encode_status(7, Operation.HAVE, Status.NOTOK)
+
+    async def slow_target(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readexactly(len(request))
+        await asyncio.sleep(0.3)
+        writer.write(answer[:5])
+        await asyncio.sleep(0.3)
+        writer.write(answer[5:])
+        await reader.read()  # until the recorder hangs up
+        writer.close()
+
+    request = have_request(7, b"id")
+    vector = Vector("late-1", "late", "", frozenset(), {}, (Send(request[:6]), Send(request[6:])))
+
+    async def record():
+        server = await asyncio.start_server(slow_target, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            return await record_vector(vector, f"IP:127.0.0.1:{port}", timeout=2.0)
+
+    steps = asyncio.run(record()).steps
+    assert steps == (Send(request[:6]), ExpectSilence(100), Send(request[6:]), Expect(answer))

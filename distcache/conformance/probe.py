@@ -219,6 +219,11 @@ class Probe:
             raise ProbeError(f"connection closed ({outcome}) during an expected silence", b"")
         raise ProbeError("bytes arrived during an expected silence", self._take_pending())
 
+    async def await_bytes(self, seconds: float) -> None:
+        """Return once bytes are waiting or the target has closed, or after ``seconds``."""
+        if not self._pending:
+            await self._read_more(seconds)
+
     async def drain_for(self, seconds: float) -> tuple[bytes, str | None]:
         """Everything that arrives within ``seconds`` and how the wait ended (None: still open)."""
         loop = asyncio.get_running_loop()

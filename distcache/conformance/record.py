@@ -22,8 +22,8 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from ..protocol import have_request
-from ..wire import HEADER_SIZE, PROTOCOL_LEVEL, fastcodec
+from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError, have_request
+from ..wire import HEADER_SIZE, PROTOCOL_LEVEL, Direction, fastcodec
 from .probe import Probe
 from .targets import InProcessSetup, ProxySetup, TargetUnavailable, free_tcp_address
 from .vectors import (
@@ -84,11 +84,43 @@ def _completion(sent: bytes) -> bytes:
     return _HEADER_TEMPLATE[partial:]  # the template announces no data
 
 
-async def _observe(probe: Probe, steps: list[Step]) -> bool:
-    """Record what arrives after a send; True while the connection stays open."""
+def _torn(data: bytes) -> bool:
+    """Whether ``data`` ends inside a frame (the reference targets only ever send whole ones)."""
+    frames = _frames(data)
+    return bool(frames) and (
+        len(frames[-1]) < HEADER_SIZE or fastcodec.frame_size_at(frames[-1], 0) > len(frames[-1])
+    )
+
+
+def _answer_due(decoder: MessageDecoder, sent: bytes) -> bool:
+    """Whether ``sent`` completes a request or breaks the protocol: an answer or a close is due."""
+    decoder.receive_data(sent)
+    due = False
+    try:
+        while (event := decoder.next_event()) is not NEED_DATA:
+            due = True
+            if type(event) is Closed:
+                break
+    except RemoteProtocolError:
+        due = True
+    return due
+
+
+async def _observe(probe: Probe, steps: list[Step], *, due: bool, patience: float) -> bool:
+    """Record what arrives after a send; True while the connection stays open.
+
+    Nothing arriving for ``QUIET_MS`` ends the observation, except that an answer the target
+    owes (``due``) or the rest of a frame it has begun is awaited for up to ``patience``
+    seconds: a busy machine must not turn a late answer into a recorded silence.
+    """
+    if due:
+        await probe.await_bytes(patience)
     data, how = await probe.drain_for(QUIET_MS / 1000)
     while data and how is None:
         more, how = await probe.drain_for(QUIET_MS / 1000)
+        if not more and _torn(data) and how is None:
+            await probe.await_bytes(patience)
+            more, how = await probe.drain_for(QUIET_MS / 1000)
         if not more:
             break
         data += more
@@ -105,14 +137,20 @@ async def record_vector(vector: Vector, address: str, *, timeout: float = 1.0) -
     """Play ``vector``'s client side against ``address`` and return the observed exchange."""
     steps: list[Step] = []
     probe = await Probe.open(address, timeout=timeout)
+    requests = MessageDecoder(receives=Direction.REQUEST)  # what the target owes an answer to
     is_open, sent = True, b""
+
+    async def send(data: bytes) -> bool:
+        steps.append(Send(data))
+        await probe.send(data)
+        due = _answer_due(requests, data)
+        return await _observe(probe, steps, due=due, patience=timeout)
+
     try:
         for step in vector.steps:
             if isinstance(step, Send) and is_open:
-                steps.append(step)
                 sent += step.data
-                await probe.send(step.data)
-                is_open = await _observe(probe, steps)
+                is_open = await send(step.data)
             elif isinstance(step, Sleep):
                 steps.append(step)
                 await asyncio.sleep(step.ms / 1000)
@@ -120,24 +158,21 @@ async def record_vector(vector: Vector, address: str, *, timeout: float = 1.0) -
                 steps.append(step)
                 await probe.aclose()
                 probe = await Probe.open(address, timeout=timeout)
+                requests = MessageDecoder(receives=Direction.REQUEST)
                 is_open, sent = True, b""
         rest = _completion(sent) if is_open else b""
         if rest:
-            steps.append(Send(rest))
-            await probe.send(rest)
-            is_open = await _observe(probe, steps)
+            is_open = await send(rest)
             if is_open and not isinstance(steps[-1], ExpectSilence):
                 # Exactly one answer: nothing more follows it.
                 await asyncio.sleep(QUIET_MS / 1000)
-                is_open = await _observe(probe, steps)
+                is_open = await _observe(probe, steps, due=False, patience=timeout)
         if not is_open:
             steps.append(Reconnect())
             await probe.aclose()
             probe = await Probe.open(address, timeout=timeout)
-            request = have_request(1, _PROBE_ID)
-            steps.append(Send(request))
-            await probe.send(request)
-            await _observe(probe, steps)
+            requests = MessageDecoder(receives=Direction.REQUEST)
+            await send(have_request(1, _PROBE_ID))
     finally:
         await probe.aclose()
     what = vector.why.split(":", 1)[0] if vector.why else "legacy defect"
