@@ -27,6 +27,7 @@ from serverproc import dc_server, free_port, run_dc_server
 from distcache.cache import AddResult, SessionStore, StoreClosedError
 from distcache.cache.errors import StoreUnavailableError
 from distcache.cache.redis import RedisStore, StoreURLError, parse_store_url
+from distcache.cache.redis_link import Endpoint
 from distcache.client import Client
 from distcache.protocol import NEED_DATA, MessageDecoder, get_request, have_request, remove_request
 from distcache.protocol import add_request as encode_add
@@ -446,6 +447,11 @@ def test_database_from_the_path_and_the_unix_socket(guarded_store_server: StoreP
     assert client.get(b"db3:id") == b"session"
     client.select(5)
     assert client.get(b"db5:id") == b"session"
+
+
+def test_the_password_is_kept_out_of_descriptions() -> None:
+    assert "hunter2" not in repr(RedisStore.from_url("redis://u:hunter2@cache:6379/0"))
+    assert "hunter2" not in repr(Endpoint(username="u", password="hunter2"))
 
 
 def test_unreadable_tls_files_stop_the_server_at_start_up(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import collections
 import logging
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import hiredis
@@ -52,7 +52,7 @@ class Endpoint:
     #: TLS for TCP; None means plain TCP.
     tls: ssl.SSLContext | None = None
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a message or a log
     database: int = 0
 
     def handshake(self) -> list[tuple]:
