@@ -912,6 +912,32 @@ def test_pipelined_requests_of_one_connection_are_in_flight_together(
         assert [(a.request_uid, a.payload) for a in answers] == [(uid, OK) for uid in range(8)]
 
 
+def test_requests_in_flight_on_one_connection_hold_a_bounded_number_of_bytes(
+    store_server: StoreProcess,
+) -> None:
+    """Large ADDs pipelined while the store stalls: about two messages' worth go to the store
+    (INPUT_BACKLOG), the rest wait in the client's socket; all are answered once it resumes."""
+    url = unique_url(store_server, timeout="5")
+    admin = store_server.client()
+    session = b"s" * 30_000
+    with dc_server("-engine", url) as server, client_of(server) as warm_up:
+        assert warm_up.add(b"warm-up", b"s", 60_000)
+        sock = server.connect(timeout=10)
+        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        try:
+            sock.sendall(b"".join(encode_add(uid, b"big-%d" % uid, session, 60_000)
+                                  for uid in range(8)))  # fmt: skip
+            sock.shutdown(socket.SHUT_WR)
+            time.sleep(0.5)  # ample time to send the store everything, were it allowed to
+            links = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
+            queued = max(int(c.get("qbuf", 0)) for c in links)
+            assert 2 * len(session) <= queued < 3 * len(session), links  # 3 in flight, 1 parsed
+        finally:
+            admin.execute_command("CLIENT", "UNPAUSE")
+        answers = read_answers(sock, 8)
+        assert [(a.request_uid, a.payload) for a in answers] == [(uid, OK) for uid in range(8)]
+
+
 def read_answers(sock: socket.socket, count: int) -> list:
     """``count`` answers, then nothing more: the server has closed the connection."""
     decoder = MessageDecoder(receives=Direction.RESPONSE)

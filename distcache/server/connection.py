@@ -48,8 +48,9 @@ REPLY_BACKLOG = 256 * 1024
 #: Received, undecoded bytes above which the connection stops reading: two of the largest
 #: messages, so one whole message can always be buffered behind the one being answered.
 INPUT_BACKLOG = 2 * (MAX_PAYLOAD + MAX_FRAMES * HEADER_SIZE)
-#: Requests of one connection in flight at once with an engine that keeps their order. Each
-#: holds its request and, once answered, its reply (two of the largest messages) until written.
+#: Requests of one connection in flight at once with an engine that keeps their order; their
+#: payloads together stay under INPUT_BACKLOG, plus one. Each answered one holds its reply
+#: (one of the largest messages at most) until the replies before it have been written.
 PIPELINE_DEPTH = 16
 #: Reply bytes gathered from one read before they are written out anyway.
 REPLY_BATCH = 64 * 1024
@@ -73,6 +74,7 @@ class ServerConnection(asyncio.Protocol):
         self._reading_paused = False
         # Requests given to an asynchronous engine whose replies are not written yet, in order.
         self._in_flight: collections.deque[_InFlight] = collections.deque()
+        self._in_flight_bytes = 0  # their request payloads
         self._draining = False  # no more requests: close once the ones in flight are answered
         self._closing = False
 
@@ -129,7 +131,7 @@ class ServerConnection(asyncio.Protocol):
         batched = 0
         try:
             while not (self._writing_paused or self._closing or self._draining):
-                if len(in_flight) >= self._depth:
+                if len(in_flight) >= self._depth or self._in_flight_bytes > INPUT_BACKLOG:
                     break  # taken up again by _answered
                 event = next_event()
                 if event is NEED_DATA:
@@ -151,11 +153,12 @@ class ServerConnection(asyncio.Protocol):
                         self._write(replies)
                         replies, batched = [], 0
                     continue
-                waiting = _InFlight(self)
+                waiting = _InFlight(self, len(event.payload))
                 reply = self._handler.begin(event, waiting.settle)
                 if reply is None or in_flight:  # its place is behind the requests in flight
                     waiting.reply = reply
                     in_flight.append(waiting)
+                    self._in_flight_bytes += waiting.size
                 else:  # answered without the engine (a refused ADD), and nothing before it
                     replies.append(reply)
         except RemoteProtocolError as error:
@@ -186,7 +189,9 @@ class ServerConnection(asyncio.Protocol):
         in_flight = self._in_flight
         replies: list[bytes] = []
         while in_flight and in_flight[0].reply is not None:
-            reply = in_flight.popleft().reply
+            done = in_flight.popleft()
+            self._in_flight_bytes -= done.size
+            reply = done.reply
             if type(reply) is not bytes:  # the engine failed: this connection ends here
                 self._write(replies)
                 self._engine_failed(reply)
@@ -268,10 +273,11 @@ class ServerConnection(asyncio.Protocol):
 class _InFlight:
     """One request given to an asynchronous engine: its reply, once the engine has answered."""
 
-    __slots__ = ("connection", "reply")
+    __slots__ = ("connection", "reply", "size")
 
-    def __init__(self, connection: ServerConnection) -> None:
+    def __init__(self, connection: ServerConnection, size: int) -> None:
         self.connection = connection
+        self.size = size  # of the request's payload, counted against INPUT_BACKLOG
         #: The reply's bytes, or the exception that stopped the engine; None until answered.
         self.reply: object = None
 
