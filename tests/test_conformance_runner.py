@@ -299,3 +299,21 @@ def test_usage_errors_exit_2_with_one_line(args):
     done = conformance(*args)
     assert done.returncode == 2, done
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_a_refusing_address_refuses_and_keeps_its_port_from_other_programs():
+    """The absent upstream of the proxy cases: while cases run side by side, no server another
+    case starts can be given its port."""
+    import asyncio
+
+    from distcache.conformance.targets import RefusingAddress
+
+    refusing = RefusingAddress()
+    port = int(refusing.address.rsplit(":", 1)[1])
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    with socket.socket() as other, pytest.raises(OSError):
+        other.bind(("127.0.0.1", port))
+    asyncio.run(refusing.close())
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", port))  # released

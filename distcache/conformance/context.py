@@ -22,7 +22,7 @@ from ..protocol import (
 from ..wire import PROTOCOL_LEVEL, Operation, Status
 from .probe import Probe, ProbeError, WireLog
 from .registry import Case, CaseFailure, Unsupported
-from .targets import InProcessSetup, Instance, TargetUnavailable
+from .targets import InProcessSetup, Instance, RefusingAddress, TargetUnavailable
 
 __all__ = ["CaseContext"]
 
@@ -91,6 +91,12 @@ class CaseContext:
         self._cleanup.append(coroutine_function)
 
     # -- proxies ----------------------------------------------------------------------------
+
+    def absent_upstream(self) -> str:
+        """An upstream address where nothing listens, for the whole case."""
+        refusing = RefusingAddress()
+        self.on_cleanup(refusing.close)
+        return refusing.address
 
     async def upstream(self):
         """A scripted upstream server the runner plays, listening on a fresh address."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError, have_request
 from ..wire import HEADER_SIZE, PROTOCOL_LEVEL, Direction, fastcodec
 from .probe import Probe
-from .targets import InProcessSetup, ProxySetup, TargetUnavailable, free_tcp_address
+from .targets import InProcessSetup, ProxySetup, RefusingAddress, TargetUnavailable
 from .vectors import (
     FORMAT,
     Expect,
@@ -242,7 +242,9 @@ async def _reference_target(
             stack.push_async_callback(server.stop)
             address = server.address
         else:
-            address = free_tcp_address()
+            refusing = RefusingAddress()
+            stack.push_async_callback(refusing.close)
+            address = refusing.address
         if vector.target_kind == "proxy":
             proxy = await proxies.start(address, **vector.proxy_timers)
             stack.push_async_callback(proxy.stop)

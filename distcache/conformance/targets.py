@@ -30,6 +30,7 @@ __all__ = [
     "InProcessSetup",
     "Instance",
     "ProxySetup",
+    "RefusingAddress",
     "TargetUnavailable",
     "free_tcp_address",
     "reference_server",
@@ -50,6 +51,23 @@ def free_tcp_address() -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return f"IP:127.0.0.1:{sock.getsockname()[1]}"
+
+
+class RefusingAddress:
+    """A loopback address that refuses every connection until :meth:`close`.
+
+    Its port stays bound, without listening: connecting gets a reset, and no other program (a
+    server another case starts meanwhile, say) can be given that port. A port merely found free
+    could be handed out again at once while cases run side by side.
+    """
+
+    def __init__(self) -> None:
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self.address = f"IP:127.0.0.1:{self._sock.getsockname()[1]}"
+
+    async def close(self) -> None:
+        self._sock.close()
 
 
 @dataclass

@@ -7,7 +7,6 @@ import asyncio
 from ...protocol import add_request, get_request, have_request, interpret_response
 from ...wire import MAX_SESSION_ON_WIRE, Operation, Status
 from ..registry import case
-from ..targets import free_tcp_address
 from ._frames import frame
 
 _PROXY = {"proxy"}
@@ -40,7 +39,7 @@ async def _round_trip(t, upstream, client, operation: Operation, encode, answer:
     title="without an upstream every request gets one empty frame with its uid and operation",
 )
 async def no_upstream(t):
-    await t.start_proxy(free_tcp_address())
+    await t.start_proxy(t.absent_upstream())
     probe = await t.connect()
     for operation, data in (
         (Operation.GET, get_request),

@@ -5,7 +5,6 @@ from __future__ import annotations
 from ...wire import DEFAULT_CACHE_SESSIONS
 from ..registry import Case, Unsupported, register
 from ..replay import replay
-from ..targets import free_tcp_address
 from ..vector_cases import VectorPlan, touched_ids, vector_plans
 from ..vectors import Expect, ExpectClose, ExpectSilence, Sleep, Vector
 
@@ -46,7 +45,7 @@ def _make_run(plan: VectorPlan):
             if vector.upstream_running:
                 upstream = await t.reference_upstream(vector.sessions)
             else:
-                upstream = free_tcp_address()
+                upstream = t.absent_upstream()
             address = await t.start_proxy(upstream, **vector.proxy_timers)
         else:
             address = t.address
