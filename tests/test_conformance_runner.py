@@ -317,3 +317,15 @@ def test_a_refusing_address_refuses_and_keeps_its_port_from_other_programs():
     asyncio.run(refusing.close())
     with socket.socket() as other:
         other.bind(("127.0.0.1", port))  # released
+
+
+def test_target_ports_are_never_handed_out_twice_nor_from_the_kernels_range():
+    """Targets started side by side: no two get one port, and no automatic port (a bind to
+    port 0, an outgoing connection) can take one before its target listens on it."""
+    from distcache.conformance.targets import _ephemeral_ports, free_tcp_address
+
+    ports = [int(free_tcp_address().rsplit(":", 1)[1]) for _ in range(500)]
+    assert len(set(ports)) == len(ports)
+    low = _ephemeral_ports()[0]
+    if low > 20000:
+        assert all(20000 <= port < low for port in ports)

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import socket
 import tempfile
@@ -46,11 +47,48 @@ class TargetUnavailable(Exception):
     """The target cannot be reached or started; the message is one line."""
 
 
+#: Ports free_tcp_address has handed out in this process: never handed out twice.
+_handed_out: set[int] = set()
+
+
 def free_tcp_address() -> str:
-    """A loopback address with a port nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"IP:127.0.0.1:{sock.getsockname()[1]}"
+    """A loopback address for a target process to listen on: a port nobody uses right now.
+
+    Cases run side by side, and the target binds the port only once it has started. A port
+    found by binding port 0 comes from the kernel's ephemeral range, where every bind to port 0
+    and every outgoing connection also gets its port: one of those (a server or a connection of
+    another case) could take it first, and two cases could even be handed the same port. So the
+    port is drawn below that range and never twice in one run.
+    """
+    low = _ephemeral_ports()[0]
+    for _ in range(200):
+        port = secrets.randbelow(low - _FIRST_PORT) + _FIRST_PORT if low > _FIRST_PORT else 0
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # some other program's
+            port = sock.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return f"IP:127.0.0.1:{port}"
+    raise TargetUnavailable("no free loopback port found")
+
+
+#: The lowest port free_tcp_address draws: clear of the well-known and most registered ones.
+_FIRST_PORT = 20000
+
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for automatic ports (Linux's setting; elsewhere the IANA range)."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as setting:
+            low, high = (int(word) for word in setting.read().split())
+            return low, high
+    except (OSError, ValueError):
+        return 49152, 65535
 
 
 class RefusingAddress:
