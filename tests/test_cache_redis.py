@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -853,30 +853,49 @@ def test_two_servers_share_one_store(store_server: StoreProcess) -> None:
         assert a.get(b"brief") == b"anew"
 
 
+@contextlib.contextmanager
+def server_with_open_link(store_server: StoreProcess) -> Iterator:
+    """A dc_server on the store whose link to it is already open."""
+    with dc_server("-engine", unique_url(store_server, timeout="5")) as server:
+        with client_of(server) as warm_up:
+            assert warm_up.add(b"warm-up", b"s", 60_000)
+        yield server
+
+
+@contextlib.contextmanager
+def writes_held(store_server: StoreProcess) -> Iterator[Callable[..., int]]:
+    """The store holds every write command for the block (CLIENT PAUSE WRITE). Yields
+    ``queued(at_least, wait=2)``: the bytes waiting unparsed in the store's input buffer for the
+    server's link, once they reach ``at_least`` or after ``wait`` seconds."""
+    admin = store_server.client()
+
+    def queued(at_least: int, wait: float = 2.0) -> int:
+        deadline = time.monotonic() + wait
+        while True:
+            time.sleep(0.05)
+            links = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
+            found = max(int(c.get("qbuf", 0)) for c in links)
+            if found >= at_least or time.monotonic() > deadline:
+                return found
+
+    admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+    try:
+        yield queued
+    finally:
+        admin.execute_command("CLIENT", "UNPAUSE")
+
+
 def test_requests_from_many_connections_are_in_flight_together(store_server: StoreProcess) -> None:
     """The server pipelines store calls: while the store holds writes, the requests of several
     client connections all wait in the store's input buffer for the server's connection."""
-    url = unique_url(store_server, timeout="5")
-    admin = store_server.client()
     session = b"s" * 1000
-    with dc_server("-engine", url) as server, client_of(server) as warm_up:
-        assert warm_up.add(b"warm-up", b"s", 60_000)  # the server's store link is open
+    with server_with_open_link(store_server) as server:
         sockets = [server.connect(timeout=10) for _ in range(8)]
-        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-        try:
+        with writes_held(store_server) as queued:
             for uid, sock in enumerate(sockets):
                 sock.sendall(add_request(b"held-%d" % uid, uid, session=session))
             # The first held SET is parsed; the seven behind it wait unparsed in the query buffer.
-            wanted = (len(sockets) - 1) * len(session)
-            queued = 0
-            deadline = time.monotonic() + 2
-            while queued < wanted and time.monotonic() < deadline:
-                time.sleep(0.05)
-                links = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
-                queued = max(int(c.get("qbuf", 0)) for c in links)
-            assert queued >= wanted, links
-        finally:
-            admin.execute_command("CLIENT", "UNPAUSE")
+            assert queued(at_least=7 * len(session)) >= 7 * len(session)
         for sock in sockets:
             assert recv_reply(sock)[-1] == Status.OK
             sock.close()
@@ -887,27 +906,14 @@ def test_pipelined_requests_of_one_connection_are_in_flight_together(
 ) -> None:
     """A proxy's one connection: its pipelined requests reach the store together, and the
     replies come back in request order."""
-    url = unique_url(store_server, timeout="5")
-    admin = store_server.client()
     session = b"s" * 1000
-    with dc_server("-engine", url) as server, client_of(server) as warm_up:
-        assert warm_up.add(b"warm-up", b"s", 60_000)  # the server's store link is open
+    with server_with_open_link(store_server) as server:
         sock = server.connect(timeout=10)
-        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-        try:
+        with writes_held(store_server) as queued:
             sock.sendall(b"".join(add_request(b"held-%d" % uid, uid, session=session)
                                   for uid in range(8)))  # fmt: skip
             sock.shutdown(socket.SHUT_WR)  # answered all the same, then closed
-            wanted = 7 * len(session)  # all but the first held SET wait in the query buffer
-            queued = 0
-            deadline = time.monotonic() + 2
-            while queued < wanted and time.monotonic() < deadline:
-                time.sleep(0.05)
-                links = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
-                queued = max(int(c.get("qbuf", 0)) for c in links)
-            assert queued >= wanted, links
-        finally:
-            admin.execute_command("CLIENT", "UNPAUSE")
+            assert queued(at_least=7 * len(session)) >= 7 * len(session)
         answers = read_answers(sock, 8)
         assert [(a.request_uid, a.payload) for a in answers] == [(uid, OK) for uid in range(8)]
 
@@ -917,23 +923,16 @@ def test_requests_in_flight_on_one_connection_hold_a_bounded_number_of_bytes(
 ) -> None:
     """Large ADDs pipelined while the store stalls: about two messages' worth go to the store
     (INPUT_BACKLOG), the rest wait in the client's socket; all are answered once it resumes."""
-    url = unique_url(store_server, timeout="5")
-    admin = store_server.client()
     session = b"s" * 30_000
-    with dc_server("-engine", url) as server, client_of(server) as warm_up:
-        assert warm_up.add(b"warm-up", b"s", 60_000)
+    with server_with_open_link(store_server) as server:
         sock = server.connect(timeout=10)
-        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
-        try:
+        with writes_held(store_server) as queued:
             sock.sendall(b"".join(encode_add(uid, b"big-%d" % uid, session, 60_000)
                                   for uid in range(8)))  # fmt: skip
             sock.shutdown(socket.SHUT_WR)
-            time.sleep(0.5)  # ample time to send the store everything, were it allowed to
-            links = [c for c in admin.client_list() if c["id"] != str(admin.client_id())]
-            queued = max(int(c.get("qbuf", 0)) for c in links)
-            assert 2 * len(session) <= queued < 3 * len(session), links  # 3 in flight, 1 parsed
-        finally:
-            admin.execute_command("CLIENT", "UNPAUSE")
+            # Ample time to send the store everything, were the server allowed to.
+            found = queued(at_least=3 * len(session), wait=0.5)
+            assert 2 * len(session) <= found < 3 * len(session)  # 3 in flight, 1 parsed
         answers = read_answers(sock, 8)
         assert [(a.request_uid, a.payload) for a in answers] == [(uid, OK) for uid in range(8)]
 
