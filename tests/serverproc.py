@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 
 from distcache.cache import MemoryStore
+from distcache.conformance.targets import free_tcp_address
 from distcache.server import Server, bind_listeners, new_event_loop
 
 START_TIMEOUT = 10.0
@@ -69,9 +70,9 @@ def connect_to(listen: str, timeout: float = 5.0) -> socket.socket:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    """A loopback port for a server process to listen on (drawn as the conformance suite draws
+    its targets' ports: below the kernel's automatic range, never twice)."""
+    return int(free_tcp_address().rsplit(":", 1)[1])
 
 
 class DcServer:

@@ -21,6 +21,7 @@ from distcache.conformance import (
     replay_sync,
 )
 from distcache.conformance.record import record_vector
+from distcache.conformance.targets import free_tcp_address
 from distcache.conformance.vectors import (
     Expect,
     ExpectClose,
@@ -35,15 +36,9 @@ from distcache.wire import Operation, Status
 HERE = Path(__file__).parent
 
 
-def _free_address() -> str:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return f"IP:127.0.0.1:{sock.getsockname()[1]}"
-
-
 @pytest.fixture
 def server():
-    address = _free_address()
+    address = free_tcp_address()
     process = subprocess.Popen(
         [sys.executable, str(HERE / "faulty_servers.py"), "-listen", address],
         stderr=subprocess.DEVNULL,
@@ -140,7 +135,7 @@ def test_expect_target_dies_is_left_to_the_caller(server):
 
 
 def test_an_unreachable_target_is_a_mismatch_not_an_exception():
-    result = replay_sync(_vector("server-ops-003"), _free_address(), step_timeout=0.5)
+    result = replay_sync(_vector("server-ops-003"), free_tcp_address(), step_timeout=0.5)
     assert not result.passed and "cannot connect" in result.mismatch.reason
 
 

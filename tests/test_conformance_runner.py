@@ -7,6 +7,7 @@ within bounded time (the wall-clock bounds below are hang guards, not performanc
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shlex
 import socket
@@ -17,6 +18,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+
+from distcache.conformance.targets import RefusingAddress, _ephemeral_ports, free_tcp_address
 
 HERE = Path(__file__).parent
 FAULTY = f"{shlex.quote(sys.executable)} {shlex.quote(str(HERE / 'faulty_servers.py'))}"
@@ -168,10 +171,8 @@ def test_a_silent_target_fails_within_the_timeouts(tmp_path):
 
 
 def test_a_fixed_target_that_dies_ends_the_run_cleanly(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    address = f"IP:127.0.0.1:{port}"
+    address = free_tcp_address()
+    port = int(address.rsplit(":", 1)[1])
     process = subprocess.Popen(
         [
             sys.executable,
@@ -304,10 +305,6 @@ def test_usage_errors_exit_2_with_one_line(args):
 def test_a_refusing_address_refuses_and_keeps_its_port_from_other_programs():
     """The absent upstream of the proxy cases: while cases run side by side, no server another
     case starts can be given its port."""
-    import asyncio
-
-    from distcache.conformance.targets import RefusingAddress
-
     refusing = RefusingAddress()
     port = int(refusing.address.rsplit(":", 1)[1])
     with pytest.raises(ConnectionRefusedError):
@@ -322,8 +319,6 @@ def test_a_refusing_address_refuses_and_keeps_its_port_from_other_programs():
 def test_target_ports_are_never_handed_out_twice_nor_from_the_kernels_range():
     """Targets started side by side: no two get one port, and no automatic port (a bind to
     port 0, an outgoing connection) can take one before its target listens on it."""
-    from distcache.conformance.targets import _ephemeral_ports, free_tcp_address
-
     ports = [int(free_tcp_address().rsplit(":", 1)[1]) for _ in range(500)]
     assert len(set(ports)) == len(ports)
     low = _ephemeral_ports()[0]
