@@ -515,25 +515,25 @@ class RedisStore:
         return meaning(reply)
 
     async def _run(self, command: tuple, meaning: Callable[[Any], Any]) -> Any:
-        backend = self._open_backend()
-        future = asyncio.get_running_loop().create_future()
-        backend.send(command, lambda reply: future.done() or future.set_result(reply))
-        reply = await future
+        return await self._guarded(self._open_backend().execute(*command), meaning)
+
+    async def _guarded(
+        self,
+        call: Awaitable,
+        meaning: Callable[[Any], Any] = _as_is,
+        *,
+        budget: float | None = None,
+    ) -> Any:
+        """What ``call``'s reply means (within ``budget`` if given: single commands are bounded
+        by their backend); every store failure raises one error, as :meth:`_outcome` says."""
+        try:
+            async with asyncio.timeout(budget):
+                reply = await call
+        except Exception as error:  # ReplyError, OSError, TimeoutError, redis-py's errors
+            reply = error
         result = self._outcome(reply, meaning)
         if isinstance(result, StoreUnavailableError):
             raise result from reply
-        return result
-
-    async def _guarded(self, command: Awaitable, *, budget: float) -> Any:
-        """Await ``command`` within ``budget`` and turn every store failure into one error."""
-        try:
-            async with asyncio.timeout(budget):
-                result = await command
-        except Exception as error:  # ReplyError, OSError, TimeoutError, redis-py's errors
-            self._outage.failed(error)
-            raise StoreUnavailableError(f"store {self._name}: {_reason(error)}") from error
-        if self._outage.active:
-            self._outage.succeeded()
         return result
 
     def __repr__(self) -> str:
