@@ -70,15 +70,15 @@ def _frames(data: bytes) -> list[bytes]:
     return frames
 
 
-def _completion(sent: bytes) -> bytes:
-    """Bytes that complete the last frame of ``sent`` (empty when it ends on a frame boundary)."""
+def _completion(data: bytes) -> bytes:
+    """Bytes that complete the last frame of ``data`` (empty when it ends on a frame boundary)."""
     pos = 0
-    while len(sent) - pos >= HEADER_SIZE:
-        end = pos + fastcodec.frame_size_at(sent, pos)
-        if end > len(sent):
-            return bytes(end - len(sent))
+    while len(data) - pos >= HEADER_SIZE:
+        end = pos + fastcodec.frame_size_at(data, pos)
+        if end > len(data):
+            return bytes(end - len(data))
         pos = end
-    partial = len(sent) - pos
+    partial = len(data) - pos
     if partial == 0:
         return b""
     return _HEADER_TEMPLATE[partial:]  # the template announces no data
@@ -86,10 +86,7 @@ def _completion(sent: bytes) -> bytes:
 
 def _torn(data: bytes) -> bool:
     """Whether ``data`` ends inside a frame (the reference targets only ever send whole ones)."""
-    frames = _frames(data)
-    return bool(frames) and (
-        len(frames[-1]) < HEADER_SIZE or fastcodec.frame_size_at(frames[-1], 0) > len(frames[-1])
-    )
+    return bool(_completion(data))
 
 
 def _answer_due(decoder: MessageDecoder, sent: bytes) -> bool:
@@ -117,10 +114,9 @@ async def _observe(probe: Probe, steps: list[Step], *, due: bool, patience: floa
         await probe.await_bytes(patience)
     data, how = await probe.drain_for(QUIET_MS / 1000)
     while data and how is None:
-        more, how = await probe.drain_for(QUIET_MS / 1000)
-        if not more and _torn(data) and how is None:
+        if _torn(data):
             await probe.await_bytes(patience)
-            more, how = await probe.drain_for(QUIET_MS / 1000)
+        more, how = await probe.drain_for(QUIET_MS / 1000)
         if not more:
             break
         data += more
