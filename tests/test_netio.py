@@ -292,33 +292,12 @@ def test_set_unix_owner_unknown_user_is_a_listen_error(tmp_path):
 # --- inherited descriptors ---------------------------------------------------------------------
 
 
-def test_fd_socket_is_wrapped_as_a_stream():
-    ours, theirs = socket.socketpair()
+def ping_pong(ours: socket.socket, address: str) -> None:
+    """Through the stream ``address`` opens: ``ours`` sends ping, gets pong, and the writer
+    closes."""
 
     async def scenario():
-        reader, writer = await open_fd_connection(f"FD:{theirs.detach()}")
-        ours.sendall(b"ping")
-        received = await reader.readexactly(4)
-        writer.write(b"pong")
-        await writer.drain()
-        writer.close()
-        return received
-
-    with ours:
-        assert run(scenario()) == b"ping"
-        assert ours.recv(4) == b"pong"
-
-
-def test_fd_two_descriptors_of_one_socket_are_one_stream():
-    """FD:r:w where both descriptors are the same socket (as inetd-style launchers pass it)."""
-    ours, theirs = socket.socketpair()
-    read_fd = theirs.detach()
-    write_fd = os.dup(read_fd)
-
-    async def scenario():
-        reader, writer = await asyncio.wait_for(
-            open_fd_connection(f"FD:{read_fd}:{write_fd}"), IO_DEADLINE
-        )
+        reader, writer = await asyncio.wait_for(open_fd_connection(address), IO_DEADLINE)
         ours.sendall(b"ping")
         received = await asyncio.wait_for(reader.readexactly(4), IO_DEADLINE)
         writer.write(b"pong")
@@ -326,9 +305,23 @@ def test_fd_two_descriptors_of_one_socket_are_one_stream():
         writer.close()
         return received
 
+    assert run(scenario()) == b"ping"
+    assert ours.recv(4) == b"pong"
+
+
+def test_fd_socket_is_wrapped_as_a_stream():
+    ours, theirs = socket.socketpair()
     with ours:
-        assert run(scenario()) == b"ping"
-        assert ours.recv(4) == b"pong"
+        ping_pong(ours, f"FD:{theirs.detach()}")
+
+
+def test_fd_two_descriptors_of_one_socket_are_one_stream():
+    """FD:r:w where both descriptors are the same socket (as inetd-style launchers pass it)."""
+    ours, theirs = socket.socketpair()
+    read_fd = theirs.detach()
+    write_fd = os.dup(read_fd)
+    with ours:
+        ping_pong(ours, f"FD:{read_fd}:{write_fd}")
         assert ours.recv(1) == b""  # closing the writer closed both descriptors
 
 
