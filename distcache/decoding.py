@@ -76,7 +76,7 @@ def _add_record(data: bytes) -> dict:
     end = ADD_PREFIX_SIZE + id_len
     record = {
         "timeout_ms": timeout_ms,
-        "session_id": data[8:end].hex(),
+        "session_id": data[ADD_PREFIX_SIZE:end].hex(),
         "session": data[end:].hex(),
     }
     verdict = check_add(data)

@@ -254,7 +254,8 @@ async def open_fd_connection(address: Address | str) -> Streams:
     The streams take ownership of the descriptors: closing the writer closes them all. A socket
     given as ``FD:n``, or as ``FD:r:w`` with two descriptors of it, is wrapped as a socket;
     otherwise each side must be a pipe, a socket or a character device. A -1 read side reads as
-    end-of-file; a -1 write side refuses writes with BrokenPipeError. Raises ConnectError, leaving the descriptors open, if they cannot be used.
+    end-of-file; a -1 write side refuses writes with BrokenPipeError. Raises ConnectError,
+    leaving the descriptors open, if they cannot be used.
     """
     address = _as_address(address)
     if address.kind != "fd":

@@ -3,7 +3,8 @@
 ``SessionStore`` is the async interface every engine implements, ``CallbackStore`` the callback
 form an engine may add (the server then needs no task per request); ``MemoryStore`` is the
 in-memory engine (the legacy default cache), and ``MemoryCache`` its synchronous core for callers
-that must not await. ``MonotonicClock`` drives expiry by default; ``ManualClock`` lets tests step time.
+that must not await. ``MonotonicClock`` drives expiry by default; ``ManualClock`` lets tests step
+time.
 """
 
 from .engine import (

@@ -143,8 +143,8 @@ def _path(name: str, text: str) -> str:
     return text
 
 
-#: Query parameters of the connection (database, TLS files), with their checks. Anything else is refused, so that a
-#: typo fails at start-up instead of at the first connection.
+#: Query parameters of the connection (database, TLS files), with their checks. Anything else
+#: is refused, so that a typo fails at start-up instead of at the first connection.
 _CLIENT_PARAMETERS: dict[str, Callable[[str, str], Any]] = {
     "db": _database,
     "ssl_cert_reqs": _cert_reqs,

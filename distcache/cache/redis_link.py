@@ -28,7 +28,8 @@ __all__ = ["Endpoint", "Link", "LinkBroken", "ReplyError"]
 log = logging.getLogger("distcache.cache.redis")
 
 #: What a command's callback receives: the reply, a :class:`ReplyError` (the store refused that
-#: command) or another exception (the link failed: :class:`LinkBroken`, ``TimeoutError``, ``OSError``).
+#: command) or another exception (the link failed: :class:`LinkBroken`, ``TimeoutError``,
+#: ``OSError``).
 Callback = Callable[[Any], None]
 
 _MORE = object()  # hiredis' "no whole reply buffered yet"

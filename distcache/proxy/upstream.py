@@ -207,7 +207,7 @@ class UpstreamLink:
         if self._closed:
             return
         self._move(LinkEvent.ATTEMPT)
-        self._attempt = asyncio.get_running_loop().create_task(self._connect())
+        self._attempt = self._loop.create_task(self._connect())  # type: ignore[union-attr]
 
     async def _connect(self) -> None:
         try:
@@ -259,7 +259,8 @@ class UpstreamLink:
         for requester in waiting:
             requester.answer(DISCONNECTED_REPLY)
         if not self._closed and self._retry_timer is None:
-            self._retry_timer = asyncio.get_running_loop().call_later(self.retry, self._connect_now)
+            loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+            self._retry_timer = loop.call_later(self.retry, self._connect_now)
 
     async def close(self) -> None:
         """Stop for good: no more attempts; requests in flight are answered DISCONNECTED."""
