@@ -1,0 +1,317 @@
+"""CPU time per request of dc_server and dc_client, side by side with another build of them.
+
+What decides throughput on a many-core host is the CPU time each process spends per request; it
+can be measured on any host, however small or busy, because the kernel accounts it per process
+(user + system time in ``/proc/<pid>/stat``). This benchmark runs the same load against our
+programs and, when ``--legacy-bin DIR`` names a directory holding the legacy C programs
+(``dc_server``, ``dc_client``, ``dc_test``), against those, in alternating rounds of one run.
+
+Loads (``--loads``):
+
+* ``server``: N persistent clients against ``dc_server`` on TCP;
+* ``proxy``: N clients opening a connection per operation to ``dc_client`` on a UNIX socket (how
+  Apache httpd's mod_socache_dc uses a cache), the proxy forwarding to one upstream server. The
+  upstream is the same program for both sides (the legacy server when given, else ours), so the
+  proxies are compared on equal terms.
+
+The load generator is ``dc_test`` (the legacy one when given, the same for both sides, else ours):
+each client is one ``dc_test -ops K`` process with its usual mix of ADD/GET/REMOVE/HAVE. For each
+of ``--workers`` (``1,2,4,auto``; values other than 1 need a build with ``-workers``) it prints
+ops/s, then CPU microseconds per request of the busiest process of the program under test and of
+all its processes together (a supervisor, workers and an engine process all count), and the
+ratios ours/legacy. Each figure is a range over ``--rounds`` rounds (min..max).
+
+    python benchmarks/cpu.py [--legacy-bin DIR] [--workers 1,4] [--clients 1,4]
+                             [--loads server,proxy] [--ops K] [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+TICK = os.sysconf("SC_CLK_TCK")
+SESSIONS = 512  # the server's capacity; dc_test's own 10 sessions fit
+
+
+# -- CPU accounting from /proc --------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float, float] | None:
+    """(ppid, own user+system seconds, reaped children's user+system seconds), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    fields = raw[raw.rindex(b")") + 2 :].split()
+    # Fields 4 (ppid), 14/15 (utime, stime), 16/17 (cutime, cstime) of proc(5), from field 3 on.
+    return (
+        int(fields[1]),
+        (int(fields[11]) + int(fields[12])) / TICK,
+        (int(fields[13]) + int(fields[14])) / TICK,
+    )
+
+
+def process_tree(root: int) -> dict[int, tuple[float, float]]:
+    """CPU seconds (own, reaped children) of ``root`` and every live descendant."""
+    stats = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            stat = _stat(int(name))
+            if stat is not None:
+                stats[int(name)] = stat
+    tree, todo = {}, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            tree[pid] = stats[pid][1:]
+            todo.extend(p for p, s in stats.items() if s[0] == pid)
+    return tree
+
+
+def cpu_spent(before: dict, after: dict) -> list[float]:
+    """CPU seconds each process spent between two snapshots, busiest first (processes that ended
+    in between count through their parent's reaped-children time)."""
+    spent = []
+    for pid, (own, reaped) in after.items():
+        own0, reaped0 = before.get(pid, (0.0, 0.0))
+        spent.append(own - own0 + reaped - reaped0)
+    return sorted(spent, reverse=True)
+
+
+# -- programs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class Build:
+    name: str
+    server: list[str]
+    proxy: list[str]
+    workers: bool  # understands -workers
+
+    def with_workers(self, argv: list[str], workers: str) -> list[str]:
+        return argv if workers == "1" else [*argv, "-workers", workers]
+
+
+def our_build() -> Build:
+    python = [sys.executable, "-m"]
+    return Build(
+        "ours",
+        [*python, "distcache.cli.dc_server"],
+        [*python, "distcache.cli.dc_client"],
+        workers=True,
+    )
+
+
+def legacy_build(directory: str) -> Build:
+    return Build(
+        "legacy",
+        [os.path.join(directory, "dc_server")],
+        [os.path.join(directory, "dc_client")],
+        workers=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_connectable(address: str, proc: subprocess.Popen, seconds: float = 15.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        if address.startswith("UNIX:"):
+            sock, target = socket.socket(socket.AF_UNIX), address[5:]
+        else:
+            _, host, port = address.split(":")
+            sock, target = socket.socket(), (host, int(port))
+        with sock:
+            try:
+                sock.connect(target)
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise RuntimeError(f"{address} never accepted a connection")
+
+
+@contextlib.contextmanager
+def running(argv: list[str], address: str):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_connectable(address, proc)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_load(dc_test: list[str], address: str, clients: int, ops: int, persistent: bool) -> float:
+    """Run ``clients`` dc_test processes of ``ops`` operations each; returns the wall time."""
+    argv = [*dc_test, "-connect", address, "-sessions", "10", "-ops", str(ops)]
+    if persistent:
+        argv.append("-persistent")
+    start = time.monotonic()
+    procs = [
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for _ in range(clients)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        if proc.returncode:
+            raise RuntimeError(f"dc_test failed ({proc.returncode}): {err.decode()[-300:]}")
+    return time.monotonic() - start
+
+
+# -- one measurement ------------------------------------------------------------------------------
+
+
+@dataclass
+class Figures:
+    rate: list[float] = field(default_factory=list)  # ops/s
+    busiest: list[float] = field(default_factory=list)  # us per request
+    total: list[float] = field(default_factory=list)
+    processes: int = 0
+
+
+def measure(target: subprocess.Popen, load, requests: int, figures: Figures) -> None:
+    load(200)  # warm-up: every worker started, imports done, sessions stored
+    before = process_tree(target.pid)
+    seconds = load(None)
+    spent = cpu_spent(before, process_tree(target.pid))
+    figures.rate.append(requests / seconds)
+    figures.busiest.append(spent[0] / requests * 1e6)
+    figures.total.append(sum(spent) / requests * 1e6)
+    figures.processes = len(spent)
+
+
+def server_round(build, workers, dc_test, clients, ops, figures) -> None:
+    address = f"IP:127.0.0.1:{free_port()}"
+    argv = build.with_workers(
+        [*build.server, "-listen", address, "-sessions", str(SESSIONS)], workers
+    )
+    with running(argv, address) as server:
+
+        def load(n):
+            return run_load(dc_test, address, clients, n or ops, persistent=True)
+
+        measure(server, load, clients * ops, figures)
+
+
+def proxy_round(build, workers, dc_test, upstream, clients, ops, figures, tmp) -> None:
+    server_address = f"IP:127.0.0.1:{free_port()}"
+    local = f"UNIX:{tmp}/proxy-{build.name}-{time.monotonic_ns()}"
+    server_argv = [*upstream.server, "-listen", server_address, "-sessions", str(SESSIONS)]
+    proxy_argv = build.with_workers(
+        [*build.proxy, "-listen", local, "-server", server_address], workers
+    )
+    with running(server_argv, server_address), running(proxy_argv, local) as proxy:
+
+        def load(n):
+            return run_load(dc_test, local, clients, n or ops, persistent=False)
+
+        measure(proxy, load, clients * ops, figures)
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def span(values: list[float], digits: int = 1) -> str:
+    low, high = min(values), max(values)
+    if round(low, digits) == round(high, digits):
+        return f"{low:.{digits}f}"
+    return f"{low:.{digits}f}..{high:.{digits}f}"
+
+
+def ratio_span(ours: list[float], theirs: list[float]) -> str:
+    # Rounds are paired: round i of ours ran next to round i of theirs.
+    return span([a / b for a, b in zip(ours, theirs, strict=True)], 2)
+
+
+def report(title: str, results: dict[str, Figures]) -> None:
+    ours, legacy = results["ours"], results.get("legacy")
+    print(f"\n{title}  ({ours.processes} process(es) of ours measured)")
+    rows = [("ops/s", "rate", 0), ("CPU us/req, busiest process", "busiest", 1)]
+    rows.append(("CPU us/req, all processes", "total", 1))
+    for label, attr, digits in rows:
+        line = f"  {label:<30} ours {span(getattr(ours, attr), digits):>14}"
+        if legacy is not None:
+            line += f"   legacy {span(getattr(legacy, attr), digits):>14}"
+            line += f"   ours/legacy {ratio_span(getattr(ours, attr), getattr(legacy, attr)):>11}"
+        print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--legacy-bin", help="directory of the legacy dc_server, dc_client, dc_test"
+    )
+    parser.add_argument("--workers", default="1", help="comma-separated: 1,2,4,auto")
+    parser.add_argument("--clients", default="1,4")
+    parser.add_argument("--loads", default="server,proxy")
+    parser.add_argument("--ops", type=int, default=20000, help="operations per persistent client")
+    parser.add_argument(
+        "--proxy-ops", type=int, default=4000, help="operations per client, a connection each"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    builds = [our_build()]
+    if args.legacy_bin:
+        builds.append(legacy_build(args.legacy_bin))
+        dc_test = [os.path.join(args.legacy_bin, "dc_test")]
+    else:
+        dc_test = [sys.executable, "-m", "distcache.cli.dc_test"]
+    upstream = builds[-1]
+    load_avg = os.getloadavg()
+    print(
+        f"host: {os.uname().machine}, {os.cpu_count()} cores, load average {load_avg[0]:.2f} "
+        f"at start; load: {'legacy' if args.legacy_bin else 'our'} dc_test; "
+        f"proxy upstream: {upstream.name} dc_server"
+    )
+    tmp = tempfile.mkdtemp(prefix="dc-cpu-")
+    try:
+        for load in args.loads.split(","):
+            for clients in map(int, args.clients.split(",")):
+                for workers in args.workers.split(","):
+                    results = {b.name: Figures() for b in builds}
+                    for _ in range(args.rounds):
+                        for build in builds:
+                            w = workers if build.workers else "1"
+                            if load == "server":
+                                server_round(
+                                    build, w, dc_test, clients, args.ops, results[build.name]
+                                )
+                            else:
+                                proxy_round(
+                                    build, w, dc_test, upstream, clients, args.proxy_ops,
+                                    results[build.name], tmp,
+                                )  # fmt: skip
+                    what = (
+                        "dc_server, persistent"
+                        if load == "server"
+                        else "dc_client (UNIX), a connection per operation"
+                    )
+                    report(f"{what}, {clients} client(s), ours with -workers {workers}", results)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\nload average at end {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    main()
