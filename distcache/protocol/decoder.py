@@ -12,6 +12,7 @@ from __future__ import annotations
 from ..wire.enums import Direction, Operation
 from ..wire.fastcodec import FIELD_OFFSET, FIELD_SIZE, decode_header, first_failure
 from ..wire.limits import HEADER_SIZE, MAX_PAYLOAD, MIN_BYTES_EXAMINED
+from . import _accelerator
 from .errors import RemoteProtocolError
 from .events import NEED_DATA, Closed, Message, Request, Response
 
@@ -19,6 +20,14 @@ _EVENT_CLASS = {Direction.REQUEST: Request, Direction.RESPONSE: Response}
 _OPERATIONS = tuple(Operation)
 # Events are named tuples; building them with tuple.__new__ skips the generated __new__'s frame.
 _new_event = tuple.__new__
+
+# The compiled fast path (whole single-frame messages), None where it is not built or disabled.
+_compiled = _accelerator.load()
+if _compiled is not None:
+    _compiled.configure(Request, Response, _OPERATIONS, NEED_DATA)
+#: True when decoders use the compiled fast path by default.
+ACCELERATED = _compiled is not None
+_decode_single = _compiled.decode_single if _compiled is not None else None
 
 
 class MessageDecoder:
@@ -29,6 +38,9 @@ class MessageDecoder:
     takes each message's direction from its first frame.
 
     After a :class:`RemoteProtocolError` the decoder is dead: every later call raises it again.
+
+    ``accelerated=False`` keeps the compiled fast path (see :data:`ACCELERATED`) out of this
+    decoder: the pure-Python code then does all the work (the tests compare the two).
     """
 
     __slots__ = (
@@ -36,6 +48,7 @@ class MessageDecoder:
         "_buf",
         "_eof",
         "_error",
+        "_fast",
         "_frames",
         "_msg_direction",
         "_msg_level",
@@ -48,8 +61,11 @@ class MessageDecoder:
         "receives",
     )
 
-    def __init__(self, receives: Direction | None = Direction.REQUEST):
+    def __init__(
+        self, receives: Direction | None = Direction.REQUEST, *, accelerated: bool = True
+    ) -> None:
         self.receives = receives
+        self._fast = _decode_single if accelerated else None
         # Immutable bytes: a chunk that starts on a message boundary becomes the buffer without a
         # copy, and slicing it yields payload bytes in one copy. Only an incomplete frame (less
         # than one frame) is ever carried over into the next chunk.
@@ -103,6 +119,16 @@ class MessageDecoder:
 
         Raises :class:`RemoteProtocolError` when the peer broke the protocol.
         """
+        # The compiled path takes a whole single-frame message between messages, and says
+        # NEED_DATA for a few bytes; everything else (errors included) is decoded below.
+        fast = self._fast
+        if fast is not None and not self._frames and self._error is None:
+            pos = self._pos
+            event = fast(self._buf, pos, self.receives, self._base, self._eof)
+            if event is not None:
+                if event is not NEED_DATA:
+                    self._pos = pos + HEADER_SIZE + len(event[2])
+                return event
         # One function for the whole hot path: servers call this twice per request.
         if self._error is not None:
             raise self._error
