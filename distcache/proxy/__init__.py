@@ -14,7 +14,7 @@ from .proxy import (
     Proxy,
     ProxySettings,
 )
-from .upstream import (
+from ..link import (
     DISCONNECTED_REPLY,
     EMPTY_REPLY,
     TRANSITIONS,

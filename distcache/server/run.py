@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cache import SessionStore
+from .handler import RequestHandler
 from .progress import PROGRESS_INTERVAL, ProgressReporter
 from .server import DEFAULT_MAX_CONNECTIONS, Server
 
@@ -38,6 +39,8 @@ class RunOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Called once the server accepts connections (tells a waiting launcher it started).
     on_ready: Callable[[], None] | None = None
+    #: Answers the requests instead of a handler on the store (a worker's RelayHandler).
+    handler: RequestHandler | None = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -85,7 +88,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         loop.add_signal_handler(signum, stop.set if options.killable else _ignore)
     if _early_stop_requests:
         stop.set()
-    server = Server(store, max_connections=options.max_connections)
+    server = Server(store, max_connections=options.max_connections, handler=options.handler)
     await server.start(sockets)
     if options.on_ready is not None:
         options.on_ready()
