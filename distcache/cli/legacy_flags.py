@@ -32,9 +32,9 @@ __all__ = [
     "InvalidArgument",
     "decimal_in",
     "log_level_flag",
-    "workers_flag",
     "octal_mode",
     "run_parser",
+    "workers_flag",
 ]
 
 #: The words that ask for the usage text.

@@ -10,9 +10,9 @@ import socket
 from dataclasses import dataclass
 
 from ..address import Address
+from ..link import UpstreamLink
 from ..server.listeners import BACKLOG, bind_listeners
 from .local import LocalConnection
-from ..link import UpstreamLink
 
 log = logging.getLogger("distcache.proxy")
 
