@@ -104,6 +104,7 @@ class Supervisor:
         killable: bool = False,
         on_started: Callable[[], None] | None = None,
         on_exit: Callable[[], None] | None = None,
+        stop_requested: Callable[[], bool] | None = None,
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         names = [spec.name for spec in specs]
@@ -115,9 +116,12 @@ class Supervisor:
         self._killable = killable
         self._on_started = on_started
         self._on_exit = on_exit
+        #: Whether a stop signal came before the supervisor's own handlers were installed.
+        self._stop_requested = stop_requested
         self._stop_timeout = stop_timeout
         self._signals: list[int] = []
         self._wake_read = self._wake_write = -1
+        self._parent = 0
 
     @property
     def pids(self) -> list[int]:
@@ -129,6 +133,10 @@ class Supervisor:
     def run(self) -> int:
         self._install_signals()
         try:
+            if self._stop_requested is not None and self._stop_requested():
+                if self._on_started is not None:
+                    self._on_started()
+                return 0  # told to stop before serving: start nothing
             for slot in self._slots:
                 self._spawn(slot)
             if self._on_started is not None:
@@ -212,6 +220,7 @@ class Supervisor:
             if not self._killable:
                 for signum in KILLABLE_SIGNALS:
                     signal.signal(signum, signal.SIG_IGN)
+            _stop_with_parent(self._parent)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             status = slot.spec.run()
         except SystemExit as stop:
@@ -259,6 +268,7 @@ class Supervisor:
         return {signal.SIGCHLD, *STOP_SIGNALS, *KILLABLE_SIGNALS}
 
     def _install_signals(self) -> None:
+        self._parent = os.getpid()
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         for signum in self._handled():
@@ -292,6 +302,24 @@ class Supervisor:
             with contextlib.suppress(BlockingIOError, InterruptedError):
                 while os.read(self._wake_read, 4096):
                     pass
+
+
+def _stop_with_parent(parent: int) -> None:
+    """Have the kernel send SIGTERM to this child if the supervisor dies (even by SIGKILL), so
+    that no worker keeps serving unsupervised; Linux only, elsewhere nothing."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the supervisor died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+#: prctl option: the signal a process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
 
 
 def _backoff(crashes: int) -> float:

@@ -336,3 +336,12 @@ def _conformance(*args: str) -> subprocess.CompletedProcess:
         timeout=300,
         stdin=subprocess.DEVNULL,
     )
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
+    """No worker serves unsupervised: the kernel tells each one when the supervisor dies."""
+    with server_with_workers(workers=2, tmp_path=tmp_path) as server:
+        processes = children(server.pid)
+        server.signal(signal.SIGKILL)
+        server.wait()
+        wait_for(lambda: not any(alive(pid) for pid in processes), what="the orphans to stop")

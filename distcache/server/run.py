@@ -22,6 +22,7 @@ __all__ = [
     "ignore_stop_requests",
     "new_event_loop",
     "run_server",
+    "stop_requested_early",
 ]
 
 #: Signals that always stop the server cleanly.
@@ -71,6 +72,11 @@ def defer_stop_requests(killable: bool) -> None:
     ignore_stop_requests()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
         signal.signal(signum, lambda signum, _frame: _early_stop_requests.append(signum))
+
+
+def stop_requested_early() -> bool:
+    """Whether a stop signal came before a server's (or a supervisor's) handlers took over."""
+    return bool(_early_stop_requests)
 
 
 def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:

@@ -31,7 +31,7 @@ from ..workers import Supervisor, WorkerSpec
 from .engines import open_engine
 from .listeners import bind_listeners, close_listeners
 from .relay import OwnerRelay
-from .run import RunOptions, defer_stop_requests, run_server
+from .run import RunOptions, defer_stop_requests, run_server, stop_requested_early
 
 __all__ = ["OWNER_SOCKET_NAME", "run_workers"]
 
@@ -57,7 +57,13 @@ def run_workers(
             WorkerSpec("worker", _store_worker(sockets, engine_url, sessions, child_options, n))
             for n in range(workers)
         ]
-        return Supervisor(specs, killable=options.killable, on_started=options.on_ready).run()
+        supervisor = Supervisor(
+            specs,
+            killable=options.killable,
+            on_started=options.on_ready,
+            stop_requested=stop_requested_early,
+        )
+        return supervisor.run()
     directory = tempfile.mkdtemp(prefix="distcache-")  # 0700: only this user reaches the owner
     try:
         owner_address = parse_address(f"UNIX:{os.path.join(directory, OWNER_SOCKET_NAME)}")
@@ -87,7 +93,11 @@ def run_workers(
     specs = [WorkerSpec("engine owner", owner, stage=1)]
     specs += [WorkerSpec("worker", worker)] * workers
     supervisor = Supervisor(
-        specs, killable=options.killable, on_started=options.on_ready, on_exit=clean_up
+        specs,
+        killable=options.killable,
+        on_started=options.on_ready,
+        on_exit=clean_up,
+        stop_requested=stop_requested_early,
     )
     return supervisor.run()
 
