@@ -345,3 +345,30 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
         server.signal(signal.SIGKILL)
         server.wait()
         wait_for(lambda: not any(alive(pid) for pid in processes), what="the orphans to stop")
+
+
+def test_sigusr1_stops_all_only_with_killable(tmp_path) -> None:
+    with server_with_workers(workers=2) as server:
+        processes = children(server.pid)
+        server.signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        assert all(alive(pid) for pid in [server.pid, *processes])  # ignored, as by one process
+        with Client(server.listen) as cache:
+            assert cache.add(b"still", b"serving", 60_000)
+    with server_with_workers("-killable", workers=2) as server:
+        processes = children(server.pid)
+        server.signal(signal.SIGUSR1)
+        assert server.wait() == 0
+        assert not any(alive(pid) for pid in processes)
+
+
+def test_one_worker_is_one_process_as_before() -> None:
+    listen = f"IP:127.0.0.1:{free_port()}"
+    server = DcServer(["-workers", "1", "-log-level", "INFO"], listen=listen)
+    try:
+        with Client(listen) as cache:
+            assert cache.add(b"single", b"process", 60_000)
+        assert children(server.pid) == set()
+        assert "started (pid" not in server.stderr
+    finally:
+        assert server.stop() == 0
