@@ -1064,3 +1064,21 @@ def test_servers_answer_failures_while_the_store_is_down_and_recover(
     assert log.count("unavailable") == 1, log  # one line for the whole outage
     assert log.count("answering again") == 1, log
     assert "Traceback" not in log
+
+
+def test_workers_each_talk_to_the_store_and_see_one_cache(store_server: StoreProcess) -> None:
+    """-workers 2 on Valkey/Redis: no engine owner; each worker has its own store connection."""
+    from test_workers import children, only, started, wait_for
+
+    with dc_server("-engine", unique_url(store_server), "-workers", "2", "-log-level", "INFO") as (
+        server
+    ):
+        wait_for(lambda: len(started(server.stderr)) == 2, what="the workers")
+        assert set(started(server.stderr)) == {"worker 1", "worker 2"}
+        first, second = started(server.stderr).values()
+        assert children(server.pid) == {first, second}
+        with only([first, second], first), Client(server.listen) as cache:
+            assert cache.add(b"from-first", b"session", 60_000)
+        with only([first, second], second), Client(server.listen) as cache:
+            assert cache.get(b"from-first") == b"session"
+            assert not cache.add(b"from-first", b"again", 60_000)

@@ -9,13 +9,15 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - reconnects and idle checks run on precise timers, not a coarse poll;
 - SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
 - with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``.
+- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``, ``-workers``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import sys
 from types import SimpleNamespace
 
@@ -33,6 +35,7 @@ from ..proxy import (
 )
 from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
+from ..workers import Supervisor, WorkerSpec
 from .legacy_flags import (
     SERVICE_FLAGS,
     CommandLine,
@@ -40,6 +43,7 @@ from .legacy_flags import (
     decimal_in,
     log_level_flag,
     run_parser,
+    workers_flag,
 )
 from .service import StartupError, apply_socket_file_settings, become_service
 
@@ -92,12 +96,15 @@ COMMAND_LINE = CommandLine(
             DEFAULT_MAX_CLIENTS,
         ),
         log_level_flag(),
+        workers_flag(),
     ],
     notes=(
         "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
         "With no server connection every request is answered with an empty reply; requests in\n"
         "flight when the server is lost are answered with the status byte 0x02 (DISCONNECTED).\n"
-        "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0)."
+        "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0).\n"
+        "With -workers N, N processes serve the listener, each with its own server connection,\n"
+        "under a parent that replaces a worker that dies and forwards the stop signals."
     ),
 )
 
@@ -119,8 +126,31 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1
+    if options["workers"] > 1:
+        return _supervise(settings, sockets, options)
+    return _run_proxy(settings, sockets, options["killable"])
+
+
+def _run_proxy(settings: ProxySettings, sockets, killable: bool, *, worker: bool = False) -> int:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, sockets, options["killable"]))
+        return runner.run(_serve(settings, sockets, killable, worker=worker))
+
+
+def _supervise(settings: ProxySettings, sockets, options: dict) -> int:
+    """Workers that each serve the inherited listener with their own server connection; the
+    parent keeps the pid file and removes the UNIX socket file when all have stopped."""
+    killable = options["killable"]
+    spec = WorkerSpec("worker", lambda: _run_proxy(settings, sockets, killable, worker=True))
+
+    def remove_socket_file() -> None:
+        if settings.listen.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(settings.listen.path)
+
+    supervisor = Supervisor(
+        [spec] * options["workers"], killable=killable, on_exit=remove_socket_file
+    )
+    return supervisor.run()
 
 
 def _settings(options: dict) -> ProxySettings:
@@ -153,7 +183,7 @@ def _listen(options: dict, settings: ProxySettings):
     return sockets
 
 
-async def _serve(settings: ProxySettings, sockets, killable: bool) -> int:
+async def _serve(settings: ProxySettings, sockets, killable: bool, *, worker: bool) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
@@ -163,7 +193,7 @@ async def _serve(settings: ProxySettings, sockets, killable: bool) -> int:
     try:
         await stop.wait()
     finally:
-        await proxy.close()
+        await proxy.close(remove_socket_file=not worker)
         for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
             loop.remove_signal_handler(signum)
     return 0

@@ -11,7 +11,7 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - a relative ``-pidfile`` is taken relative to the starting directory, also with ``-daemon``;
 - ``-user`` also switches to the user's groups, not only its uid;
 - a UNIX listener refuses to replace anything but a stale socket file;
-- extensions: ``-maxconns``, ``-log-level``, ``-engine``.
+- extensions: ``-maxconns``, ``-log-level``, ``-engine``, ``-workers``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ..server import (
     unix_path_of,
 )
 from ..server.run import defer_stop_requests
+from ..server.workers import run_workers
 from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
 from .legacy_flags import (
     SERVICE_FLAGS,
@@ -41,6 +42,7 @@ from .legacy_flags import (
     decimal_in,
     log_level_flag,
     run_parser,
+    workers_flag,
 )
 from .service import StartupError, apply_socket_file_settings, become_service
 
@@ -90,11 +92,14 @@ COMMAND_LINE = CommandLine(
             str,
             DEFAULT_ENGINE_URL,
         ),
+        workers_flag(),
     ],
     notes=(
         "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
         "SIGTERM and SIGINT always stop the server cleanly (exit status 0); start-up errors\n"
-        "exit with status 1."
+        "exit with status 1.\n"
+        "With -workers N, N processes serve the clients under a parent that replaces a worker\n"
+        "that dies; with the memory engine one more process owns the cache."
     ),
 )
 
@@ -138,6 +143,15 @@ def _start(options: SimpleNamespace) -> int:
         max_connections=options.maxconns,
         on_ready=ready,
     )
+    if options.workers > 1:
+        return run_workers(
+            sockets,
+            store,
+            engine_url=options.engine,
+            sessions=options.sessions,
+            workers=options.workers,
+            options=run_options,
+        )
     return run_server(sockets, store, run_options)
 
 

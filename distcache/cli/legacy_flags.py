@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..workers import MAX_WORKERS, parse_workers
+
 __all__ = [
     "HELP_WORDS",
     "LOG_LEVELS",
@@ -32,6 +34,7 @@ __all__ = [
     "log_level_flag",
     "octal_mode",
     "run_parser",
+    "workers_flag",
 ]
 
 #: The words that ask for the usage text.
@@ -111,6 +114,18 @@ def log_level_flag() -> Flag:
         "level",
         _log_level,
         "WARNING",
+    )
+
+
+def workers_flag() -> Flag:
+    """The ``-workers`` extension flag (default 1: one process, as the legacy)."""
+    return Flag(
+        ("-workers",),
+        "workers",
+        f"extension: processes serving the listener, 1..{MAX_WORKERS} or auto (one per CPU)",
+        "num",
+        parse_workers,
+        1,
     )
 
 

@@ -4,6 +4,14 @@ A thin asyncio shell around :mod:`distcache.protocol`: the decoder validates and
 request tracker rewrites and matches uids, the framing encoder writes each message in one call.
 """
 
+from ..link import (
+    DISCONNECTED_REPLY,
+    EMPTY_REPLY,
+    TRANSITIONS,
+    LinkEvent,
+    LinkState,
+    UpstreamLink,
+)
 from .proxy import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_CLIENTS,
@@ -13,14 +21,6 @@ from .proxy import (
     MAX_RETRY_MS,
     Proxy,
     ProxySettings,
-)
-from .upstream import (
-    DISCONNECTED_REPLY,
-    EMPTY_REPLY,
-    TRANSITIONS,
-    LinkEvent,
-    LinkState,
-    UpstreamLink,
 )
 
 __all__ = [

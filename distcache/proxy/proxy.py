@@ -10,9 +10,9 @@ import socket
 from dataclasses import dataclass
 
 from ..address import Address
+from ..link import UpstreamLink
 from ..server.listeners import BACKLOG, bind_listeners
 from .local import LocalConnection
-from .upstream import UpstreamLink
 
 log = logging.getLogger("distcache.proxy")
 
@@ -98,11 +98,14 @@ class Proxy:
     def forget(self, connection: LocalConnection) -> None:
         self._connections.discard(connection)
 
-    async def close(self) -> None:
-        """Stop listening, drop every local connection and the upstream link."""
+    async def close(self, *, remove_socket_file: bool = True) -> None:
+        """Stop listening, drop every local connection and the upstream link.
+
+        A worker of ``dc_client -workers N`` leaves the UNIX socket file to its supervisor: the
+        other workers still serve on it."""
         for listener in self._listeners:
             listener.close()
-        if self._listeners and self.settings.listen.kind == "unix":
+        if remove_socket_file and self._listeners and self.settings.listen.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self.settings.listen.path)
         for connection in list(self._connections):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cache import SessionStore
+from .handler import RequestHandler
 from .progress import PROGRESS_INTERVAL, ProgressReporter
 from .server import DEFAULT_MAX_CONNECTIONS, Server
 
@@ -21,6 +22,7 @@ __all__ = [
     "ignore_stop_requests",
     "new_event_loop",
     "run_server",
+    "stop_requested_early",
 ]
 
 #: Signals that always stop the server cleanly.
@@ -38,6 +40,8 @@ class RunOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Called once the server accepts connections (tells a waiting launcher it started).
     on_ready: Callable[[], None] | None = None
+    #: Answers the requests instead of a handler on the store (a worker's RelayHandler).
+    handler: RequestHandler | None = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -70,6 +74,11 @@ def defer_stop_requests(killable: bool) -> None:
         signal.signal(signum, lambda signum, _frame: _early_stop_requests.append(signum))
 
 
+def stop_requested_early() -> bool:
+    """Whether a stop signal came before a server's (or a supervisor's) handlers took over."""
+    return bool(_early_stop_requests)
+
+
 def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
     """Serve on ``sockets`` until SIGTERM/SIGINT (or SIGUSR1/2 when killable); return 0."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
@@ -85,7 +94,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         loop.add_signal_handler(signum, stop.set if options.killable else _ignore)
     if _early_stop_requests:
         stop.set()
-    server = Server(store, max_connections=options.max_connections)
+    server = Server(store, max_connections=options.max_connections, handler=options.handler)
     await server.start(sockets)
     if options.on_ready is not None:
         options.on_ready()

@@ -25,14 +25,19 @@ class Server:
     """
 
     def __init__(
-        self, store: SessionStore, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+        self,
+        store: SessionStore,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        handler: RequestHandler | None = None,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         self.store = store
         self.max_connections = max_connections
         self.operations = 0
-        self._handler = RequestHandler(store)
+        # A worker of ``dc_server -workers N`` answers through its engine owner instead.
+        self._handler = RequestHandler(store) if handler is None else handler
         self._connections: set[ServerConnection] = set()
         self._listeners: list[asyncio.AbstractServer] = []
 

@@ -10,7 +10,7 @@
     rendered as a table from it; otherwise, if it exposes a ``USAGE`` text, that text is shown as
     the program prints it. A module with neither is a build warning.
 
-``.. enum-states:: distcache.proxy.upstream.LinkState``
+``.. enum-states:: distcache.link.upstream.LinkState``
     A table of an enum's members. The content gives one ``NAME: description`` line per member;
     a member missing from the content, or a name that is not a member, is a build warning, so a
     state added to the code cannot be left out of the docs.

@@ -1,6 +1,6 @@
 """Connecting an :class:`asyncio.Protocol` to the upstream address (TCP, UNIX or inherited FDs).
 
-The proxy's upstream side is protocol callbacks rather than streams, so it connects with the
+The upstream side of a link is protocol callbacks rather than streams, so it connects with the
 loop's own ``create_connection``; inherited descriptors, which the loop cannot adopt when they are
 pipes, go through :func:`~distcache.netio.open_fd_connection` and a small pump. Failures raise
 :class:`~distcache.netio.ConnectError`, as :func:`~distcache.netio.open_connection` does.

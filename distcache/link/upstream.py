@@ -1,4 +1,9 @@
-"""The proxy's one persistent upstream connection, shared by every local client.
+"""One persistent, pipelined upstream connection shared by many local requesters.
+
+The proxy (``dc_client``) forwards every local client over one such link, and each worker of
+``dc_server -workers N`` forwards its clients' requests over one to the process that owns the
+memory engine: requests of many connections leave in one write and their replies arrive in one
+read.
 
 Each forwarded request gets a fresh uid from a proxy-wide counter (1, 2, ... wrapping at 32 bits
 and skipping uids still in flight: :class:`~distcache.protocol.RequestTracker`), and its reply is
@@ -104,8 +109,16 @@ class Requester(Protocol):
 class UpstreamLink:
     """Forwards requests over one connection to ``address``; see the module doc string."""
 
-    def __init__(self, address: Address, *, retry_ms: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        address: Address,
+        *,
+        retry_ms: int,
+        max_in_flight: int,
+        logger: logging.Logger = log,
+    ) -> None:
         self.address = address
+        self.log = logger  # the user's logger: its messages say which program lost its server
         self.retry = retry_ms / 1000
         self.max_in_flight = max_in_flight
         self.state = LinkState.DOWN
@@ -181,7 +194,7 @@ class UpstreamLink:
                 if not decoder.buffered:
                     break  # the usual end of a read: spare the decoder a fruitless call
         except RemoteProtocolError as error:
-            log.warning("server broke the protocol, dropping its connection: %s", error)
+            self.log.warning("server broke the protocol, dropping its connection: %s", error)
             self._went_down(LinkEvent.LOST)
             return
         self._flush()  # requests the replies released (waiting or pipelined) leave now
@@ -214,7 +227,7 @@ class UpstreamLink:
             await dial(self.address, lambda: _UpstreamConnection(self), timeout=CONNECT_TIMEOUT)
         except (ConnectError, OSError) as error:
             if not self._outage_logged:
-                log.warning(
+                self.log.warning(
                     "cannot connect to the server: %s (retrying every %g s)", error, self.retry
                 )
                 self._outage_logged = True
@@ -227,7 +240,7 @@ class UpstreamLink:
             return
         self.connections += 1
         if self._outage_logged or self.connections > 1:
-            log.warning("connected to the server %s", self.address)
+            self.log.warning("connected to the server %s", self.address)
         self._outage_logged = False
         self._move(LinkEvent.CONNECTED)
         self._connection = connection
@@ -241,7 +254,7 @@ class UpstreamLink:
             self._lost(error.strerror or str(error) if isinstance(error, OSError) else error)
 
     def _lost(self, reason: object) -> None:
-        log.warning("lost the server connection: %s", reason or "connection closed")
+        self.log.warning("lost the server connection: %s", reason or "connection closed")
         self._went_down(LinkEvent.LOST)
 
     def _went_down(self, event: LinkEvent) -> None:

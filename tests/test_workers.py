@@ -1,0 +1,374 @@
+"""``-workers N``: real supervisors, real worker processes, real signals.
+
+Which worker serves a connection is the kernel's choice; to address one worker on purpose, the
+tests stop (SIGSTOP) every other one, so that only it can accept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+
+import pytest
+from proxyproc import DcClient
+from serverproc import DcServer, free_port, recv_exactly, run_dc_server, run_program
+
+from distcache.client import Client
+from distcache.wire import Status
+from distcache.workers import cpu_count
+
+PYTHON = shlex.quote(sys.executable)
+TIMEOUT = 10.0
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, what: str = "the condition"):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+    return value
+
+
+def started(stderr: str) -> dict[str, int]:
+    """The pid each supervised child was last started with, by label ("worker 2", ...)."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"INFO: (.+?) started \(pid (\d+)\)", stderr)}
+
+
+def children(pid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as listing:
+        return {int(word) for word in listing.read().split()}
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@contextlib.contextmanager
+def only(pids: list[int], keep: int) -> Iterator[None]:
+    """Stop every process of ``pids`` but ``keep`` for the duration of the block."""
+    stopped = [pid for pid in pids if pid != keep]
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in stopped:
+            os.kill(pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def server_with_workers(*args: str, workers: int = 3, tmp_path=None) -> Iterator[DcServer]:
+    listen = f"IP:127.0.0.1:{free_port()}"
+    env_tmp = {"TMPDIR": str(tmp_path)} if tmp_path is not None else {}
+    with _environment(env_tmp):
+        server = DcServer(["-workers", str(workers), "-log-level", "INFO", *args], listen=listen)
+    try:
+        wait_for(lambda: len(started(server.stderr)) == workers + 1, what="the workers")
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def workers_of(server) -> list[int]:
+    return [pid for label, pid in started(server.stderr).items() if label.startswith("worker")]
+
+
+# -- one cache, whichever worker serves --------------------------------------------------------
+
+
+def test_every_server_worker_sees_one_cache() -> None:
+    with server_with_workers(workers=3) as server:
+        workers = workers_of(server)
+        assert len(workers) == 3
+        first, second, third = workers
+        with only(workers, first), Client(server.listen) as cache:
+            assert cache.add(b"shared", b"stored by the first worker", 60_000)
+        for pid in workers:
+            with only(workers, pid), Client(server.listen) as cache:
+                assert cache.get(b"shared") == b"stored by the first worker"
+                assert not cache.add(b"shared", b"a second copy", 60_000)  # one cache: duplicate
+        with only(workers, second), Client(server.listen) as cache:
+            assert cache.remove(b"shared")
+        with only(workers, third), Client(server.listen) as cache:
+            assert not cache.have(b"shared")
+
+
+def test_capacity_and_eviction_are_the_one_cache_s(tmp_path) -> None:
+    """-sessions bounds all workers together: the owner evicts, as a single process does."""
+    with server_with_workers("-sessions", "64", workers=2) as server:
+        workers = workers_of(server)
+        for index in range(80):
+            with only(workers, workers[index % 2]), Client(server.listen) as cache:
+                assert cache.add(b"id-%d" % index, b"s", 60_000 + index)
+        with Client(server.listen) as cache:
+            present = [index for index in range(80) if cache.have(b"id-%d" % index)]
+        assert present == list(range(16, 80))  # the soonest-expiring ones were evicted
+
+
+def test_a_refused_add_is_answered_by_the_worker_alone() -> None:
+    """The worker validates: with the owner stopped, a bad ADD still gets its refusal."""
+    with server_with_workers(workers=2) as server:
+        owner = started(server.stderr)["engine owner"]
+        payload = (0xFFFFFFFF).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"idsession"
+        header = b"\x00\x11\x00\x00\x00" + (7).to_bytes(4, "big") + b"\x00\x00\x01"
+        with only([owner, 0], 0), server.connect() as sock:
+            sock.sendall(header + len(payload).to_bytes(2, "big") + payload)
+            reply = recv_exactly(sock, 15)
+        assert reply[5:9] == (7).to_bytes(4, "big")  # its uid
+        assert reply[-1] == Status.ADD_TIMEOUT_RANGE
+
+
+# -- supervision ------------------------------------------------------------------------------
+
+
+def test_a_killed_worker_is_replaced_logged_and_the_cache_survives() -> None:
+    with server_with_workers(workers=2) as server:
+        with Client(server.listen) as cache:
+            assert cache.add(b"kept", b"in the owner", 60_000)
+        victim = workers_of(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in workers_of(server), what="a replacement")
+        assert re.search(
+            rf"worker 1 \(pid {victim}\) was killed by signal 9 \(SIGKILL\); starting a new one",
+            server.stderr,
+        )
+        assert children(server.pid) == set(started(server.stderr).values())
+        for pid in workers_of(server):
+            with only(workers_of(server), pid), Client(server.listen) as cache:
+                assert cache.get(b"kept") == b"in the owner"
+
+
+def test_a_killed_engine_owner_is_replaced_and_the_workers_reconnect() -> None:
+    with server_with_workers(workers=2) as server:
+        with Client(server.listen) as cache:
+            assert cache.add(b"lost", b"with the owner", 60_000)
+        owner = started(server.stderr)["engine owner"]
+        os.kill(owner, signal.SIGKILL)
+        wait_for(lambda: started(server.stderr)["engine owner"] != owner, what="a new owner")
+        assert f"engine owner (pid {owner}) was killed by signal 9" in server.stderr
+
+        def serves_again() -> bool:
+            with Client(server.listen) as cache:
+                return cache.add(b"new", b"session", 60_000)
+
+        wait_for(serves_again, what="the workers to reach the new owner")
+        with Client(server.listen) as cache:
+            assert cache.get(b"lost") is None  # memory died with its owner
+            assert cache.get(b"new") == b"session"
+
+
+def test_a_crash_loop_backs_off(tmp_path) -> None:
+    """A child that dies at start is replaced after 0.1 s, 0.2 s, 0.4 s...: no busy loop."""
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        from distcache.workers import Supervisor, WorkerSpec
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        sys.exit(Supervisor([WorkerSpec("worker", lambda: 3)]).run())
+        """
+    )
+    process = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    time.sleep(1.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0
+    delays = [
+        float(d) for d in re.findall(r"exited with status 3; starting a new one in (\S+) s", stderr)
+    ]
+    assert delays[:3] == [0.1, 0.2, 0.4]
+    assert len(delays) <= 6  # at most ~1.2 s of doubling delays
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_every_process(tmp_path, signum) -> None:
+    pidfile = tmp_path / "dc_server.pid"
+    with server_with_workers("-pidfile", str(pidfile), workers=2, tmp_path=tmp_path) as server:
+        assert pidfile.read_text() == str(server.pid)  # the parent's
+        processes = children(server.pid)
+        assert len(processes) == 3
+        assert [p.name for p in tmp_path.glob("distcache-*")]  # the owner's private directory
+        server.signal(signum)
+        assert server.wait() == 0
+        assert not any(alive(pid) for pid in processes)
+        assert not list(tmp_path.glob("distcache-*"))
+        assert f"received {signal.Signals(signum).name}: stopping the workers" in server.stderr
+
+
+def test_workers_auto_is_one_per_cpu() -> None:
+    listen = f"IP:127.0.0.1:{free_port()}"
+    server = DcServer(["-workers", "auto", "-log-level", "INFO"], listen=listen)
+    try:
+        wait_for(lambda: len(started(server.stderr)) == cpu_count() + 1, what="the workers")
+        assert len(workers_of(server)) == cpu_count()
+    finally:
+        assert server.stop() == 0
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", "257", "1.5", ""])
+@pytest.mark.parametrize("program", ["dc_server", "dc_client"])
+def test_bad_workers_values_are_refused(program, value) -> None:
+    args = ["-listen", "IP:127.0.0.1:1", "-server", "IP:127.0.0.1:2"]
+    if program == "dc_server":
+        args = ["-listen", "IP:127.0.0.1:1"]
+    done = run_program(program, *args, "-workers", value)
+    dash = "--" if program == "dc_server" else "-"
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[0] == f"Error, {dash}workers given an invalid argument"
+    assert "expected 'auto' or a decimal number in 1..256" in done.stderr.splitlines()[1]
+
+
+def test_daemon_with_workers(tmp_path) -> None:
+    pidfile = tmp_path / "pid"
+    listen = f"IP:127.0.0.1:{free_port()}"
+    done = run_dc_server("-listen", listen, "-daemon", "-pidfile", str(pidfile), "-workers", "2")
+    assert done.returncode == 0, done.stderr
+    parent = int(wait_for(pidfile.read_text, what="the pid file"))
+    try:
+        processes = wait_for(lambda: len(children(parent)) == 3 and children(parent))
+        with Client(listen) as cache:
+            assert cache.add(b"daemon", b"ok", 60_000)
+            assert cache.get(b"daemon") == b"ok"
+    finally:
+        os.kill(parent, signal.SIGTERM)
+    wait_for(lambda: not alive(parent), what="the daemon to stop")
+    assert not any(alive(pid) for pid in processes)
+
+
+# -- dc_client --------------------------------------------------------------------------------
+
+
+def test_dc_client_workers_supervised_and_stopped(tmp_path) -> None:
+    pidfile = tmp_path / "pid"
+    path = str(tmp_path / "scache")
+    upstream = DcServer([], listen=f"IP:127.0.0.1:{free_port()}")
+    try:
+        proxy = DcClient(
+            path, upstream.listen, "-workers", "2", "-pidfile", str(pidfile), "-log-level", "INFO"
+        )
+        wait_for(lambda: len(started(proxy.stderr)) == 2, what="the workers")
+        assert pidfile.read_text() == str(proxy.process.pid)
+        workers = workers_of(proxy)
+        for pid in workers:  # each worker has its own upstream link to the one server
+            with only(workers, pid), Client(f"UNIX:{path}") as cache:
+                assert cache.add(b"via-%d" % pid, b"s", 60_000)
+        with Client(upstream.listen) as cache:
+            assert all(cache.have(b"via-%d" % pid) for pid in workers)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: workers[0] not in workers_of(proxy), what="a replacement")
+        assert f"worker 1 (pid {workers[0]}) was killed by signal 9 (SIGKILL)" in proxy.stderr
+        assert os.path.exists(path)  # a dying worker does not take the socket file
+        with Client(f"UNIX:{path}") as cache:
+            assert cache.get(b"via-%d" % workers[1]) == b"s"
+        processes = children(proxy.process.pid)
+        proxy.process.send_signal(signal.SIGINT)
+        assert proxy.process.wait(TIMEOUT) == 0
+        assert not any(alive(pid) for pid in processes)
+        assert not os.path.exists(path)  # the parent removed it
+    finally:
+        upstream.stop()
+
+
+def test_dc_client_workers_auto_is_one_per_cpu(tmp_path) -> None:
+    path = str(tmp_path / "scache")
+    proxy = DcClient(path, "IP:127.0.0.1:1", "-workers", "auto", "-log-level", "INFO")
+    try:
+        wait_for(lambda: len(started(proxy.stderr)) == cpu_count(), what="the workers")
+        assert len(children(proxy.process.pid)) == cpu_count()
+    finally:
+        assert proxy.stop() == 0
+
+
+# -- behaviour identical to one process: the whole conformance suite ---------------------------
+
+
+def test_dc_server_workers_4_passes_the_whole_suite_and_every_vector() -> None:
+    command = f"{PYTHON} -m distcache.cli.dc_server -listen {{listen}} -sessions {{sessions}}"
+    done = _conformance("--server-cmd", f"{command} -workers 4", "--profile", "all")
+    summary = done.stdout.strip().splitlines()[-1]
+    assert done.returncode == 0 and "FAIL" not in summary, done.stdout[-3000:]
+    vectors = _conformance("--server-cmd", f"{command} -workers 4", "--case", "vector/")
+    summary = vectors.stdout.strip().splitlines()[-1]
+    assert vectors.returncode == 0 and "FAIL" not in summary, vectors.stdout[-3000:]
+    assert int(re.search(r"(\d+) PASS", summary)[1]) > 150
+
+
+def test_dc_client_workers_4_passes_the_proxy_suite() -> None:
+    command = f"{PYTHON} -m distcache.cli.dc_client -listen {{listen}} -server {{upstream}}"
+    command += " -retry {retry_ms} -idle {idle_ms} -workers 4"
+    done = _conformance("--proxy-cmd", command, "--profile", "all")
+    summary = done.stdout.strip().splitlines()[-1]
+    assert done.returncode == 0 and "FAIL" not in summary, done.stdout[-3000:]
+    assert "UNSUPPORTED" not in summary
+
+
+def _conformance(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "distcache", "conformance", "--jobs", "4", "--timeout", "5", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
+    """No worker serves unsupervised: the kernel tells each one when the supervisor dies."""
+    with server_with_workers(workers=2, tmp_path=tmp_path) as server:
+        processes = children(server.pid)
+        server.signal(signal.SIGKILL)
+        server.wait()
+        wait_for(lambda: not any(alive(pid) for pid in processes), what="the orphans to stop")
+
+
+def test_sigusr1_stops_all_only_with_killable(tmp_path) -> None:
+    with server_with_workers(workers=2) as server:
+        processes = children(server.pid)
+        server.signal(signal.SIGUSR1)
+        time.sleep(0.3)
+        assert all(alive(pid) for pid in [server.pid, *processes])  # ignored, as by one process
+        with Client(server.listen) as cache:
+            assert cache.add(b"still", b"serving", 60_000)
+    with server_with_workers("-killable", workers=2) as server:
+        processes = children(server.pid)
+        server.signal(signal.SIGUSR1)
+        assert server.wait() == 0
+        assert not any(alive(pid) for pid in processes)
+
+
+def test_one_worker_is_one_process_as_before() -> None:
+    listen = f"IP:127.0.0.1:{free_port()}"
+    server = DcServer(["-workers", "1", "-log-level", "INFO"], listen=listen)
+    try:
+        with Client(listen) as cache:
+            assert cache.add(b"single", b"process", 60_000)
+        assert children(server.pid) == set()
+        assert "started (pid" not in server.stderr
+    finally:
+        assert server.stop() == 0
