@@ -19,9 +19,11 @@ each client is one ``dc_test -ops K`` process with its usual mix of ADD/GET/REMO
 of ``--workers`` (``1,2,4,auto``; values other than 1 need a build with ``-workers``) it prints
 ops/s, then CPU microseconds per request of the busiest process of the program under test and of
 all its processes together (a supervisor, workers and an engine process all count), and the
-ratios ours/legacy. Each figure is a range over ``--rounds`` rounds (min..max).
+ratios ours/legacy, and the kernel's share of all processes' time. Each figure is a range over
+``--rounds`` rounds (min..max). ``--pure`` adds ours with its optional C accelerator turned off
+(``DISTCACHE_NO_EXTENSIONS=1``), in the same rounds, to show what the accelerator saves.
 
-    python benchmarks/cpu.py [--legacy-bin DIR] [--workers 1,4] [--clients 1,4]
+    python benchmarks/cpu.py [--legacy-bin DIR] [--pure] [--workers 1,4] [--clients 1,4]
                              [--loads server,proxy] [--ops K] [--rounds N]
 """
 
@@ -45,8 +47,9 @@ SESSIONS = 512  # the server's capacity; dc_test's own 10 sessions fit
 # -- CPU accounting from /proc --------------------------------------------------------------------
 
 
-def _stat(pid: int) -> tuple[int, float, float] | None:
-    """(ppid, own user+system seconds, reaped children's user+system seconds), None if gone."""
+def _stat(pid: int) -> tuple[int, float, float, float] | None:
+    """(ppid, own user+system seconds, reaped children's user+system seconds, own system
+    seconds), None if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             raw = f.read()
@@ -58,11 +61,12 @@ def _stat(pid: int) -> tuple[int, float, float] | None:
         int(fields[1]),
         (int(fields[11]) + int(fields[12])) / TICK,
         (int(fields[13]) + int(fields[14])) / TICK,
+        int(fields[12]) / TICK,
     )
 
 
-def process_tree(root: int) -> dict[int, tuple[float, float]]:
-    """CPU seconds (own, reaped children) of ``root`` and every live descendant."""
+def process_tree(root: int) -> dict[int, tuple[float, float, float]]:
+    """CPU seconds (own, reaped children, own system) of ``root`` and every live descendant."""
     stats = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
@@ -78,14 +82,16 @@ def process_tree(root: int) -> dict[int, tuple[float, float]]:
     return tree
 
 
-def cpu_spent(before: dict, after: dict) -> list[float]:
+def cpu_spent(before: dict, after: dict) -> tuple[list[float], float]:
     """CPU seconds each process spent between two snapshots, busiest first (processes that ended
-    in between count through their parent's reaped-children time)."""
-    spent = []
-    for pid, (own, reaped) in after.items():
-        own0, reaped0 = before.get(pid, (0.0, 0.0))
+    in between count through their parent's reaped-children time), and the system (kernel) part
+    of the live processes' time together."""
+    spent, system = [], 0.0
+    for pid, (own, reaped, kernel) in after.items():
+        own0, reaped0, kernel0 = before.get(pid, (0.0, 0.0, 0.0))
         spent.append(own - own0 + reaped - reaped0)
-    return sorted(spent, reverse=True)
+        system += kernel - kernel0
+    return sorted(spent, reverse=True), system
 
 
 # -- programs -------------------------------------------------------------------------------------
@@ -97,6 +103,7 @@ class Build:
     server: list[str]
     proxy: list[str]
     workers: bool  # understands -workers
+    env: dict | None = None  # the environment it runs in (None: ours)
 
     def with_workers(self, argv: list[str], workers: str) -> list[str]:
         return argv if workers == "1" else [*argv, "-workers", workers]
@@ -110,6 +117,13 @@ def our_build() -> Build:
         [*python, "distcache.cli.dc_client"],
         workers=True,
     )
+
+
+def pure_build() -> Build:
+    """Ours with the compiled decoder turned off: what the C accelerator saves, side by side."""
+    build = our_build()
+    build.name, build.env = "pure", dict(os.environ, DISTCACHE_NO_EXTENSIONS="1")
+    return build
 
 
 def legacy_build(directory: str) -> Build:
@@ -147,8 +161,8 @@ def wait_connectable(address: str, proc: subprocess.Popen, seconds: float = 15.0
 
 
 @contextlib.contextmanager
-def running(argv: list[str], address: str):
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def running(argv: list[str], address: str, env: dict | None = None):
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         wait_connectable(address, proc)
         yield proc
@@ -186,18 +200,22 @@ class Figures:
     rate: list[float] = field(default_factory=list)  # ops/s
     busiest: list[float] = field(default_factory=list)  # us per request
     total: list[float] = field(default_factory=list)
+    system: list[float] = field(default_factory=list)  # us per request in the kernel, all processes
     processes: int = 0
+    each: list[float] = field(default_factory=list)  # us per request of each process, last round
 
 
 def measure(target: subprocess.Popen, load, requests: int, figures: Figures) -> None:
     load(200)  # warm-up: every worker started, imports done, sessions stored
     before = process_tree(target.pid)
     seconds = load(None)
-    spent = cpu_spent(before, process_tree(target.pid))
+    spent, system = cpu_spent(before, process_tree(target.pid))
     figures.rate.append(requests / seconds)
     figures.busiest.append(spent[0] / requests * 1e6)
     figures.total.append(sum(spent) / requests * 1e6)
+    figures.system.append(system / requests * 1e6)
     figures.processes = len(spent)
+    figures.each = [t / requests * 1e6 for t in spent]
 
 
 def server_round(build, workers, dc_test, clients, ops, figures) -> None:
@@ -205,7 +223,7 @@ def server_round(build, workers, dc_test, clients, ops, figures) -> None:
     argv = build.with_workers(
         [*build.server, "-listen", address, "-sessions", str(SESSIONS)], workers
     )
-    with running(argv, address) as server:
+    with running(argv, address, build.env) as server:
 
         def load(n):
             return run_load(dc_test, address, clients, n or ops, persistent=True)
@@ -220,7 +238,10 @@ def proxy_round(build, workers, dc_test, upstream, clients, ops, figures, tmp) -
     proxy_argv = build.with_workers(
         [*build.proxy, "-listen", local, "-server", server_address], workers
     )
-    with running(server_argv, server_address), running(proxy_argv, local) as proxy:
+    with (
+        running(server_argv, server_address, upstream.env),
+        running(proxy_argv, local, build.env) as proxy,
+    ):
 
         def load(n):
             return run_load(dc_test, local, clients, n or ops, persistent=False)
@@ -244,16 +265,21 @@ def ratio_span(ours: list[float], theirs: list[float]) -> str:
 
 
 def report(title: str, results: dict[str, Figures]) -> None:
-    ours, legacy = results["ours"], results.get("legacy")
+    ours, legacy, pure = results["ours"], results.get("legacy"), results.get("pure")
     print(f"\n{title}  ({ours.processes} process(es) of ours measured)")
     rows = [("ops/s", "rate", 0), ("CPU us/req, busiest process", "busiest", 1)]
     rows.append(("CPU us/req, all processes", "total", 1))
+    rows.append(("  of which in the kernel", "system", 1))
     for label, attr, digits in rows:
         line = f"  {label:<30} ours {span(getattr(ours, attr), digits):>14}"
+        if pure is not None:
+            line += f"   pure {span(getattr(pure, attr), digits):>14}"
         if legacy is not None:
             line += f"   legacy {span(getattr(legacy, attr), digits):>14}"
             line += f"   ours/legacy {ratio_span(getattr(ours, attr), getattr(legacy, attr)):>11}"
         print(line, flush=True)
+    if ours.processes > 1:
+        print("  ours, each process, last round:  " + ", ".join(f"{t:.1f}" for t in ours.each))
 
 
 def main() -> None:
@@ -269,15 +295,18 @@ def main() -> None:
         "--proxy-ops", type=int, default=4000, help="operations per client, a connection each"
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--pure", action="store_true", help="also run ours without its C accelerator ('pure')"
+    )
     args = parser.parse_args()
 
-    builds = [our_build()]
+    builds = [our_build(), *([pure_build()] if args.pure else [])]
     if args.legacy_bin:
         builds.append(legacy_build(args.legacy_bin))
         dc_test = [os.path.join(args.legacy_bin, "dc_test")]
     else:
         dc_test = [sys.executable, "-m", "distcache.cli.dc_test"]
-    upstream = builds[-1]
+    upstream = builds[-1] if args.legacy_bin else builds[0]
     load_avg = os.getloadavg()
     print(
         f"host: {os.uname().machine}, {os.cpu_count()} cores, load average {load_avg[0]:.2f} "
