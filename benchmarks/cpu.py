@@ -22,14 +22,18 @@ all its processes together (a supervisor, workers and an engine process all coun
 ours/legacy (of paired rounds, and of each side's best round), and the kernel's share of all
 processes' time. Each figure is a range over ``--rounds`` rounds (min..max). ``--pure`` adds ours with its optional C accelerator turned off
 (``DISTCACHE_NO_EXTENSIONS=1``), in the same rounds, to show what the accelerator saves.
+``--floor`` adds a floor: a cache in Python on the same event loop with no checks at all (and,
+in place of the proxy, answering locally with no upstream hop), the least any asyncio program
+spends per request on this load.
 
-    python benchmarks/cpu.py [--legacy-bin DIR] [--pure] [--workers 1,4] [--clients 1,4]
+    python benchmarks/cpu.py [--legacy-bin DIR] [--pure] [--floor] [--workers 1,4] [--clients 1,4]
                              [--loads server,proxy] [--ops K] [--rounds N]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import os
 import shutil
@@ -39,6 +43,10 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+from distcache.protocol import encode_response
+from distcache.server import new_event_loop
+from distcache.wire import Operation, Status
 
 TICK = os.sysconf("SC_CLK_TCK")
 SESSIONS = 512  # the server's capacity; dc_test's own 10 sessions fit
@@ -94,6 +102,73 @@ def cpu_spent(before: dict, after: dict) -> tuple[list[float], float]:
     return sorted(spent, reverse=True), system
 
 
+# -- the floor: the least a Python program on the same event loop spends on this load ----------
+
+
+class FloorCache(asyncio.Protocol):
+    """A cache with no checks at all: frames are cut by their data_len, an ADD's id is taken from
+    its prefix, and the four operations act on a dict. No validation, no limits, no direction or
+    reassembly rules: what is left is the event loop's cost of a connection and its reads and
+    writes, which any asyncio program pays. As a proxy's floor it answers locally, without the
+    upstream hop a proxy adds."""
+
+    cache: dict[bytes, bytes] = {}  # noqa: RUF012 - one cache for the process, as in a server
+
+    def connection_made(self, transport):
+        self.transport, self.buffer, self.parts = transport, bytearray(), []
+
+    def data_received(self, data):
+        buffer = self.buffer
+        buffer += data
+        pos, size, replies = 0, len(buffer), []
+        while size - pos >= 14:
+            end = pos + 14 + int.from_bytes(buffer[pos + 12 : pos + 14], "big")
+            if end > size:
+                break
+            self.parts.append(bytes(buffer[pos + 14 : end]))
+            if buffer[pos + 11]:
+                uid = int.from_bytes(buffer[pos + 5 : pos + 9], "big")
+                operation = Operation(buffer[pos + 10])
+                payload = b"".join(self.parts)
+                self.parts = []
+                replies.append(encode_response(uid, operation, self.answer(operation, payload)))
+            pos = end
+        del buffer[:pos]
+        if replies:
+            self.transport.writelines(replies)
+
+    def answer(self, operation: Operation, payload: bytes) -> bytes:
+        cache = self.cache
+        if operation is Operation.ADD:
+            end = 8 + int.from_bytes(payload[4:8], "big")
+            if payload[8:end] in cache:
+                return bytes((Status.ADD_MATCHING_SESSION,))
+            cache[payload[8:end]] = payload[end:]
+            return bytes((Status.OK,))
+        if operation is Operation.GET:
+            return cache.get(payload, bytes((Status.NOTOK,)))
+        if operation is Operation.REMOVE:
+            return bytes((Status.OK if cache.pop(payload, None) is not None else Status.NOTOK,))
+        return bytes((Status.OK if payload in cache else Status.NOTOK,))
+
+    def eof_received(self):
+        self.transport.close()
+
+
+def serve_floor(address: str) -> None:
+    async def serve():
+        loop = asyncio.get_running_loop()
+        if address.startswith("UNIX:"):
+            server = await loop.create_unix_server(FloorCache, address[5:], backlog=511)
+        else:
+            _, host, port = address.split(":")
+            server = await loop.create_server(FloorCache, host, int(port), backlog=511)
+        await server.serve_forever()
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(serve())
+
+
 # -- programs -------------------------------------------------------------------------------------
 
 
@@ -124,6 +199,11 @@ def pure_build() -> Build:
     build = our_build()
     build.name, build.env = "pure", dict(os.environ, DISTCACHE_NO_EXTENSIONS="1")
     return build
+
+
+def floor_build() -> Build:
+    floor = [sys.executable, os.path.abspath(__file__), "--serve-floor"]
+    return Build("floor", floor, floor, workers=False)
 
 
 def legacy_build(directory: str) -> Build:
@@ -223,6 +303,8 @@ def server_round(build, workers, dc_test, clients, ops, figures) -> None:
     argv = build.with_workers(
         [*build.server, "-listen", address, "-sessions", str(SESSIONS)], workers
     )
+    if build.name == "floor":
+        argv = [*build.server, address]
     with running(argv, address, build.env) as server:
 
         def load(n):
@@ -238,6 +320,8 @@ def proxy_round(build, workers, dc_test, upstream, clients, ops, figures, tmp) -
     proxy_argv = build.with_workers(
         [*build.proxy, "-listen", local, "-server", server_address], workers
     )
+    if build.name == "floor":  # answers itself: nothing upstream
+        proxy_argv = [*build.proxy, local]
     with (
         running(server_argv, server_address, upstream.env),
         running(proxy_argv, local, build.env) as proxy,
@@ -268,15 +352,16 @@ def ratio_span(ours: list[float], theirs: list[float], best) -> str:
 
 
 def report(title: str, results: dict[str, Figures]) -> None:
-    ours, legacy, pure = results["ours"], results.get("legacy"), results.get("pure")
+    ours, legacy = results["ours"], results.get("legacy")
+    others = [(name, results[name]) for name in ("pure", "floor") if name in results]
     print(f"\n{title}  ({ours.processes} process(es) of ours measured)")
     rows = [("ops/s", "rate", 0), ("CPU us/req, busiest process", "busiest", 1)]
     rows.append(("CPU us/req, all processes", "total", 1))
     rows.append(("  of which in the kernel", "system", 1))
     for label, attr, digits in rows:
         line = f"  {label:<30} ours {span(getattr(ours, attr), digits):>14}"
-        if pure is not None:
-            line += f"   pure {span(getattr(pure, attr), digits):>14}"
+        for name, other in others:
+            line += f"   {name} {span(getattr(other, attr), digits):>14}"
         if legacy is not None:
             line += f"   legacy {span(getattr(legacy, attr), digits):>14}"
             best = max if attr == "rate" else min
@@ -302,9 +387,17 @@ def main() -> None:
     parser.add_argument(
         "--pure", action="store_true", help="also run ours without its C accelerator ('pure')"
     )
+    parser.add_argument(
+        "--floor", action="store_true", help="also run the floor: a check-free Python cache"
+    )
+    parser.add_argument("--serve-floor", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve_floor:
+        serve_floor(args.serve_floor)
+        return
 
     builds = [our_build(), *([pure_build()] if args.pure else [])]
+    builds += [floor_build()] if args.floor else []
     if args.legacy_bin:
         builds.append(legacy_build(args.legacy_bin))
         dc_test = [os.path.join(args.legacy_bin, "dc_test")]
