@@ -218,6 +218,7 @@ def test_a_stop_signal_stops_every_process(tmp_path, signum) -> None:
         assert server.wait() == 0
         assert not any(alive(pid) for pid in processes)
         assert not list(tmp_path.glob("distcache-*"))
+        assert not pidfile.exists()  # removed by the parent as it exits
         assert f"received {signal.Signals(signum).name}: stopping the workers" in server.stderr
 
 

@@ -29,7 +29,7 @@ from ..address import parse_address
 from ..cache import MemoryStore, SessionStore
 from ..workers import Supervisor, WorkerSpec
 from .engines import open_engine
-from .listeners import bind_listeners, close_listeners
+from .listeners import BACKLOG, bind_listeners, close_listeners
 from .relay import OwnerRelay
 from .run import RunOptions, defer_stop_requests, run_server, stop_requested_early
 
@@ -68,6 +68,10 @@ def run_workers(
     try:
         owner_address = parse_address(f"UNIX:{os.path.join(directory, OWNER_SOCKET_NAME)}")
         owner_sockets = bind_listeners(owner_address)
+        for sock in owner_sockets:
+            # Listening from now on, across owner restarts: a worker's connection waits in the
+            # backlog for the owner instead of being refused.
+            sock.listen(BACKLOG)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
