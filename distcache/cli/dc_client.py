@@ -34,6 +34,7 @@ from ..proxy import (
     ProxySettings,
 )
 from ..server import bind_listeners, new_event_loop, unix_path_of
+from ..server.listeners import BACKLOG
 from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
 from ..workers import Supervisor, WorkerSpec
 from .legacy_flags import (
@@ -140,6 +141,8 @@ def _supervise(settings: ProxySettings, sockets, options: dict) -> int:
     """Workers that each serve the inherited listener with their own server connection; the
     parent keeps the pid file and removes the UNIX socket file when all have stopped."""
     killable = options["killable"]
+    for sock in sockets:  # the pid file is written: clients may queue for the first worker
+        sock.listen(BACKLOG)
     spec = WorkerSpec("worker", lambda: _run_proxy(settings, sockets, killable, worker=True))
 
     def remove_socket_file() -> None:

@@ -52,6 +52,8 @@ def run_workers(
     until a stop signal; return the exit status. ``options.on_ready`` is called once all are
     started; ``-progress`` is reported by the owner (Valkey/Redis: by the first worker)."""
     child_options = replace(options, on_ready=None)
+    for sock in sockets:  # the pid file is written: clients may queue for the first worker
+        sock.listen(BACKLOG)
     if type(store) is not MemoryStore:
         specs = [
             WorkerSpec("worker", _store_worker(sockets, engine_url, sessions, child_options, n))
