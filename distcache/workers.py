@@ -77,6 +77,9 @@ class WorkerSpec:
     name: str
     run: Callable[[], int]
     #: Children stop in increasing stage order (a server's workers before the engine's owner).
+    #: A child of a later stage runs in a process group of its own, so that a Ctrl-C at the
+    #: terminal (SIGINT to the whole foreground group) reaches it only through the supervisor,
+    #: once the earlier stages have stopped.
     stage: int = 0
 
 
@@ -221,6 +224,8 @@ class Supervisor:
                 for signum in KILLABLE_SIGNALS:
                     signal.signal(signum, signal.SIG_IGN)
             _stop_with_parent(self._parent)
+            if slot.spec.stage > 0:
+                os.setpgid(0, 0)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             status = slot.spec.run()
         except SystemExit as stop:

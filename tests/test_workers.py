@@ -373,3 +373,28 @@ def test_one_worker_is_one_process_as_before() -> None:
         assert "started (pid" not in server.stderr
     finally:
         assert server.stop() == 0
+
+
+def test_ctrl_c_stops_the_workers_before_the_engine_owner() -> None:
+    """SIGINT to the whole process group (a terminal's Ctrl-C) still stops the owner last."""
+    listen = f"IP:127.0.0.1:{free_port()}"
+    argv = [sys.executable, "-m", "distcache.cli.dc_server", "-listen", listen]
+    process = subprocess.Popen(
+        [*argv, "-workers", "2", "-log-level", "INFO"],
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: len(children(process.pid)) == 3, what="the workers")
+        with Client(listen) as cache:
+            assert cache.add(b"before", b"ctrl-c", 60_000)
+        os.killpg(process.pid, signal.SIGINT)
+        _, stderr = process.communicate(timeout=TIMEOUT)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    stopped = re.findall(r"INFO: (.+?) \(pid \d+\) stopped: exited with status 0", stderr)
+    assert stopped[-1] == "engine owner" and sorted(stopped[:-1]) == ["worker 1", "worker 2"]
