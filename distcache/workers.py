@@ -9,7 +9,9 @@ sockets, so the kernel spreads the accepts among them. From then on the parent o
   costs little CPU and log space;
 * SIGTERM and SIGINT (and SIGUSR1/SIGUSR2 when ``killable``) are forwarded to the children, stage
   by stage (stage 0 first), each stage given ``STOP_TIMEOUT`` seconds to stop before SIGKILL; the
-  parent then runs its clean-up and exits 0.
+  parent then runs its clean-up and exits 0. Each child has a process group of its own, so that
+  signals from the terminal reach it only this way; if the parent dies, the kernel sends each
+  child SIGTERM.
 
 The loop is plain ``select`` on a self-pipe fed by the signal handlers (the design of gunicorn's
 arbiter): the parent runs no event loop, so nothing of it is half-inherited by a child.
@@ -221,6 +223,9 @@ class Supervisor:
                 for signum in KILLABLE_SIGNALS:
                     signal.signal(signum, signal.SIG_IGN)
             _stop_with_parent(self._parent)
+            # A process group of its own: a Ctrl-C at the terminal (SIGINT to the foreground
+            # group) reaches the child once, forwarded by the supervisor in stage order.
+            os.setpgid(0, 0)
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             status = slot.spec.run()
         except SystemExit as stop:

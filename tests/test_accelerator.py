@@ -33,15 +33,17 @@ HEADER = pathlib.Path(decoder.__file__).with_name("_cdecoder_schema.h")
 REPOSITORY = pathlib.Path(__file__).resolve().parent.parent
 
 
-def _compiler_available() -> bool:
+def _can_build() -> bool:
+    """A C compiler and this Python's headers: what pip needs to build the extension."""
     cc = (sysconfig.get_config_var("CC") or "cc").split()[0]
-    return any(
+    compiler = any(
         os.access(os.path.join(d, cc), os.X_OK) for d in os.environ.get("PATH", "").split(":")
     )
+    return compiler and os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h"))
 
 
-# Where a C compiler exists the install builds the extension; a missing one is a failure, not a
-# skip. DISTCACHE_NO_EXTENSIONS=1 (the pure run of the CI) skips the comparisons.
+# Where a C compiler and the Python headers exist the install builds the extension; a missing
+# one is a failure, not a skip. DISTCACHE_NO_EXTENSIONS=1 (the pure run of the CI) skips the comparisons.
 needs_compiled = pytest.mark.skipif(
     _accelerator.NO_EXTENSIONS, reason="DISTCACHE_NO_EXTENSIONS is set: pure Python only"
 )
@@ -65,8 +67,8 @@ def test_translator_refuses_what_it_does_not_know():
 
 @needs_compiled
 def test_the_compiled_decoder_is_built_and_used():
-    if not _compiler_available():
-        pytest.skip("no C compiler: the pure-Python decoder is the whole decoder here")
+    if not _can_build():
+        pytest.skip("no C compiler or Python headers: the pure-Python decoder does all the work")
     assert decoder.ACCELERATED, "the C accelerator is not built: run pip install -e ."
     assert MessageDecoder()._fast is not None
     assert MessageDecoder(accelerated=False)._fast is None

@@ -1070,7 +1070,9 @@ def test_workers_each_talk_to_the_store_and_see_one_cache(store_server: StorePro
     """-workers 2 on Valkey/Redis: no engine owner; each worker has its own store connection."""
     from test_workers import children, only, started, wait_for
 
-    with dc_server("-engine", unique_url(store_server), "-workers", "2", "-log-level", "INFO") as (
+    listen = f"UNIX:{tempfile.mkdtemp(prefix='dcw')}/scache"  # one listener shared by both
+    engine = unique_url(store_server)
+    with dc_server("-engine", engine, "-workers", "2", "-log-level", "INFO", listen=listen) as (
         server
     ):
         wait_for(lambda: len(started(server.stderr)) == 2, what="the workers")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -34,6 +35,7 @@ from ..proxy import (
     ProxySettings,
 )
 from ..server import bind_listeners, new_event_loop, unix_path_of
+from ..server.listeners import BACKLOG, close_listeners_but, listeners_per_worker
 from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
 from ..workers import Supervisor, WorkerSpec
 from .legacy_flags import (
@@ -140,16 +142,25 @@ def _supervise(settings: ProxySettings, sockets, options: dict) -> int:
     """Workers that each serve the inherited listener with their own server connection; the
     parent keeps the pid file and removes the UNIX socket file when all have stopped."""
     killable = options["killable"]
-    spec = WorkerSpec("worker", lambda: _run_proxy(settings, sockets, killable, worker=True))
+    for sock in sockets:  # the pid file is written: clients may queue for the first worker
+        sock.listen(BACKLOG)
+    try:
+        shares = listeners_per_worker(sockets, options["workers"])
+    except ListenError as error:
+        print(f"Error, bad listen address\n  ({error})", file=sys.stderr)
+        return 1
+
+    def worker(mine) -> int:
+        close_listeners_but(shares, mine)
+        return _run_proxy(settings, mine, killable, worker=True)
 
     def remove_socket_file() -> None:
         if settings.listen.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(settings.listen.path)
 
-    supervisor = Supervisor(
-        [spec] * options["workers"], killable=killable, on_exit=remove_socket_file
-    )
+    specs = [WorkerSpec("worker", functools.partial(worker, share)) for share in shares]
+    supervisor = Supervisor(specs, killable=killable, on_exit=remove_socket_file)
     return supervisor.run()
 
 
@@ -176,7 +187,7 @@ def _settings(options: dict) -> ProxySettings:
 
 def _listen(options: dict, settings: ProxySettings):
     try:
-        sockets = bind_listeners(settings.listen)
+        sockets = bind_listeners(settings.listen, reuse_port=options["workers"] > 1)
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, bad listen address\n  ({error})") from None
     apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))

@@ -131,7 +131,7 @@ def _start(options: SimpleNamespace) -> int:
     except EngineError as error:
         raise StartupError(f"Error, {error}") from None
     try:
-        sockets = bind_listeners(parse_address(options.listen))
+        sockets = bind_listeners(parse_address(options.listen), reuse_port=options.workers > 1)
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
     apply_socket_file_settings(options, unix_path_of(sockets))
@@ -144,14 +144,19 @@ def _start(options: SimpleNamespace) -> int:
         on_ready=ready,
     )
     if options.workers > 1:
-        return run_workers(
-            sockets,
-            store,
-            engine_url=options.engine,
-            sessions=options.sessions,
-            workers=options.workers,
-            options=run_options,
-        )
+        try:
+            return run_workers(
+                sockets,
+                store,
+                engine_url=options.engine,
+                sessions=options.sessions,
+                workers=options.workers,
+                options=run_options,
+            )
+        except ListenError as error:
+            raise StartupError(
+                f"Error, can't listen on '{options.listen}'\nError, {error}"
+            ) from None
     return run_server(sockets, store, run_options)
 
 

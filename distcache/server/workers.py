@@ -24,12 +24,19 @@ import shutil
 import socket
 import tempfile
 from dataclasses import replace
+from functools import partial
 
 from ..address import parse_address
 from ..cache import MemoryStore, SessionStore
 from ..workers import Supervisor, WorkerSpec
 from .engines import open_engine
-from .listeners import bind_listeners, close_listeners
+from .listeners import (
+    BACKLOG,
+    bind_listeners,
+    close_listeners,
+    close_listeners_but,
+    listeners_per_worker,
+)
 from .relay import OwnerRelay
 from .run import RunOptions, defer_stop_requests, run_server, stop_requested_early
 
@@ -52,9 +59,15 @@ def run_workers(
     until a stop signal; return the exit status. ``options.on_ready`` is called once all are
     started; ``-progress`` is reported by the owner (Valkey/Redis: by the first worker)."""
     child_options = replace(options, on_ready=None)
+    for sock in sockets:  # the pid file is written: clients may queue for the first worker
+        sock.listen(BACKLOG)
+    shares = listeners_per_worker(sockets, workers)
     if type(store) is not MemoryStore:
         specs = [
-            WorkerSpec("worker", _store_worker(sockets, engine_url, sessions, child_options, n))
+            WorkerSpec(
+                "worker",
+                _store_worker(shares, n, engine_url, sessions, child_options),
+            )
             for n in range(workers)
         ]
         supervisor = Supervisor(
@@ -68,30 +81,36 @@ def run_workers(
     try:
         owner_address = parse_address(f"UNIX:{os.path.join(directory, OWNER_SOCKET_NAME)}")
         owner_sockets = bind_listeners(owner_address)
+        for sock in owner_sockets:
+            # Listening from now on, across owner restarts: a worker's connection waits in the
+            # backlog for the owner instead of being refused.
+            sock.listen(BACKLOG)
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
     def owner() -> int:
-        close_listeners(sockets)
+        close_listeners_but(shares, [])
         defer_stop_requests(options.killable)
         owner_options = replace(child_options, max_connections=max(workers * 4, 64))
         return run_server(owner_sockets, store, owner_options)
 
-    def worker() -> int:
+    def worker(mine: list[socket.socket]) -> int:
         close_listeners(owner_sockets)
+        close_listeners_but(shares, mine)
         defer_stop_requests(options.killable)
         relay = OwnerRelay(owner_address)
         worker_options = replace(child_options, progress=0, handler=relay)
-        return run_server(sockets, relay, worker_options)  # type: ignore[arg-type]
+        return run_server(mine, relay, worker_options)  # type: ignore[arg-type]
 
     def clean_up() -> None:
         close_listeners(owner_sockets)
+        close_listeners_but(shares, sockets)  # the copies; the CLI's own sockets are its own
         with contextlib.suppress(OSError):
             shutil.rmtree(directory)
 
     specs = [WorkerSpec("engine owner", owner, stage=1)]
-    specs += [WorkerSpec("worker", worker)] * workers
+    specs += [WorkerSpec("worker", partial(worker, share)) for share in shares]
     supervisor = Supervisor(
         specs,
         killable=options.killable,
@@ -102,10 +121,12 @@ def run_workers(
     return supervisor.run()
 
 
-def _store_worker(sockets, engine_url: str, sessions: int, options: RunOptions, number: int):
+def _store_worker(shares, number: int, engine_url: str, sessions: int, options: RunOptions):
     """A worker on its own connection to Valkey/Redis (the first one reports -progress)."""
+    sockets = shares[number]
 
     def worker() -> int:
+        close_listeners_but(shares, sockets)
         defer_stop_requests(options.killable)
         store = open_engine(engine_url, sessions)
         progress = options.progress if number == 0 else 0
