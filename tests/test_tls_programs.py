@@ -218,3 +218,49 @@ def test_dc_test_and_dc_snoop_speak_tls_on_both_sides(pki, tmp_path):
             process.terminate()
             process.wait(10)
             process.stderr.close()
+
+
+def test_dc_client_reloads_its_files_on_sighup_and_keeps_forwarding(pki, tmp_path):
+    cert, key = tmp_path / "web.crt", tmp_path / "web.key"
+    shutil.copy(pki.client.cert, cert)
+    shutil.copy(pki.client.key, key)
+    upstream = tls_address()
+    with dc_server(*pki.server_flags(), listen=upstream):
+        path = str(tmp_path / "scache")
+        flags = ["-tls-cert", str(cert), "-tls-key", str(key), "-tls-ca", pki.ca]
+        with dc_client(path, upstream, *flags) as proxy, Client(f"UNIX:{path}") as local:
+            assert local.add(b"before", b"reload", 60_000)
+            renewed = pki.issue("client-renewed", "client.example")
+            shutil.copy(renewed.cert, cert)
+            shutil.copy(renewed.key, key)
+            proxy.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reloaded" in proxy.stderr, "dc_client logged no reload")
+            key.write_text("broken\n")
+            proxy.process.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reload failed" in proxy.stderr, "dc_client logged no failure")
+            assert local.get(b"before") == b"reload"
+            assert proxy.alive
+
+
+def test_dc_client_can_listen_on_tls_with_client_certificates(pki, tmp_path):
+    listen = tls_address()
+    with dc_server(listen=f"IP:127.0.0.1:{free_port()}") as server:
+        argv = [sys.executable, "-m", "distcache.cli.dc_client", "-listen", listen,
+                "-server", server.listen, *pki.server_flags()]  # fmt: skip
+        process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with Client(listen, tls=pki.client_files()) as client:
+                        assert client.add(b"via", b"a TLS proxy", 60_000)
+                    break
+                except ConnectionFailed:
+                    assert time.monotonic() < deadline and process.poll() is None
+                    time.sleep(0.05)
+            with pytest.raises((ConnectionFailed, ConnectionLost)):
+                Client(listen, Mode.TEMPORARY, tls=TLSFiles(ca=pki.ca)).have(b"via")
+        finally:
+            process.terminate()
+            process.wait(10)
+            process.stderr.close()
