@@ -82,6 +82,7 @@ class Proxy:
             settings = self.settings
             sockets = bind_listeners(settings.listen, tls=settings.listen_tls, allow=settings.allow)
         for sock in sockets:
+            sock.listen(BACKLOG)  # now, so that clients wait in the backlog (see below)
             self._listeners.append(
                 await serve_listener(
                     sock, lambda: LocalConnection(self), backlog=BACKLOG, start_serving=False

@@ -38,7 +38,7 @@ BACKLOG = 511
 
 
 class Listener(socket.socket):
-    """A bound, listening socket and how its connections are served."""
+    """A bound socket and how its connections are served."""
 
     #: The TLS of a ``TLS:`` listener (its ``context`` follows reloads).
     tls: ServerTLS | None = None
@@ -49,7 +49,11 @@ class Listener(socket.socket):
 def bind_listeners(
     address: Address | str, *, tls: ServerTLS | None = None, allow: AllowList | None = None
 ) -> list[socket.socket]:
-    """Bound, listening sockets for ``address`` (one per resolved TCP address).
+    """Bound sockets for ``address`` (one per resolved TCP address), not yet listening.
+
+    They start listening when a server starts serving them (with ``BACKLOG``), so that what a
+    program does between binding and serving (detaching, writing its pid file) is done before
+    any client can connect. An inherited listener (``FD:``) already listens.
 
     A ``TLS:`` address needs ``tls``, which its sockets then carry (and only theirs); ``allow``
     applies to plain TCP addresses and is ignored for the others. Raises ``AddressError`` for an
@@ -86,13 +90,14 @@ def listener_options(sock: socket.socket) -> dict[str, Any]:
 async def serve_listener(
     sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol], **options: Any
 ) -> asyncio.Server:
-    """Serve a bound listener with ``protocol_factory``: over TLS if it carries TLS, and closing
-    refused peers at accept if it carries an allow-list. ``options`` go to asyncio."""
+    """Serve a bound socket with ``protocol_factory`` (listening with ``BACKLOG``): over TLS if it
+    carries TLS, and closing refused peers at accept if it carries an allow-list. ``options`` go
+    to asyncio."""
     loop = asyncio.get_running_loop()
     allow = getattr(sock, "allow", None)
     if allow:
         protocol_factory = guard(protocol_factory, allow)
-    options = {**listener_options(sock), **options}
+    options = {"backlog": BACKLOG, **listener_options(sock), **options}
     if sock.family == socket.AF_UNIX:
         return await loop.create_unix_server(protocol_factory, sock=sock, **options)
     return await loop.create_server(protocol_factory, sock=sock, **options)
@@ -129,7 +134,6 @@ def _bind_tcp(address: Address) -> list[socket.socket]:
                 # Each family gets its own socket, as asyncio does.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(sockaddr)
-            sock.listen(BACKLOG)
             sock.setblocking(False)
     except OSError as error:
         close_listeners(bound)
@@ -146,7 +150,6 @@ def _bind_unix(address: Address) -> socket.socket:
     sock = Listener(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError as error:
         sock.close()

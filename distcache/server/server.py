@@ -40,7 +40,7 @@ class Server:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self, sockets: list[socket.socket]) -> None:
-        """Start accepting on already bound, listening sockets (see ``bind_listeners``)."""
+        """Listen and accept on already bound sockets (see ``bind_listeners``)."""
         for sock in sockets:
             self._listeners.append(await serve_listener(sock, self._new_connection))
 

@@ -16,7 +16,7 @@ import time
 
 from ..address import Address
 from ..netio import ConnectError, open_connection
-from ..server.listeners import listener_options
+from ..server.listeners import BACKLOG, listener_options
 from ..tls import ClientTLSSetting
 from ..wire import Direction
 from .observer import ConnectionObserver, Emit
@@ -54,7 +54,9 @@ class Snooper:
             start = (
                 asyncio.start_unix_server if sock.family == socket.AF_UNIX else asyncio.start_server
             )
-            self._listeners.append(await start(self._accept, sock=sock, **listener_options(sock)))
+            self._listeners.append(
+                await start(self._accept, sock=sock, backlog=BACKLOG, **listener_options(sock))
+            )
 
     async def close(self) -> None:
         for listener in self._listeners:
