@@ -148,7 +148,9 @@ class _Reloadable:
     """The context built from ``files``, rebuilt by :meth:`reload` (the old one kept on failure)."""
 
     def __init__(self, files: TLSFiles) -> None:
-        self.files = TLSFiles(*(os.path.abspath(p) if p else None for p in _paths(files)))
+        # Absolute: a daemon has moved to / by the time a reload reads them again.
+        paths = (files.cert, files.key, files.ca)
+        self.files = TLSFiles(*(os.path.abspath(path) if path else None for path in paths))
         self._current = self._build(self.files)
 
     @staticmethod
@@ -165,11 +167,6 @@ class _Reloadable:
         return self._current
 
 
-def _paths(files: TLSFiles) -> tuple[str | None, str | None, str | None]:
-    # Absolute: a daemon changes its directory to / before a reload reads them again.
-    return files.cert, files.key, files.ca
-
-
 class ServerTLS(_Reloadable):
     """A server's TLS: :attr:`context` goes to the listeners, :meth:`reload` re-reads the files."""
 
@@ -179,10 +176,6 @@ class ServerTLS(_Reloadable):
         super().__init__(files)
         self.context = self._current
         self.context.sni_callback = self._select
-
-    @property
-    def requires_client_certificate(self) -> bool:
-        return self.context.verify_mode == ssl.CERT_REQUIRED
 
     def _select(self, connection: ssl.SSLObject, _name: str | None, _ctx: ssl.SSLContext) -> None:
         if self._current is not self.context:
