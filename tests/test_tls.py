@@ -335,3 +335,18 @@ def test_tls_addresses_parse_and_print_back():
     assert not parse_address("TLS:9001").can_connect
     assert parse_address("TLS:[::1]:1").family == socket.AF_INET6
     assert parse_address("IP:127.0.0.1:1") != parse_address("TLS:127.0.0.1:1")
+
+
+def test_ipv6_literals_are_verified_against_the_certificate(thread, pki):
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = start_server(thread, "TLS:[::1]:0", tls=ServerTLS(pki.server_files()))
+    except OSError as error:
+        pytest.skip(f"cannot listen on ::1: {error}")
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with Client(f"TLS:[::1]:{port}", tls=pki.client_files()) as client:
+            assert client.add(b"v6", b"over IPv6", 60_000)
+    finally:
+        thread.stop(server)
