@@ -153,6 +153,11 @@ class Probe:
             return False
         return True
 
+    @property
+    def can_half_close(self) -> bool:
+        """Whether this connection can shut down only its sending side (TLS cannot)."""
+        return self._writer.can_write_eof()
+
     def half_close(self) -> None:
         """Shut down our sending side (the peer reads end-of-file) and keep reading."""
         if self._writer.can_write_eof():
