@@ -22,13 +22,18 @@ def pki(tmp_path_factory) -> PKI:
     return PKI(tmp_path_factory.mktemp("pki"))
 
 
+def conformance(*args: str):
+    """``distcache conformance`` with a step timeout generous enough for a loaded machine."""
+    return distcache("conformance", "--timeout", "3", *args)
+
+
 def grades(result) -> dict[str, str]:
     report = json.loads(result.stdout)
     return {case["id"]: case["grade"] for case in report["results"]}
 
 
 def test_the_tls_profile_and_the_core_profile_over_tls_pass_in_process():
-    result = distcache("conformance", "--profile", "tls", "--format", "json")
+    result = conformance("--profile", "tls", "--format", "json")
     assert result.returncode == 0, result.stdout[-2000:]
     found = grades(result)
     tls_cases = [case for case in found if case.startswith("TLS-")]
@@ -38,14 +43,14 @@ def test_the_tls_profile_and_the_core_profile_over_tls_pass_in_process():
 
 def test_tls_cases_against_dc_server_started_with_throw_away_certificates():
     command = SERVER_CMD + TLS_FILES + " -tls-ca {tls_ca}"
-    result = distcache("conformance", "--case", "TLS", "--server-cmd", command, "--format", "json")
+    result = conformance("--case", "TLS", "--server-cmd", command, "--format", "json")
     assert result.returncode == 0, result.stdout[-2000:]
     assert set(grades(result).values()) == {"PASS"}
 
 
 def test_without_client_certificates_the_certificate_cases_are_unsupported():
     command = SERVER_CMD + TLS_FILES
-    result = distcache("conformance", "--case", "TLS", "--server-cmd", command, "--format", "json")
+    result = conformance("--case", "TLS", "--server-cmd", command, "--format", "json")
     found = grades(result)
     assert found["TLS-4/no-client-certificate-refused"] == "UNSUPPORTED"
     assert found["TLS-1/operations-inside-tls"] == "PASS"
@@ -55,7 +60,7 @@ def test_a_server_that_accepts_any_client_fails_the_certificate_cases(pki):
     # The runner is told client certificates are required (it has one); the server does not.
     address = f"TLS:127.0.0.1:{free_port()}"
     with dc_server(*pki.server_flags(mutual=False), listen=address):
-        result = distcache("conformance", "--case", "TLS-4", "--case", "TLS-5", address,
+        result = conformance("--case", "TLS-4", "--case", "TLS-5", address,
                            "--tls-cert", pki.client.cert, "--tls-key", pki.client.key,
                            "--tls-ca", pki.ca, "--format", "json")  # fmt: skip
     assert result.returncode == 1
@@ -67,7 +72,7 @@ def test_a_server_that_accepts_any_client_fails_the_certificate_cases(pki):
 def test_the_core_profile_passes_against_a_running_mutual_tls_dc_server(pki):
     address = f"TLS:127.0.0.1:{free_port()}"
     with dc_server(*pki.server_flags(), listen=address):
-        result = distcache("conformance", "--profile", "tls", address, "--tls-cert",
+        result = conformance("--profile", "tls", address, "--tls-cert",
                            pki.client.cert, "--tls-key", pki.client.key, "--tls-ca", pki.ca,
                            "--format", "json")  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:]
@@ -77,7 +82,7 @@ def test_the_core_profile_passes_against_a_running_mutual_tls_dc_server(pki):
 
 
 def test_tls_cases_are_unsupported_on_a_plain_target_and_tls_flags_need_a_tls_address(pki):
-    result = distcache("conformance", "--case", "TLS-1", "--format", "json")
+    result = conformance("--case", "TLS-1", "--format", "json")
     assert grades(result)["TLS-1/operations-inside-tls"] == "UNSUPPORTED"
-    result = distcache("conformance", "IP:127.0.0.1:1", "--tls-ca", pki.ca)
+    result = conformance("IP:127.0.0.1:1", "--tls-ca", pki.ca)
     assert result.returncode == 2 and b"apply to TLS:host:port" in result.stderr
