@@ -264,3 +264,32 @@ def test_dc_client_can_listen_on_tls_with_client_certificates(pki, tmp_path):
             process.terminate()
             process.wait(10)
             process.stderr.close()
+
+
+def test_workers_serve_tls_and_all_reload_on_sighup(pki, other_ca, tmp_path):
+    """dc_server -workers 2 on a TLS listener: each worker's own socket keeps the TLS, and the
+    supervisor passes SIGHUP on, so every worker serves the renewed certificate."""
+    from test_workers import children
+
+    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    tls = tls_address()
+    with dc_server("-tls-cert", str(cert), "-tls-key", str(key), "-log-level", "INFO",
+                   "-workers", "2", listen=tls) as server:  # fmt: skip
+        wait_for(lambda: len(children(server.pid)) == 3, "the workers did not start")
+        processes = children(server.pid)
+        with Client(tls, tls=TLSFiles(ca=pki.ca)) as first:
+            assert first.add(b"tls-workers", b"one cache", 60_000)
+        for _ in range(10):  # spread over both workers' sockets
+            with Client(tls, tls=TLSFiles(ca=pki.ca)) as other:
+                assert other.get(b"tls-workers") == b"one cache"
+        shutil.copy(other_ca.server.cert, cert)
+        shutil.copy(other_ca.server.key, key)
+        server.signal(signal.SIGHUP)
+        wait_for(lambda: server.stderr.count("reloaded") >= 3, "not every process reloaded")
+        assert "received SIGHUP: passed on to the workers" in server.stderr
+        for _ in range(10):
+            with Client(tls, tls=TLSFiles(ca=other_ca.ca)) as renewed:
+                assert renewed.get(b"tls-workers") == b"one cache"
+        assert children(server.pid) == processes  # reloaded, not restarted
