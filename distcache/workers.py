@@ -7,6 +7,8 @@ sockets, so the kernel spreads the accepts among them. From then on the parent o
 * a child that dies is logged and replaced; one that dies within ``MIN_UPTIME`` of its start
   waits before its replacement, twice as long each time up to ``MAX_BACKOFF``, so a crash loop
   costs little CPU and log space;
+* signals named in ``forwarded`` (SIGHUP where it re-reads the TLS files) are passed on to every
+  child;
 * SIGTERM and SIGINT (and SIGUSR1/SIGUSR2 when ``killable``) are forwarded to the children, stage
   by stage (stage 0 first), each stage given ``STOP_TIMEOUT`` seconds to stop before SIGKILL; the
   parent then runs its clean-up and exits 0. Each child has a process group of its own, so that
@@ -107,6 +109,7 @@ class Supervisor:
         on_started: Callable[[], None] | None = None,
         on_exit: Callable[[], None] | None = None,
         stop_requested: Callable[[], bool] | None = None,
+        forwarded: Sequence[int] = (),
         stop_timeout: float = STOP_TIMEOUT,
     ) -> None:
         names = [spec.name for spec in specs]
@@ -121,6 +124,8 @@ class Supervisor:
         #: Whether a stop signal came before the supervisor's own handlers were installed.
         self._stop_requested = stop_requested
         self._stop_timeout = stop_timeout
+        #: Signals passed on to every child without stopping (SIGHUP: re-read the TLS files).
+        self._forwarded = tuple(forwarded)
         self._signals: list[int] = []
         self._wake_read = self._wake_write = -1
         self._parent = 0
@@ -158,6 +163,10 @@ class Supervisor:
                 if signum in STOP_SIGNALS or (self._killable and signum in KILLABLE_SIGNALS):
                     log.info("received %s: stopping the workers", signal.Signals(signum).name)
                     return signum
+                if signum in self._forwarded:
+                    log.info("received %s: passed on to the workers", signal.Signals(signum).name)
+                    for pid in self.pids:
+                        _kill(pid, signum)
             self._reap()
             now = time.monotonic()
             for slot in self._slots:
@@ -270,7 +279,7 @@ class Supervisor:
     # -- signals ------------------------------------------------------------------------------
 
     def _handled(self) -> set[int]:
-        return {signal.SIGCHLD, *STOP_SIGNALS, *KILLABLE_SIGNALS}
+        return {signal.SIGCHLD, *STOP_SIGNALS, *KILLABLE_SIGNALS, *self._forwarded}
 
     def _install_signals(self) -> None:
         self._parent = os.getpid()

@@ -49,6 +49,7 @@ from ..protocol import (
     RequestTracker,
     encode_request,
 )
+from ..tls import ClientTLSSetting
 from ..wire import Direction, Status
 from .dial import dial
 
@@ -115,9 +116,12 @@ class UpstreamLink:
         *,
         retry_ms: int,
         max_in_flight: int,
+        tls: ClientTLSSetting = None,
         logger: logging.Logger = log,
     ) -> None:
         self.address = address
+        #: How a ``TLS:`` server is verified (a ClientTLS's reloads apply to the next connect).
+        self.tls = tls
         self.log = logger  # the user's logger: its messages say which program lost its server
         self.retry = retry_ms / 1000
         self.max_in_flight = max_in_flight
@@ -224,7 +228,12 @@ class UpstreamLink:
 
     async def _connect(self) -> None:
         try:
-            await dial(self.address, lambda: _UpstreamConnection(self), timeout=CONNECT_TIMEOUT)
+            await dial(
+                self.address,
+                lambda: _UpstreamConnection(self),
+                timeout=CONNECT_TIMEOUT,
+                tls=self.tls,
+            )
         except (ConnectError, OSError) as error:
             if not self._outage_logged:
                 self.log.warning(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import tempfile
 from dataclasses import replace
@@ -62,6 +63,8 @@ def run_workers(
     for sock in sockets:  # the pid file is written: clients may queue for the first worker
         sock.listen(BACKLOG)
     shares = listeners_per_worker(sockets, workers)
+    # SIGHUP re-reads the TLS files in every worker (the owner has none: harmless to it).
+    forwarded = (signal.SIGHUP,) if options.on_reload is not None else ()
     if type(store) is not MemoryStore:
         specs = [
             WorkerSpec(
@@ -75,6 +78,7 @@ def run_workers(
             killable=options.killable,
             on_started=options.on_ready,
             stop_requested=stop_requested_early,
+            forwarded=forwarded,
         )
         return supervisor.run()
     directory = tempfile.mkdtemp(prefix="distcache-")  # 0700: only this user reaches the owner
@@ -117,6 +121,7 @@ def run_workers(
         on_started=options.on_ready,
         on_exit=clean_up,
         stop_requested=stop_requested_early,
+        forwarded=forwarded,
     )
     return supervisor.run()
 
