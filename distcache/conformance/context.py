@@ -52,6 +52,8 @@ class CaseContext:
         self.proxy_setup = proxy_setup
         self._upstream_factory = upstream_factory
         self._cleanup: list = []
+        #: Which of the case's acceptable outcomes the target showed (see :meth:`outcome`).
+        self.seen_outcome: str | None = None
 
     # -- target -----------------------------------------------------------------------------
 
@@ -138,6 +140,12 @@ class CaseContext:
     @staticmethod
     def uid() -> int:
         return secrets.randbits(32)
+
+    def outcome(self, name: str) -> None:
+        """Record which of the case's declared acceptable outcomes was seen."""
+        if name not in self.case.outcomes:
+            raise RuntimeError(f"{self.case.id}: outcome {name!r} is not declared")
+        self.seen_outcome = name
 
     def fail(self, detail: str, requirement: str | None = None):
         raise CaseFailure(detail, requirement)

@@ -2,7 +2,9 @@
 
 A case is an async function taking a :class:`~distcache.conformance.context.CaseContext`. It
 returns when the target behaved acceptably and raises :class:`CaseFailure` (naming the requirement
-broken) when it did not. Each case declares the requirement ids it tests, its level, the profile it
+broken) when it did not. Where the spec allows more than one behaviour, the case declares the set
+of acceptable ``outcomes`` (as h2spec and tlsfuzzer do), accepts each of them, and says which one
+it saw (``ctx.outcome(name)``); the report shows it. Each case declares the requirement ids it tests, its level, the profile it
 belongs to, the kind of target it needs and what the target setup must offer (``needs``).
 """
 
@@ -67,6 +69,8 @@ class Case:
     #: Session ids the case names, when known: a "fresh" case may then share a server with other
     #: cases whose ids are disjoint (an empty cache is only needed for the ids it touches).
     touches: frozenset[bytes] | None = None
+    #: Every behaviour the spec allows here, when it allows more than one (names, in prose).
+    outcomes: tuple[str, ...] = ()
 
     @property
     def sessions(self) -> int | None:
@@ -112,6 +116,7 @@ def case(
     target: str = "server",
     slack: float = 0.0,
     steps: int = 8,
+    outcomes: tuple[str, ...] = (),
 ):
     """Register the decorated ``async def (ctx)`` as a conformance case."""
 
@@ -128,6 +133,7 @@ def case(
                 run=function,
                 slack=slack,
                 steps=steps,
+                outcomes=tuple(outcomes),
             )
         )
         return function

@@ -41,6 +41,9 @@ def result_record(result: CaseResult, spec_base: str) -> dict:
         record["requirement"] = requirement_info(_blamed(result), spec_base)
     if result.expected_failure:
         record["expected_failure"] = result.expected_failure
+    if case.outcomes:
+        record["acceptable_outcomes"] = list(case.outcomes)
+        record["outcome"] = result.outcome
     return record
 
 
@@ -118,6 +121,8 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
             if result.grade is Grade.PASS and not verbose:
                 continue
             lines.append(f"  {result.grade.value:<11} {result.case.id}  {result.case.title}")
+            if result.outcome:
+                lines.append(" " * 14 + f"outcome: {result.outcome}")
             if result.detail:
                 lines.extend(
                     textwrap.wrap(

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..netio import ConnectError
 from ..protocol import RemoteProtocolError
+from . import launch
 from .context import CaseContext
 from .grading import Grade, ImplementationProfile
 from .probe import WireLog
@@ -40,6 +41,7 @@ class CaseResult:
     duration_ms: float = 0.0
     wire: WireLog = field(default_factory=WireLog)
     expected_failure: str | None = None  # the implementation profile's reason
+    outcome: str | None = None  # which acceptable outcome the target showed, for such cases
 
 
 @dataclass
@@ -111,8 +113,12 @@ class Runner:
 
                 await asyncio.gather(*(one(c) for c in batch))
         finally:
-            if self.server is not None:
-                await self.server.close()
+            try:
+                if self.server is not None:
+                    await self.server.close()
+            finally:
+                # Whatever path the run took, no target it started outlives it.
+                await launch.stop_all()
         ordered = [results[c.id] for c in cases if c.id in results]
         return RunReport(
             target=target_description,
@@ -205,7 +211,7 @@ class Runner:
             return CaseResult(case, Grade.FAIL, f"malformed reply: {error}", "FRAME-1")
         except Exception as error:  # a defect of the case itself: report it, keep running
             return CaseResult(case, Grade.ERROR, f"internal error: {error!r}")
-        return CaseResult(case, Grade.PASS)
+        return CaseResult(case, Grade.PASS, outcome=context.seen_outcome)
 
     async def _check_target(
         self, case: Case, instance: Instance | None, result: CaseResult, owned: bool

@@ -1,0 +1,132 @@
+"""Target processes: started in their own process group, tracked, and always stopped.
+
+Every program the runner starts (servers, proxies, and whatever wrapper a command template
+names) runs in a new session, so stopping it stops the whole group, shell wrappers and their
+children included. Every such process is tracked here until it has been stopped, and every file
+the runner writes for its targets (logs, UNIX socket directories) lives in one temporary
+directory: :func:`stop_all` ends them all and removes it, whatever path the run took (a case
+deadline cancelling a start, a failed start, an exception of the runner, a signal).
+
+On Linux each target also asks the kernel to kill it if the runner dies without cleaning up
+(``PR_SET_PDEATHSIG``), and :func:`die_with_parent` lets the runner itself be told when its own
+parent goes away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
+import os
+import shutil
+import signal
+import sys
+import tempfile
+
+__all__ = ["die_with_parent", "scratch_directory", "spawn", "stop", "stop_all", "stop_all_now"]
+
+#: Seconds a target gets to exit after SIGTERM before its group is killed.
+STOP_GRACE = 2.0
+_PR_SET_PDEATHSIG = 1
+
+_live: set[asyncio.subprocess.Process] = set()
+_scratch: str | None = None
+
+
+def scratch_directory() -> str:
+    """The run's temporary directory (created on first use, removed by :func:`stop_all`)."""
+    global _scratch
+    if _scratch is None or not os.path.isdir(_scratch):
+        _scratch = tempfile.mkdtemp(prefix="distcache-conformance-")
+    return _scratch
+
+
+def _prctl():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    except OSError:
+        return None
+    return getattr(libc, "prctl", None)
+
+
+def die_with_parent(signum: int = signal.SIGTERM) -> bool:
+    """Ask the kernel to send ``signum`` to this process when its parent exits (Linux only)."""
+    prctl = _prctl()
+    return bool(prctl) and prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+
+
+def _in_child() -> None:
+    # Runs in the forked child before exec: killed with the runner if it dies uncleanly.
+    prctl = _prctl()
+    if prctl:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+async def spawn(argv: list[str], stderr_path: str) -> asyncio.subprocess.Process:
+    """Start ``argv`` in a new session with stderr into ``stderr_path``; tracked until stopped."""
+    with open(stderr_path, "wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,
+            preexec_fn=_in_child if sys.platform.startswith("linux") else None,
+        )
+    _live.add(process)
+    return process
+
+
+def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
+    # The process leads its own group (start_new_session): the group id is its pid.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+async def stop(process: asyncio.subprocess.Process) -> None:
+    """SIGTERM to the target's group, SIGKILL after a grace period; then forget it."""
+    try:
+        if process.returncode is None:
+            _signal_group(process, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), STOP_GRACE)
+            except TimeoutError:
+                _signal_group(process, signal.SIGKILL)
+                await process.wait()
+        # The leader has exited; anything it left in its group goes too.
+        _signal_group(process, signal.SIGKILL)
+    except asyncio.CancelledError:
+        stop_now(process)
+        raise
+    finally:
+        _live.discard(process)
+
+
+def stop_now(process: asyncio.subprocess.Process) -> None:
+    """Kill the target's group at once, without waiting (for paths that cannot await)."""
+    _signal_group(process, signal.SIGKILL)
+    _live.discard(process)
+
+
+async def stop_all() -> None:
+    """Stop every target still running and remove the run's temporary directory."""
+    for process in list(_live):
+        await stop(process)
+    _remove_scratch()
+
+
+def stop_all_now() -> None:
+    """:func:`stop_all` for an interpreter that is exiting: kill, don't wait."""
+    for process in list(_live):
+        stop_now(process)
+    _remove_scratch()
+
+
+def _remove_scratch() -> None:
+    global _scratch
+    if _scratch is not None:
+        shutil.rmtree(_scratch, ignore_errors=True)
+        _scratch = None
