@@ -24,7 +24,15 @@ import signal
 import sys
 import tempfile
 
-__all__ = ["die_with_parent", "scratch_directory", "spawn", "stop", "stop_all", "stop_all_now"]
+__all__ = [
+    "die_with_parent",
+    "scratch_directory",
+    "socket_path",
+    "spawn",
+    "stop",
+    "stop_all",
+    "stop_all_now",
+]
 
 #: Seconds a target gets to exit after SIGTERM before its group is killed.
 STOP_GRACE = 2.0
@@ -32,6 +40,9 @@ _PR_SET_PDEATHSIG = 1
 
 _live: set[asyncio.subprocess.Process] = set()
 _scratch: str | None = None
+_short: str | None = None  # for UNIX sockets when the scratch directory's path is too long
+#: Longest UNIX socket path most systems take (sun_path holds 108 bytes with its NUL on Linux).
+_SOCKET_PATH_MAX = 100
 
 
 def scratch_directory() -> str:
@@ -40,6 +51,18 @@ def scratch_directory() -> str:
     if _scratch is None or not os.path.isdir(_scratch):
         _scratch = tempfile.mkdtemp(prefix="distcache-conformance-")
     return _scratch
+
+
+def socket_path() -> str:
+    """A new path for a target's UNIX socket, short enough for ``sun_path``."""
+    global _short
+    name = f"s-{os.urandom(4).hex()}.sock"
+    path = os.path.join(scratch_directory(), name)
+    if len(os.fsencode(path)) <= _SOCKET_PATH_MAX:
+        return path
+    if _short is None or not os.path.isdir(_short):
+        _short = tempfile.mkdtemp(prefix="dc-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    return os.path.join(_short, name)
 
 
 def _prctl():
@@ -126,7 +149,8 @@ def stop_all_now() -> None:
 
 
 def _remove_scratch() -> None:
-    global _scratch
-    if _scratch is not None:
-        shutil.rmtree(_scratch, ignore_errors=True)
-        _scratch = None
+    global _scratch, _short
+    for directory in (_scratch, _short):
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+    _scratch = _short = None

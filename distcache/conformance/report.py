@@ -55,6 +55,10 @@ def render_json(report: RunReport, spec_base: str) -> str:
         "strict": report.strict,
         "duration_ms": round(report.duration_ms, 1),
         "stopped": report.stopped,
+        "verdict": report.verdict,
+        "complete": not report.not_run,
+        "not_run": report.not_run,
+        "exit_status": report.exit_status,
         "summary": report.summary(),
         "results": [result_record(r, spec_base) for r in report.results],
     }
@@ -152,4 +156,10 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
     )
     if report.stopped:
         lines.append(f"run stopped early: {report.stopped}")
+    if report.not_run:
+        lines.append(
+            f"INCOMPLETE: {report.not_run} of {len(report.results)} cases did not run "
+            "(UNSUPPORTED on this target setup); the verdict covers only the cases that ran"
+        )
+    lines.append(f"verdict: {report.verdict.upper()} (exit status {report.exit_status})")
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ from ..netio import ConnectError
 from ..protocol import RemoteProtocolError
 from . import launch
 from .context import CaseContext
+from .fresh_ids import IdReservations
 from .grading import Grade, ImplementationProfile
 from .probe import WireLog
 from .registry import PROFILES, Case, CaseFailure, Unsupported
@@ -26,10 +27,12 @@ from .requirements import level_of
 from .targets import Instance, ProxySetup, ServerSetup, TargetUnavailable
 from .upstream import FakeUpstream
 
-__all__ = ["CaseResult", "RunReport", "Runner"]
+__all__ = ["EXIT_STATUS", "CaseResult", "RunReport", "Runner"]
 
 #: Seconds added to every case's deadline for starting and stopping what it needs.
 DEADLINE_OVERHEAD = 3.0
+#: Exit status of a run by verdict (2 is a usage error, raised before any case runs).
+EXIT_STATUS = {"passed": 0, "failed": 1, "incomplete": 3}
 
 
 @dataclass
@@ -60,11 +63,27 @@ class RunReport:
         return counts
 
     @property
-    def exit_status(self) -> int:
+    def failed(self) -> bool:
         failing = {Grade.FAIL, Grade.ERROR, Grade.XPASS}
         if self.strict:
             failing.add(Grade.NON_STRICT)
-        return 1 if any(r.grade in failing for r in self.results) else 0
+        return any(r.grade in failing for r in self.results)
+
+    @property
+    def not_run(self) -> int:
+        """Cases that could not run against this target setup (graded UNSUPPORTED)."""
+        return sum(r.grade is Grade.UNSUPPORTED for r in self.results)
+
+    @property
+    def verdict(self) -> str:
+        """``failed``, else ``incomplete`` when some case did not run, else ``passed``."""
+        if self.failed:
+            return "failed"
+        return "incomplete" if self.not_run else "passed"
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.verdict]
 
 
 class Runner:
@@ -88,6 +107,7 @@ class Runner:
         self.on_result = on_result
         self._lost: str | None = None  # a fixed target stopped answering
         self._restart_lock = asyncio.Lock()
+        self._reservations = IdReservations()
         self._done = 0
         self._total = 0
 
@@ -145,7 +165,7 @@ class Runner:
     async def _attempt(self, case: Case, log: WireLog) -> CaseResult:
         if self._lost:
             return CaseResult(case, Grade.ERROR, f"not run: {self._lost}")
-        instance, owned, lent = None, False, False
+        instance, owned, lent, shared_ids = None, False, False, None
         try:
             if case.target == "proxy":
                 if self.proxy is None:
@@ -154,7 +174,11 @@ class Runner:
                 if self.server is None:
                     raise Unsupported("server cases need a server target")
                 if case.needs_fresh and case.touches is not None and case.sessions is None:
-                    instance, lent = await self.server.clean(case.touches), True
+                    if "fresh" in self.server.capabilities:
+                        instance, lent = await self.server.clean(case.touches), True
+                    else:
+                        # A running server: the case replays with fresh ids of its own instead.
+                        instance, shared_ids = await self.server.shared(), self._reservations
                 elif case.needs_fresh:
                     instance, owned = await self.server.fresh(case.sessions), True
                 else:
@@ -174,6 +198,7 @@ class Runner:
             log=log,
             proxy_setup=self.proxy,
             upstream_factory=FakeUpstream if self.proxy else None,
+            shared_ids=shared_ids,
         )
         try:
             result = await self._play(case, context)

@@ -267,8 +267,12 @@ def _listen_values(template: str) -> tuple[str, dict[str, str], list[str]]:
     ``{host}`` and ``{port}`` its parts, for programs with other command lines.
     """
     if "{path}" in template:
-        path = os.path.join(launch.scratch_directory(), f"target-{secrets.token_hex(6)}.sock")
+        path = launch.socket_path()
         address = f"UNIX:{path}"
+        try:
+            parse_address(address)
+        except AddressError as error:
+            raise TargetUnavailable(str(error)) from None
         return address, {"listen": address, "path": path, "host": "", "port": ""}, [path]
     address = free_tcp_address()
     host, port = address.split(":")[1:]

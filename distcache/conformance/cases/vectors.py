@@ -49,6 +49,7 @@ def _make_run(plan: VectorPlan):
             address = await t.start_proxy(upstream, **vector.proxy_timers)
         else:
             address = t.address
+            vector = await t.with_fresh_ids(vector)
         result = await replay(vector, address, step_timeout=t.timeout, log=t.log)
         if not result.passed:
             source = "reference recording" if plan.replaced else "legacy recording"
