@@ -180,12 +180,29 @@ def test_a_running_server_gets_a_real_verdict_twice_in_a_row(running_independent
 
 
 def test_an_incomplete_run_says_so_and_exits_3(running_independent_server, tmp_path):
-    # The capacity cases need a server of 64 sessions: not available from a running one.
+    # CACHE-5 needs a full cache of 64 sessions: not available from a running server.
     code, report, done = conformance(
-        running_independent_server, "--case", "CACHE-2", tmp_path=tmp_path
+        running_independent_server, "--case", "CACHE-5", tmp_path=tmp_path
     )
     assert code == 3 and report["verdict"] == "incomplete" and report["not_run"] >= 1
     assert "INCOMPLETE: " in done.stdout and "verdict: INCOMPLETE (exit status 3)" in done.stdout
+
+
+def test_eviction_order_is_judged_on_a_running_server_too(tmp_path):
+    """The running-server variant of CACHE-2 reads the capacity from behaviour: it passes the
+    correct servers (above) and fails one that evicts the most recently added sessions."""
+    address = free_tcp_address()
+    argv = [sys.executable, str(HERE / "faulty_servers.py"), "-listen", address]
+    process = subprocess.Popen([*argv, "-fault", "evict_wrong"], stderr=subprocess.DEVNULL)
+    try:
+        wait_accepting(int(address.rsplit(":", 1)[1]))
+        code, report, _ = conformance(address, "--case", "CACHE-2", tmp_path=tmp_path)
+    finally:
+        process.terminate()
+        process.wait(10)
+    (result,) = report["results"]
+    assert code == 1 and result["grade"] == "FAIL", result
+    assert result["requirement"]["id"] == "CACHE-2"
 
 
 def test_fresh_ids_keep_every_write_and_rename_every_id_consistently():

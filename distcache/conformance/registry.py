@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "Case",
     "CaseFailure",
     "Unsupported",
+    "add_running_variant",
     "all_cases",
     "case",
     "register",
@@ -71,6 +72,11 @@ class Case:
     touches: frozenset[bytes] | None = None
     #: Every behaviour the spec allows here, when it allows more than one (names, in prose).
     outcomes: tuple[str, ...] = ()
+    #: How to check the same rule on a running server the runner cannot give the fresh state
+    #: the case needs (it then runs alone, after the other cases of its profile).
+    running_variant: Callable[[Any], Awaitable[None]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def sessions(self) -> int | None:
@@ -139,6 +145,11 @@ def case(
         return function
 
     return decorate
+
+
+def add_running_variant(case_id: str, run: Callable[[Any], Awaitable[None]]) -> None:
+    """Give a registered case a variant for running servers (see :attr:`Case.running_variant`)."""
+    _REGISTRY[case_id] = replace(_REGISTRY[case_id], running_variant=run)
 
 
 def all_cases() -> list[Case]:

@@ -31,6 +31,8 @@ __all__ = ["EXIT_STATUS", "CaseResult", "RunReport", "Runner"]
 
 #: Seconds added to every case's deadline for starting and stopping what it needs.
 DEADLINE_OVERHEAD = 3.0
+#: Extra seconds for a running-server variant: it measures what it cannot be told (a capacity).
+RUNNING_VARIANT_SLACK = 60.0
 #: Exit status of a run by verdict (2 is a usage error, raised before any case runs).
 EXIT_STATUS = {"passed": 0, "failed": 1, "incomplete": 3}
 
@@ -131,7 +133,10 @@ class Runner:
                     if self.on_result:
                         self.on_result(result, self._done, self._total)
 
-                await asyncio.gather(*(one(c) for c in batch))
+                alone = [c for c in batch if self._variant_for(c) is not None]
+                await asyncio.gather(*(one(c) for c in batch if c not in alone))
+                for case in alone:  # they fill a shared cache: nothing else may run meanwhile
+                    await one(case)
         finally:
             try:
                 if self.server is not None:
@@ -151,6 +156,12 @@ class Runner:
 
     # -- one case ---------------------------------------------------------------------------
 
+    def _variant_for(self, case: Case):
+        """The case's running-server variant, when this setup cannot give it fresh state."""
+        if case.running_variant is None or case.target != "server" or self.server is None:
+            return None
+        return None if "fresh" in self.server.capabilities else case.running_variant
+
     async def _run_case(self, case: Case) -> CaseResult:
         started = time.monotonic()
         log = WireLog()
@@ -165,7 +176,7 @@ class Runner:
     async def _attempt(self, case: Case, log: WireLog) -> CaseResult:
         if self._lost:
             return CaseResult(case, Grade.ERROR, f"not run: {self._lost}")
-        instance, owned, lent, shared_ids = None, False, False, None
+        instance, owned, lent, shared_ids, play = None, False, False, None, case.run
         try:
             if case.target == "proxy":
                 if self.proxy is None:
@@ -173,7 +184,9 @@ class Runner:
             else:
                 if self.server is None:
                     raise Unsupported("server cases need a server target")
-                if case.needs_fresh and case.touches is not None and case.sessions is None:
+                if self._variant_for(case) is not None:
+                    instance, play = await self.server.shared(), case.running_variant
+                elif case.needs_fresh and case.touches is not None and case.sessions is None:
                     if "fresh" in self.server.capabilities:
                         instance, lent = await self.server.clean(case.touches), True
                     else:
@@ -201,7 +214,7 @@ class Runner:
             shared_ids=shared_ids,
         )
         try:
-            result = await self._play(case, context)
+            result = await self._play(case, context, play)
             if result.grade in (Grade.FAIL, Grade.NON_STRICT, Grade.ERROR):
                 result = await self._check_target(case, context.instance, result, owned or lent)
         finally:
@@ -212,10 +225,12 @@ class Runner:
                 self.server.release(instance)
         return result
 
-    async def _play(self, case: Case, context: CaseContext) -> CaseResult:
+    async def _play(self, case: Case, context: CaseContext, play) -> CaseResult:
         deadline = self.timeout * case.steps + case.slack + DEADLINE_OVERHEAD
+        if play is not case.run:
+            deadline += RUNNING_VARIANT_SLACK
         try:
-            await asyncio.wait_for(case.run(context), deadline)
+            await asyncio.wait_for(play(context), deadline)
         except CaseFailure as failure:
             requirement = failure.requirement or case.requirements[0]
             grade = Grade.FAIL if level_of(requirement, case.level) == "MUST" else Grade.NON_STRICT
