@@ -9,7 +9,9 @@ server does not make:
   arrived, not on that frame's header (FRAG-3 allows both);
 * the consistency of a continuation frame (uid, op_class, operation) is judged on its complete
   header, not byte by byte (FRAG-2 sets no moment);
-* replies are written one request at a time, as soon as each is executed.
+* replies are written one request at a time, as soon as each is executed;
+* with ``--drop-replies-on-error`` it also declines a SHOULD: the replies to requests that came
+  in the same read as a protocol error are not sent (CONN-7 recommends sending them).
 
 Run it like any target::
 
@@ -187,7 +189,7 @@ class Cache:
         return bytes((OK if self.live(payload) is not None else NOTOK,))
 
 
-async def serve_connection(cache: Cache, reader, writer) -> None:
+async def serve_connection(cache: Cache, reader, writer, drop_replies_on_error: bool) -> None:
     incoming = Reassembler()
     try:
         while True:
@@ -201,7 +203,8 @@ async def serve_connection(cache: Cache, reader, writer) -> None:
                 except ProtocolError as bad_payload:
                     error = str(bad_payload)
                     break
-                writer.write(frames(uid, operation, reply))
+                if not (error and drop_replies_on_error):
+                    writer.write(frames(uid, operation, reply))
             await writer.drain()
             if error:
                 break
@@ -217,6 +220,7 @@ async def main(argv: list[str]) -> int:
     options.add_argument("--port", type=int)
     options.add_argument("--unix", metavar="PATH")
     options.add_argument("--sessions", type=int, default=512)
+    options.add_argument("--drop-replies-on-error", action="store_true")
     args = options.parse_args(argv)
     if not MIN_SESSIONS <= args.sessions <= MAX_SESSIONS:
         print(f"--sessions must be {MIN_SESSIONS}..{MAX_SESSIONS}", file=sys.stderr)
@@ -224,7 +228,7 @@ async def main(argv: list[str]) -> int:
     cache = Cache(args.sessions)
 
     async def handle(reader, writer):
-        await serve_connection(cache, reader, writer)
+        await serve_connection(cache, reader, writer, args.drop_replies_on_error)
 
     if args.unix:
         server = await asyncio.start_unix_server(handle, path=args.unix)

@@ -106,6 +106,21 @@ def test_the_reference_server_shows_the_other_allowed_outcome(tmp_path):
     }
 
 
+def test_a_server_declining_a_should_passes_and_is_non_strict_in_strict_mode(tmp_path):
+    """CONN-7 only recommends answering the requests before a protocol error: a server that
+    does not is conforming, and the vectors that show it grade NON-STRICT, not FAIL."""
+    command = independent_cmd() + " --drop-replies-on-error"
+    args = ("--server-cmd", command, "--case", "vector/server-stream-03", "--case", "CONN-7")
+    code, report, _ = conformance(*args, tmp_path=tmp_path)
+    grades = {r["id"]: r["grade"] for r in report["results"]}
+    assert grades["vector/server-stream-038"] == grades["vector/server-stream-039"] == "NON-STRICT"
+    deviating = {"vector/server-stream-038", "vector/server-stream-039"}
+    assert {g for i, g in grades.items() if i not in deviating} == {"PASS"}
+    assert code == 0, not_passing(report)
+    code, _, _ = conformance(*args, "--profile", "all", tmp_path=tmp_path)
+    assert code == 1
+
+
 class _BlackHole:
     """A server that reads everything and never answers nor closes: ROBUST-3 must fail it."""
 

@@ -44,7 +44,8 @@ class CaseContext:
         log: WireLog,
         proxy_setup=None,
         upstream_factory=None,
-        shared_ids: IdReservations | None = None,
+        shared_ids: bool = False,
+        reservations: IdReservations | None = None,
     ):
         self.case = case
         self.instance = instance
@@ -59,6 +60,8 @@ class CaseContext:
         self.seen_outcome: str | None = None
         #: Set when a case that wants its ids unused runs on a shared server it cannot reset.
         self.shared_ids = shared_ids
+        #: Short ids held by the cases running now (the runner's, shared by all its cases).
+        self.reservations = reservations or IdReservations()
 
     # -- target -----------------------------------------------------------------------------
 
@@ -97,17 +100,18 @@ class CaseContext:
     def on_cleanup(self, coroutine_function) -> None:
         self._cleanup.append(coroutine_function)
 
-    async def with_fresh_ids(self, vector: Vector) -> Vector:
-        """``vector`` with fresh session ids, when the case runs on a shared server.
+    async def with_fresh_ids(self, vector: Vector, *, always: bool = False) -> Vector:
+        """``vector`` with fresh session ids, when the case runs on a shared server (or
+        ``always``: a second replay on a server the first one changed).
 
         Short ids (which chance alone cannot keep unique) are reserved for the case and removed
         from the server first, so the vector finds every id it names absent, as recorded.
         """
-        if self.shared_ids is None:
+        if not (self.shared_ids or always):
             return vector
-        fresh, mapping = with_fresh_ids(vector, self.shared_ids.draw)
+        fresh, mapping = with_fresh_ids(vector, self.reservations.draw)
         short = [new for new in mapping.values() if len(new) < SHORT_ID]
-        self.on_cleanup(_release(self.shared_ids, short))
+        self.on_cleanup(_release(self.reservations, short))
         self.log.event(0, f"shared server: {len(mapping)} session ids replaced by fresh ones")
         if short:
             probe = await self.connect()

@@ -38,12 +38,14 @@ _SESSIONS = re.compile(r"sessions:([0-9]+)")
 
 
 class CaseFailure(Exception):
-    """The target broke a requirement. ``requirement`` names it (default: the case's first)."""
+    """The target broke a requirement. ``requirement`` names it (default: the case's first);
+    ``level`` says which of its keywords was broken when it has both (default: its level)."""
 
-    def __init__(self, detail: str, requirement: str | None = None):
+    def __init__(self, detail: str, requirement: str | None = None, level: str | None = None):
         super().__init__(detail)
         self.detail = detail
         self.requirement = requirement
+        self.level = level
 
 
 class Unsupported(Exception):

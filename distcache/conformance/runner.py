@@ -176,7 +176,7 @@ class Runner:
     async def _attempt(self, case: Case, log: WireLog) -> CaseResult:
         if self._lost:
             return CaseResult(case, Grade.ERROR, f"not run: {self._lost}")
-        instance, owned, lent, shared_ids, play = None, False, False, None, case.run
+        instance, owned, lent, shared_ids, play = None, False, False, False, case.run
         try:
             if case.target == "proxy":
                 if self.proxy is None:
@@ -191,7 +191,7 @@ class Runner:
                         instance, lent = await self.server.clean(case.touches), True
                     else:
                         # A running server: the case replays with fresh ids of its own instead.
-                        instance, shared_ids = await self.server.shared(), self._reservations
+                        instance, shared_ids = await self.server.shared(), True
                 elif case.needs_fresh:
                     instance, owned = await self.server.fresh(case.sessions), True
                 else:
@@ -212,6 +212,7 @@ class Runner:
             proxy_setup=self.proxy,
             upstream_factory=FakeUpstream if self.proxy else None,
             shared_ids=shared_ids,
+            reservations=self._reservations,
         )
         try:
             result = await self._play(case, context, play)
@@ -233,7 +234,8 @@ class Runner:
             await asyncio.wait_for(play(context), deadline)
         except CaseFailure as failure:
             requirement = failure.requirement or case.requirements[0]
-            grade = Grade.FAIL if level_of(requirement, case.level) == "MUST" else Grade.NON_STRICT
+            level = failure.level or level_of(requirement, case.level)
+            grade = Grade.FAIL if level == "MUST" else Grade.NON_STRICT
             if case.level == "SHOULD" and requirement in case.requirements[:1]:
                 grade = Grade.NON_STRICT
             return CaseResult(case, grade, failure.detail, requirement)
