@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import os
 import shutil
 import signal
@@ -65,14 +65,15 @@ def socket_path() -> str:
     return os.path.join(_short, name)
 
 
+@functools.cache
 def _prctl():
+    """libc's prctl, loaded in this process (never in a forked child: loading may fork)."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    except OSError:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
         return None
-    return getattr(libc, "prctl", None)
 
 
 def die_with_parent(signum: int = signal.SIGTERM) -> bool:
@@ -81,15 +82,14 @@ def die_with_parent(signum: int = signal.SIGTERM) -> bool:
     return bool(prctl) and prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
 
 
-def _in_child() -> None:
+def _in_child(prctl) -> None:
     # Runs in the forked child before exec: killed with the runner if it dies uncleanly.
-    prctl = _prctl()
-    if prctl:
-        prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
 
 
 async def spawn(argv: list[str], stderr_path: str) -> asyncio.subprocess.Process:
     """Start ``argv`` in a new session with stderr into ``stderr_path``; tracked until stopped."""
+    prctl = _prctl()
     with open(stderr_path, "wb") as stderr:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -97,7 +97,7 @@ async def spawn(argv: list[str], stderr_path: str) -> asyncio.subprocess.Process
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
             start_new_session=True,
-            preexec_fn=_in_child if sys.platform.startswith("linux") else None,
+            preexec_fn=functools.partial(_in_child, prctl) if prctl else None,
         )
     _live.add(process)
     return process

@@ -214,7 +214,10 @@ def _tail(path: str | None, size: int = 200) -> str:
 async def _wait_until_accepting(instance: Instance, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
+    task = asyncio.current_task()
     while loop.time() < deadline:
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError  # a cancellation some await swallowed: honour it
         if instance.exit_status() is not None:
             raise TargetUnavailable(f"{what} exited at start-up: {instance.crash_description()}")
         if await instance.reachable(0.5):
