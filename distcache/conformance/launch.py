@@ -1,8 +1,8 @@
 """Target processes: started in their own process group, tracked, and always stopped.
 
 Every program the runner starts (servers, proxies, and whatever wrapper a command template
-names) runs in a new session, so stopping it stops the whole group, shell wrappers and their
-children included. Every such process is tracked here until it has been stopped, and every file
+names) leads a process group of its own, so stopping it stops the whole group, shell wrappers
+and their children included. Every such process is tracked here until it has been stopped, and every file
 the runner writes for its targets (logs, UNIX socket directories) lives in one temporary
 directory: :func:`stop_all` ends them all and removes it, whatever path the run took (a case
 deadline cancelling a start, a failed start, an exception of the runner, a signal).
@@ -88,7 +88,9 @@ def _in_child(prctl) -> None:
 
 
 async def spawn(argv: list[str], stderr_path: str) -> asyncio.subprocess.Process:
-    """Start ``argv`` in a new session with stderr into ``stderr_path``; tracked until stopped."""
+    """Start ``argv`` in a process group of its own, stderr into ``stderr_path``; tracked until
+    stopped. (A group, not a new session: the target stays in the runner's session, as it would
+    when started by hand.)"""
     prctl = _prctl()
     with open(stderr_path, "wb") as stderr:
         process = await asyncio.create_subprocess_exec(
@@ -96,7 +98,7 @@ async def spawn(argv: list[str], stderr_path: str) -> asyncio.subprocess.Process
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
-            start_new_session=True,
+            process_group=0,
             preexec_fn=functools.partial(_in_child, prctl) if prctl else None,
         )
     _live.add(process)
@@ -104,9 +106,13 @@ async def spawn(argv: list[str], stderr_path: str) -> asyncio.subprocess.Process
 
 
 def _signal_group(process: asyncio.subprocess.Process, signum: int) -> None:
-    # The process leads its own group (start_new_session): the group id is its pid.
+    # The process leads its own group (process_group=0): the group id is its pid. It is also
+    # signalled itself, in case it left that group (a target that daemonizes).
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signum)
+    if process.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            process.send_signal(signum)
 
 
 async def stop(process: asyncio.subprocess.Process) -> None:
