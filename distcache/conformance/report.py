@@ -136,7 +136,9 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
             if result.grade in _NOT_OK:
                 info = requirement_info(_blamed(result), spec_base)
                 if info["text"]:
-                    quote = f"{info['id']} ({info['level']}): {info['text']}"
+                    # A requirement with both keywords: NON-STRICT means its SHOULD was missed.
+                    level = "SHOULD" if result.grade is Grade.NON_STRICT else info["level"]
+                    quote = f"{info['id']} ({level}): {info['text']}"
                     lines.extend(
                         textwrap.wrap(
                             quote,
