@@ -1,8 +1,10 @@
 """The runner: plays cases against a target setup, grades them, and never hangs.
 
 Cases that share a target run concurrently (each on its own connections with its own random ids);
-cases needing fresh state get their own instance; the robustness profile runs last and one case at
-a time, because it may crash the target. Every case has a global deadline. A crash (process exit)
+cases needing fresh state get their own instance, or, against a running server that cannot give
+fresh state, replay with fresh ids of their own (:mod:`.fresh_ids`) or run their running-server
+variant alone after the others; the robustness profile runs last and one case at a time, because
+it may crash the target. The verdict is passed, failed or incomplete (some case could not run). Every case has a global deadline. A crash (process exit)
 is detected and the target restarted when the setup can; a fixed target that stops answering ends
 the run cleanly, the remaining cases graded ERROR.
 """
