@@ -286,6 +286,15 @@ def test_ports_are_drawn_from_the_given_range(tmp_path):
     assert len(ports) >= 2 and all(low <= p <= low + 99 for p in ports), ports
 
 
+def test_a_proxy_template_may_spell_addresses_as_hosts_and_ports(tmp_path):
+    proxy = (
+        f"{PYTHON} -m distcache.cli.dc_client -listen IP:{{host}}:{{port}} "
+        "-server IP:{upstream_host}:{upstream_port} -retry {retry_ms}"
+    )
+    code, report, done = conformance("--proxy-cmd", proxy, "--case", "PROXY-3", tmp_path=tmp_path)
+    assert report["results"] and code == 0, not_passing(report) or done.stderr
+
+
 @pytest.mark.parametrize("ports", ["9000", "9000-", "x-y", "0-10", "10-5", "65000-70000"])
 def test_a_bad_port_range_is_a_usage_error(ports, tmp_path):
     code, _, done = conformance("--ports", ports, "--case", "GET", tmp_path=tmp_path)
