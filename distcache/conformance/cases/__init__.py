@@ -9,6 +9,7 @@ from . import (
     operations,
     proxy,
     robustness,
+    tls,
     vectors,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "operations",
     "proxy",
     "robustness",
+    "tls",
     "vectors",
 ]

@@ -46,15 +46,16 @@ def _make_run(plan: VectorPlan):
                 upstream = await t.reference_upstream(vector.sessions)
             else:
                 upstream = t.absent_upstream()
-            address = await t.start_proxy(upstream, **vector.proxy_timers)
+            address, tls = await t.start_proxy(upstream, **vector.proxy_timers), None
         else:
-            address = t.address
+            address, tls = t.address, t.tls
             vector = await t.with_fresh_ids(vector)
-        result = await replay(vector, address, step_timeout=t.timeout, log=t.log)
+        result = await replay(vector, address, step_timeout=t.timeout, log=t.log, tls=tls)
         if not result.passed and plan.should_deviation:
             # The legacy recording is allowed too; replayed with ids of its own.
             legacy = await t.with_fresh_ids(plan.legacy, always=True)
-            if (await replay(legacy, address, step_timeout=t.timeout, log=t.log)).passed:
+            again = await replay(legacy, address, step_timeout=t.timeout, log=t.log, tls=tls)
+            if again.passed:
                 raise CaseFailure(
                     f"{result.mismatch.describe()} (reference recording); the target behaves as "
                     f"the legacy recording does, which meets the MUSTs but not a SHOULD of "
