@@ -262,7 +262,10 @@ async def open_connection(
     else:
         attempt = asyncio.open_unix_connection(address.path, **stream_options)
     try:
-        reader, writer = await asyncio.wait_for(attempt, timeout)
+        # Not asyncio.wait_for: before 3.12 it can swallow a cancellation that arrives as the
+        # attempt fails (a refused connection), and the caller's deadline is then lost.
+        async with asyncio.timeout(timeout):
+            reader, writer = await attempt
     except asyncio.TimeoutError:  # noqa: UP041 - not the builtin TimeoutError before 3.11
         raise ConnectError(
             f"connecting to '{address}' timed out after {timeout} s", errno.ETIMEDOUT

@@ -102,7 +102,7 @@ def test_without_idle_ms_only_the_idle_vectors_are_unsupported(tmp_path):
     assert unsupported == {"vector/proxy-errors-014", "vector/proxy-errors-015"}
     assert all("{idle_ms}" in results[i]["detail"] for i in unsupported)
     assert {r["grade"] for i, r in results.items() if i not in unsupported} == {"PASS"}
-    assert code == 0
+    assert code == 3  # incomplete: two cases could not run
 
 
 # A server standing in for a proxy (it ignores the upstream) is transparent enough for these

@@ -75,8 +75,9 @@ def test_the_core_profile_passes_against_a_running_mutual_tls_dc_server(pki):
         result = conformance("--profile", "tls", address, "--tls-cert",
                            pki.client.cert, "--tls-key", pki.client.key, "--tls-ca", pki.ca,
                            "--format", "json")  # fmt: skip
-    assert result.returncode == 0, result.stdout[-2000:]
+    assert result.returncode == 3, result.stdout[-2000:]  # incomplete: some cases cannot run
     found = grades(result)
+    assert {"FAIL", "ERROR", "XPASS"}.isdisjoint(found.values())
     assert found["TLS-4/no-client-certificate-refused"] == "PASS"
     assert found["TLS-5/expired-certificate-refused"] == "UNSUPPORTED"  # not the runner's CA
 

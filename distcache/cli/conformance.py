@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
 from pathlib import Path
 
@@ -21,9 +22,11 @@ def register(subparsers) -> None:
         help="run the conformance suite against a server or proxy",
         description=(
             "Run the conformance suite. Without a target, the reference server is started "
-            "in-process. Exit status: 0 when no MUST requirement fails (with --profile strict "
-            "or all, no SHOULD either), 1 when one fails or the target crashed, hung or flooded, "
-            "2 for usage errors or a target unreachable from the start."
+            "in-process. Exit status: 0 passed (every selected case ran and no MUST failed; "
+            "with --profile strict or all, no SHOULD either), 1 failed (a requirement failed or "
+            "the target crashed, hung or flooded), 2 usage error or a target unreachable from "
+            "the start, 3 incomplete (nothing failed, but some cases could not run against "
+            "this target setup), 128+N stopped by signal N."
         ),
     )
     parser.add_argument(
@@ -36,7 +39,9 @@ def register(subparsers) -> None:
         "--server-cmd",
         metavar="CMD",
         help=(
-            'start the server under test: e.g. "dc_server -listen {listen} -sessions {sessions}"; '
+            "start the server under test; where it listens is {listen} (distcache syntax), "
+            "{host} and {port}, or {path} (a UNIX socket); its capacity {sessions}: e.g. "
+            '"dc_server -listen {listen} -sessions {sessions}" or "myserver --port {port}"; '
             "with {tls_cert}, {tls_key} and {tls_ca} it gets certificates from a throw-away CA "
             "and {listen} is a TLS: address"
         ),
@@ -45,10 +50,19 @@ def register(subparsers) -> None:
         "--proxy-cmd",
         metavar="CMD",
         help=(
-            "test a proxy, started per case from this template: {listen} and {upstream} are "
-            "required, {retry_ms} and {idle_ms} optional (cases that need an idle limit are "
-            'UNSUPPORTED without {idle_ms}); e.g. "dc_client -listen {listen} -server {upstream} '
+            "test a proxy, started per case from this template: where it listens as for "
+            "--server-cmd, its upstream as {upstream} (or {upstream_host} and {upstream_port}), "
+            "{retry_ms} and {idle_ms} optional (cases that need an idle limit are UNSUPPORTED "
+            'without {idle_ms}); e.g. "dc_client -listen {listen} -server {upstream} '
             '-retry {retry_ms} -idle {idle_ms}"'
+        ),
+    )
+    parser.add_argument(
+        "--ports",
+        metavar="LOW-HIGH",
+        help=(
+            "draw every port the runner listens on or gives a target from this range "
+            "(e.g. 40000-40999; default: below the kernel's automatic range)"
         ),
     )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
@@ -133,6 +147,8 @@ def run(args) -> int:
         raise UsageError("--jobs must be at least 1")
     if args.address and args.server_cmd:
         raise UsageError("give either ADDR or --server-cmd, not both")
+    if args.ports:
+        _confine_ports(args.ports)
     try:
         cases = all_cases()
     except VectorFormatError as error:
@@ -150,7 +166,58 @@ def run(args) -> int:
         except ProfileError as error:
             raise UsageError(str(error)) from None
     selected = _select(cases, args)
-    return asyncio.run(_run(args, selected, implementation))
+    return _run_until_stopped(args, selected, implementation)
+
+
+def _confine_ports(text: str) -> None:
+    from ..conformance.targets import confine_ports
+
+    low, dash, high = text.partition("-")
+    try:
+        confine_ports(int(low), int(high))
+    except ValueError as error:
+        reason = str(error) if dash and low.isdigit() and high.isdigit() else "use LOW-HIGH"
+        raise UsageError(f"--ports {text}: {reason}") from None
+
+
+#: Signals that stop a run; every target it started is stopped with it.
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _run_until_stopped(args, selected, implementation) -> int:
+    """Run the suite; on SIGINT, SIGTERM, SIGHUP or the death of our parent, stop every target
+    the run started, remove its files, and exit 128 + the signal number."""
+    from ..conformance import launch
+
+    launch.die_with_parent(signal.SIGTERM)
+    received: list[int] = []
+
+    async def main() -> int:
+        task = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+
+        def stop(signum: int) -> None:
+            received.append(signum)
+            task.cancel()
+
+        for signum in _STOP_SIGNALS:
+            loop.add_signal_handler(signum, stop, signum)
+        try:
+            return await _run(args, selected, implementation)
+        except asyncio.CancelledError:
+            if not received:
+                raise
+            return 128 + received[0]
+        finally:
+            await launch.stop_all()
+
+    try:
+        status = asyncio.run(main())
+    finally:
+        launch.stop_all_now()  # nothing is left by now; a safety net for unexpected exits
+    if received:
+        print(f"stopped by signal {signal.Signals(received[0]).name}", file=sys.stderr)
+    return status
 
 
 async def _run(args, selected, implementation) -> int:
@@ -164,6 +231,7 @@ async def _run(args, selected, implementation) -> int:
         TargetUnavailable,
     )
 
+    server = None
     try:
         proxy = ProxySetup(args.proxy_cmd) if args.proxy_cmd else None
         files = files_from(args)
@@ -182,6 +250,8 @@ async def _run(args, selected, implementation) -> int:
             shared = await server.shared()  # unreachable from the start: a usage-level error
             tls_target = shared.address.startswith("TLS:")
     except TargetUnavailable as error:
+        if server is not None:
+            await server.close()  # what it made so far (a throw-away CA's files)
         raise UsageError(str(error)) from None
     explicit = bool(args.case)
     kinds = ({"server"} if server else set()) | ({"proxy"} if proxy else set())

@@ -20,9 +20,11 @@ from ..protocol import (
     remove_request,
 )
 from ..wire import PROTOCOL_LEVEL, Operation, Status
+from .fresh_ids import SHORT_ID, IdReservations, with_fresh_ids
 from .probe import Probe, ProbeError, WireLog
 from .registry import Case, CaseFailure, Unsupported
 from .targets import InProcessSetup, Instance, RefusingAddress, TargetUnavailable
+from .vectors import Vector
 
 __all__ = ["CaseContext"]
 
@@ -42,6 +44,8 @@ class CaseContext:
         log: WireLog,
         proxy_setup=None,
         upstream_factory=None,
+        shared_ids: bool = False,
+        reservations: IdReservations | None = None,
     ):
         self.case = case
         self.instance = instance
@@ -52,6 +56,12 @@ class CaseContext:
         self.proxy_setup = proxy_setup
         self._upstream_factory = upstream_factory
         self._cleanup: list = []
+        #: Which of the case's acceptable outcomes the target showed (see :meth:`outcome`).
+        self.seen_outcome: str | None = None
+        #: Set when a case that wants its ids unused runs on a shared server it cannot reset.
+        self.shared_ids = shared_ids
+        #: Short ids held by the cases running now (the runner's, shared by all its cases).
+        self.reservations = reservations or IdReservations()
 
     # -- target -----------------------------------------------------------------------------
 
@@ -99,6 +109,31 @@ class CaseContext:
 
     def on_cleanup(self, coroutine_function) -> None:
         self._cleanup.append(coroutine_function)
+
+    async def with_fresh_ids(self, vector: Vector, *, always: bool = False) -> Vector:
+        """``vector`` with fresh session ids, when the case runs on a shared server (or
+        ``always``: a second replay on a server the first one changed).
+
+        Short ids (which chance alone cannot keep unique) are reserved for the case and removed
+        from the server first, so the vector finds every id it names absent, as recorded.
+        """
+        if not (self.shared_ids or always):
+            return vector
+        fresh, mapping = with_fresh_ids(vector, self.reservations.draw)
+        short = [new for new in mapping.values() if len(new) < SHORT_ID]
+        self.on_cleanup(_release(self.reservations, short))
+        self.log.event(0, f"shared server: {len(mapping)} session ids replaced by fresh ones")
+        if short:
+            probe = await self.connect()
+            uids = [self.uid() for _ in short]
+            await probe.send(
+                b"".join(remove_request(u, i) for u, i in zip(uids, short, strict=True))
+            )
+            for uid in uids:
+                reply = await self.response(probe)
+                self.check_header(reply, uid, Operation.REMOVE)
+            await probe.aclose()
+        return fresh
 
     # -- proxies ----------------------------------------------------------------------------
 
@@ -148,6 +183,12 @@ class CaseContext:
     @staticmethod
     def uid() -> int:
         return secrets.randbits(32)
+
+    def outcome(self, name: str) -> None:
+        """Record which of the case's declared acceptable outcomes was seen."""
+        if name not in self.case.outcomes:
+            raise RuntimeError(f"{self.case.id}: outcome {name!r} is not declared")
+        self.seen_outcome = name
 
     def fail(self, detail: str, requirement: str | None = None):
         raise CaseFailure(detail, requirement)
@@ -287,6 +328,13 @@ class CaseContext:
             self.fail(f"{what}: cannot connect any more: {error}", requirement)
         reply = await self.have(probe, self.new_id())
         self.expect_status(reply, [Status.NOTOK], what, requirement)
+
+
+def _release(reservations: IdReservations, ids: list[bytes]):
+    async def release() -> None:
+        reservations.release(ids)
+
+    return release
 
 
 def _status_name(code: int) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError, have_request
 from ..wire import HEADER_SIZE, PROTOCOL_LEVEL, Direction, fastcodec
+from . import launch
 from .probe import Probe
 from .targets import InProcessSetup, ProxySetup, RefusingAddress, TargetUnavailable
 from .vectors import (
@@ -201,6 +202,13 @@ def _vector_json(vector: Vector) -> dict:
 
 
 async def _record_all(directory: Path, timeout: float) -> int:
+    try:
+        return await _record_each(directory, timeout)
+    finally:
+        await launch.stop_all()  # no proxy left running, no temporary file left behind
+
+
+async def _record_each(directory: Path, timeout: float) -> int:
     servers, proxies = InProcessSetup(), ProxySetup(REFERENCE_PROXY_COMMAND)
     count = 0
     directory.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 
 A case is an async function taking a :class:`~distcache.conformance.context.CaseContext`. It
 returns when the target behaved acceptably and raises :class:`CaseFailure` (naming the requirement
-broken) when it did not. Each case declares the requirement ids it tests, its level, the profile it
+broken) when it did not. Where the spec allows more than one behaviour, the case declares the set
+of acceptable ``outcomes`` (as h2spec and tlsfuzzer do), accepts each of them, and says which one
+it saw (``ctx.outcome(name)``); the report shows it. Each case declares the requirement ids it tests, its level, the profile it
 belongs to, the kind of target it needs and what the target setup must offer (``needs``).
 """
 
@@ -10,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "Case",
     "CaseFailure",
     "Unsupported",
+    "add_running_variant",
     "all_cases",
     "case",
     "register",
@@ -36,12 +39,14 @@ _SESSIONS = re.compile(r"sessions:([0-9]+)")
 
 
 class CaseFailure(Exception):
-    """The target broke a requirement. ``requirement`` names it (default: the case's first)."""
+    """The target broke a requirement. ``requirement`` names it (default: the case's first);
+    ``level`` says which of its keywords was broken when it has both (default: its level)."""
 
-    def __init__(self, detail: str, requirement: str | None = None):
+    def __init__(self, detail: str, requirement: str | None = None, level: str | None = None):
         super().__init__(detail)
         self.detail = detail
         self.requirement = requirement
+        self.level = level
 
 
 class Unsupported(Exception):
@@ -68,6 +73,13 @@ class Case:
     #: Session ids the case names, when known: a "fresh" case may then share a server with other
     #: cases whose ids are disjoint (an empty cache is only needed for the ids it touches).
     touches: frozenset[bytes] | None = None
+    #: Every behaviour the spec allows here, when it allows more than one (names, in prose).
+    outcomes: tuple[str, ...] = ()
+    #: How to check the same rule on a running server the runner cannot give the fresh state
+    #: the case needs (it then runs alone, after the other cases of its profile).
+    running_variant: Callable[[Any], Awaitable[None]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     @property
     def sessions(self) -> int | None:
@@ -113,6 +125,7 @@ def case(
     target: str = "server",
     slack: float = 0.0,
     steps: int = 8,
+    outcomes: tuple[str, ...] = (),
 ):
     """Register the decorated ``async def (ctx)`` as a conformance case."""
 
@@ -129,11 +142,17 @@ def case(
                 run=function,
                 slack=slack,
                 steps=steps,
+                outcomes=tuple(outcomes),
             )
         )
         return function
 
     return decorate
+
+
+def add_running_variant(case_id: str, run: Callable[[Any], Awaitable[None]]) -> None:
+    """Give a registered case a variant for running servers (see :attr:`Case.running_variant`)."""
+    _REGISTRY[case_id] = replace(_REGISTRY[case_id], running_variant=run)
 
 
 def all_cases() -> list[Case]:

@@ -41,6 +41,9 @@ def result_record(result: CaseResult, spec_base: str) -> dict:
         record["requirement"] = requirement_info(_blamed(result), spec_base)
     if result.expected_failure:
         record["expected_failure"] = result.expected_failure
+    if case.outcomes:
+        record["acceptable_outcomes"] = list(case.outcomes)
+        record["outcome"] = result.outcome
     return record
 
 
@@ -52,6 +55,10 @@ def render_json(report: RunReport, spec_base: str) -> str:
         "strict": report.strict,
         "duration_ms": round(report.duration_ms, 1),
         "stopped": report.stopped,
+        "verdict": report.verdict,
+        "complete": not report.not_run,
+        "not_run": report.not_run,
+        "exit_status": report.exit_status,
         "summary": report.summary(),
         "results": [result_record(r, spec_base) for r in report.results],
     }
@@ -118,6 +125,8 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
             if result.grade is Grade.PASS and not verbose:
                 continue
             lines.append(f"  {result.grade.value:<11} {result.case.id}  {result.case.title}")
+            if result.outcome:
+                lines.append(" " * 14 + f"outcome: {result.outcome}")
             if result.detail:
                 lines.extend(
                     textwrap.wrap(
@@ -127,7 +136,9 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
             if result.grade in _NOT_OK:
                 info = requirement_info(_blamed(result), spec_base)
                 if info["text"]:
-                    quote = f"{info['id']} ({info['level']}): {info['text']}"
+                    # A requirement with both keywords: NON-STRICT means its SHOULD was missed.
+                    level = "SHOULD" if result.grade is Grade.NON_STRICT else info["level"]
+                    quote = f"{info['id']} ({level}): {info['text']}"
                     lines.extend(
                         textwrap.wrap(
                             quote,
@@ -147,4 +158,10 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
     )
     if report.stopped:
         lines.append(f"run stopped early: {report.stopped}")
+    if report.not_run:
+        lines.append(
+            f"INCOMPLETE: {report.not_run} of {len(report.results)} cases did not run "
+            "(UNSUPPORTED on this target setup); the verdict covers only the cases that ran"
+        )
+    lines.append(f"verdict: {report.verdict.upper()} (exit status {report.exit_status})")
     return "\n".join(lines) + "\n"

@@ -1,8 +1,10 @@
 """The runner: plays cases against a target setup, grades them, and never hangs.
 
 Cases that share a target run concurrently (each on its own connections with its own random ids);
-cases needing fresh state get their own instance; the robustness profile runs last and one case at
-a time, because it may crash the target. Every case has a global deadline. A crash (process exit)
+cases needing fresh state get their own instance, or, against a running server that cannot give
+fresh state, replay with fresh ids of their own (:mod:`.fresh_ids`) or run their running-server
+variant alone after the others; the robustness profile runs last and one case at a time, because
+it may crash the target. The verdict is passed, failed or incomplete (some case could not run). Every case has a global deadline. A crash (process exit)
 is detected and the target restarted when the setup can; a fixed target that stops answering ends
 the run cleanly, the remaining cases graded ERROR.
 """
@@ -17,7 +19,9 @@ from dataclasses import dataclass, field
 
 from ..netio import ConnectError
 from ..protocol import RemoteProtocolError
+from . import launch
 from .context import CaseContext
+from .fresh_ids import IdReservations
 from .grading import Grade, ImplementationProfile
 from .probe import WireLog
 from .registry import PROFILES, Case, CaseFailure, Unsupported
@@ -25,10 +29,14 @@ from .requirements import level_of
 from .targets import Instance, ProxySetup, ServerSetup, TargetUnavailable
 from .upstream import FakeUpstream
 
-__all__ = ["CaseResult", "RunReport", "Runner"]
+__all__ = ["EXIT_STATUS", "CaseResult", "RunReport", "Runner"]
 
 #: Seconds added to every case's deadline for starting and stopping what it needs.
 DEADLINE_OVERHEAD = 3.0
+#: Extra seconds for a running-server variant: it measures what it cannot be told (a capacity).
+RUNNING_VARIANT_SLACK = 60.0
+#: Exit status of a run by verdict (2 is a usage error, raised before any case runs).
+EXIT_STATUS = {"passed": 0, "failed": 1, "incomplete": 3}
 
 
 @dataclass
@@ -40,6 +48,7 @@ class CaseResult:
     duration_ms: float = 0.0
     wire: WireLog = field(default_factory=WireLog)
     expected_failure: str | None = None  # the implementation profile's reason
+    outcome: str | None = None  # which acceptable outcome the target showed, for such cases
 
 
 @dataclass
@@ -58,11 +67,27 @@ class RunReport:
         return counts
 
     @property
-    def exit_status(self) -> int:
+    def failed(self) -> bool:
         failing = {Grade.FAIL, Grade.ERROR, Grade.XPASS}
         if self.strict:
             failing.add(Grade.NON_STRICT)
-        return 1 if any(r.grade in failing for r in self.results) else 0
+        return any(r.grade in failing for r in self.results)
+
+    @property
+    def not_run(self) -> int:
+        """Cases that could not run against this target setup (graded UNSUPPORTED)."""
+        return sum(r.grade is Grade.UNSUPPORTED for r in self.results)
+
+    @property
+    def verdict(self) -> str:
+        """``failed``, else ``incomplete`` when some case did not run, else ``passed``."""
+        if self.failed:
+            return "failed"
+        return "incomplete" if self.not_run else "passed"
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.verdict]
 
 
 class Runner:
@@ -86,6 +111,7 @@ class Runner:
         self.on_result = on_result
         self._lost: str | None = None  # a fixed target stopped answering
         self._restart_lock = asyncio.Lock()
+        self._reservations = IdReservations()
         self._done = 0
         self._total = 0
 
@@ -109,10 +135,17 @@ class Runner:
                     if self.on_result:
                         self.on_result(result, self._done, self._total)
 
-                await asyncio.gather(*(one(c) for c in batch))
+                alone = [c for c in batch if self._variant_for(c) is not None]
+                await asyncio.gather(*(one(c) for c in batch if c not in alone))
+                for case in alone:  # they fill a shared cache: nothing else may run meanwhile
+                    await one(case)
         finally:
-            if self.server is not None:
-                await self.server.close()
+            try:
+                if self.server is not None:
+                    await self.server.close()
+            finally:
+                # Whatever path the run took, no target it started outlives it.
+                await launch.stop_all()
         ordered = [results[c.id] for c in cases if c.id in results]
         return RunReport(
             target=target_description,
@@ -124,6 +157,12 @@ class Runner:
         )
 
     # -- one case ---------------------------------------------------------------------------
+
+    def _variant_for(self, case: Case):
+        """The case's running-server variant, when this setup cannot give it fresh state."""
+        if case.running_variant is None or case.target != "server" or self.server is None:
+            return None
+        return None if "fresh" in self.server.capabilities else case.running_variant
 
     async def _run_case(self, case: Case) -> CaseResult:
         started = time.monotonic()
@@ -139,7 +178,7 @@ class Runner:
     async def _attempt(self, case: Case, log: WireLog) -> CaseResult:
         if self._lost:
             return CaseResult(case, Grade.ERROR, f"not run: {self._lost}")
-        instance, owned, lent = None, False, False
+        instance, owned, lent, shared_ids, play = None, False, False, False, case.run
         try:
             if case.target == "proxy":
                 if self.proxy is None:
@@ -147,8 +186,14 @@ class Runner:
             else:
                 if self.server is None:
                     raise Unsupported("server cases need a server target")
-                if case.needs_fresh and case.touches is not None and case.sessions is None:
-                    instance, lent = await self.server.clean(case.touches), True
+                if self._variant_for(case) is not None:
+                    instance, play = await self.server.shared(), case.running_variant
+                elif case.needs_fresh and case.touches is not None and case.sessions is None:
+                    if "fresh" in self.server.capabilities:
+                        instance, lent = await self.server.clean(case.touches), True
+                    else:
+                        # A running server: the case replays with fresh ids of its own instead.
+                        instance, shared_ids = await self.server.shared(), True
                 elif case.needs_fresh:
                     instance, owned = await self.server.fresh(case.sessions), True
                 else:
@@ -168,9 +213,11 @@ class Runner:
             log=log,
             proxy_setup=self.proxy,
             upstream_factory=FakeUpstream if self.proxy else None,
+            shared_ids=shared_ids,
+            reservations=self._reservations,
         )
         try:
-            result = await self._play(case, context)
+            result = await self._play(case, context, play)
             if result.grade in (Grade.FAIL, Grade.NON_STRICT, Grade.ERROR):
                 result = await self._check_target(case, context.instance, result, owned or lent)
         finally:
@@ -181,13 +228,16 @@ class Runner:
                 self.server.release(instance)
         return result
 
-    async def _play(self, case: Case, context: CaseContext) -> CaseResult:
+    async def _play(self, case: Case, context: CaseContext, play) -> CaseResult:
         deadline = self.timeout * case.steps + case.slack + DEADLINE_OVERHEAD
+        if play is not case.run:
+            deadline += RUNNING_VARIANT_SLACK
         try:
-            await asyncio.wait_for(case.run(context), deadline)
+            await asyncio.wait_for(play(context), deadline)
         except CaseFailure as failure:
             requirement = failure.requirement or case.requirements[0]
-            grade = Grade.FAIL if level_of(requirement, case.level) == "MUST" else Grade.NON_STRICT
+            level = failure.level or level_of(requirement, case.level)
+            grade = Grade.FAIL if level == "MUST" else Grade.NON_STRICT
             if case.level == "SHOULD" and requirement in case.requirements[:1]:
                 grade = Grade.NON_STRICT
             return CaseResult(case, grade, failure.detail, requirement)
@@ -205,7 +255,7 @@ class Runner:
             return CaseResult(case, Grade.FAIL, f"malformed reply: {error}", "FRAME-1")
         except Exception as error:  # a defect of the case itself: report it, keep running
             return CaseResult(case, Grade.ERROR, f"internal error: {error!r}")
-        return CaseResult(case, Grade.PASS)
+        return CaseResult(case, Grade.PASS, outcome=context.seen_outcome)
 
     async def _check_target(
         self, case: Case, instance: Instance | None, result: CaseResult, owned: bool

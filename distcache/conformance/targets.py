@@ -23,12 +23,12 @@ import os
 import secrets
 import shlex
 import socket
-import tempfile
 from dataclasses import dataclass, field
 
 from ..address import AddressError, parse_address
 from ..netio import ConnectError, open_connection
 from ..tls import TLSFiles
+from . import launch
 from .pki import RunPKI
 from .registry import Unsupported
 
@@ -40,6 +40,8 @@ __all__ = [
     "ProxySetup",
     "RefusingAddress",
     "TargetUnavailable",
+    "bound_loopback_socket",
+    "confine_ports",
     "free_tcp_address",
     "reference_server",
 ]
@@ -56,6 +58,45 @@ class TargetUnavailable(Exception):
 
 #: Ports free_tcp_address has handed out in this process: never handed out twice.
 _handed_out: set[int] = set()
+#: ``--ports LOW-HIGH``: every port the runner listens on or hands to a target, when set.
+_confined: tuple[int, int] | None = None
+
+
+def confine_ports(low: int, high: int) -> None:
+    """Draw every port the runner uses (targets' and its own listeners') from LOW..HIGH."""
+    global _confined
+    if not 1 <= low <= high <= 65535:
+        raise ValueError(f"port range {low}-{high} is not within 1-65535")
+    _confined = (low, high)
+
+
+def _draw_port() -> int:
+    if _confined is not None:
+        low, high = _confined
+        return low + secrets.randbelow(high - low + 1)
+    low = _ephemeral_ports()[0]
+    return secrets.randbelow(low - _FIRST_PORT) + _FIRST_PORT if low > _FIRST_PORT else 0
+
+
+def bound_loopback_socket() -> socket.socket:
+    """A TCP socket bound to a loopback port the runner may use (within ``--ports``)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if _confined is None:
+        sock.bind(("127.0.0.1", 0))
+        return sock
+    low, high = _confined
+    for _ in range(4 * (high - low + 1) + 50):
+        port = _draw_port()
+        if port in _handed_out:
+            continue
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _handed_out.add(port)
+        return sock
+    sock.close()
+    raise TargetUnavailable(f"no free loopback port in --ports {low}-{high}")
 
 
 def free_tcp_address() -> str:
@@ -67,9 +108,9 @@ def free_tcp_address() -> str:
     another case) could take it first, and two cases could even be handed the same port. So the
     port is drawn below that range and never twice in one run.
     """
-    low = _ephemeral_ports()[0]
-    for _ in range(200):
-        port = secrets.randbelow(low - _FIRST_PORT) + _FIRST_PORT if low > _FIRST_PORT else 0
+    tries = 200 if _confined is None else 4 * (_confined[1] - _confined[0] + 1) + 50
+    for _ in range(tries):
+        port = _draw_port()
         if port in _handed_out:
             continue
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -81,7 +122,8 @@ def free_tcp_address() -> str:
         if port not in _handed_out:
             _handed_out.add(port)
             return f"IP:127.0.0.1:{port}"
-    raise TargetUnavailable("no free loopback port found")
+    where = "" if _confined is None else f" in --ports {_confined[0]}-{_confined[1]}"
+    raise TargetUnavailable(f"no free loopback port found{where}")
 
 
 #: The lowest port free_tcp_address draws: clear of the well-known and most registered ones.
@@ -107,8 +149,7 @@ class RefusingAddress:
     """
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock = bound_loopback_socket()
         self.address = f"IP:127.0.0.1:{self._sock.getsockname()[1]}"
 
     async def close(self) -> None:
@@ -124,6 +165,8 @@ class Instance:
     server: object | None = None  # an in-process server
     stderr_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: Files the instance owns besides its log (a UNIX socket), removed when it stops.
+    files: list[str] = field(default_factory=list)
     #: How a ``TLS:`` target is reached: the client's certificate, key and the target's CA.
     tls: TLSFiles | None = None
     #: The throw-away CA that issued the target's certificates, when the runner made them.
@@ -150,20 +193,19 @@ class Instance:
         return True
 
     async def stop(self) -> None:
-        if self.server is not None:
-            await self.server.close()
-        if self.process is not None and self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), 2.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.process.kill()
-                await self.process.wait()
-        if self.stderr_path:
-            with contextlib.suppress(OSError):
-                os.unlink(self.stderr_path)
+        try:
+            if self.server is not None:
+                await self.server.close()
+            if self.process is not None:
+                await launch.stop(self.process)
+        finally:
+            self.remove_files()
+
+    def remove_files(self) -> None:
+        for path in (self.stderr_path, *self.files):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
 
 
 def _tail(path: str | None, size: int = 200) -> str:
@@ -183,13 +225,15 @@ def _tail(path: str | None, size: int = 200) -> str:
 async def _wait_until_accepting(instance: Instance, what: str) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + START_TIMEOUT
+    task = asyncio.current_task()
     while loop.time() < deadline:
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError  # a cancellation some await swallowed: honour it
         if instance.exit_status() is not None:
             raise TargetUnavailable(f"{what} exited at start-up: {instance.crash_description()}")
         if await instance.reachable(0.5):
             return
         await asyncio.sleep(0.02)
-    await instance.stop()
     raise TargetUnavailable(f"{what} did not accept connections within {START_TIMEOUT:g} s")
 
 
@@ -210,23 +254,49 @@ def _command(template: str, values: dict[str, str], option: str) -> list[str]:
         ) from None
 
 
-async def _spawn(argv: list[str], address: str, what: str, **tls) -> Instance:
-    handle, stderr_path = tempfile.mkstemp(prefix="distcache-conformance-", suffix=".log")
+async def _spawn(
+    argv: list[str], address: str, what: str, files: list[str] | None = None, **tls
+) -> Instance:
+    """Start a target and wait until it accepts; on any failure or cancellation (a case's
+    deadline) stop what was started and remove its files before the error goes on."""
+    stderr_path = os.path.join(launch.scratch_directory(), f"{what}-{secrets.token_hex(6)}.log")
+    instance = Instance(address, stderr_path=stderr_path, files=files or [], **tls)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=handle,
-        )
-    except OSError as error:
-        os.unlink(stderr_path)
-        raise TargetUnavailable(f"cannot start {what} '{argv[0]}': {error.strerror}") from None
-    finally:
-        os.close(handle)
-    instance = Instance(address, process=process, stderr_path=stderr_path, **tls)
-    await _wait_until_accepting(instance, what)
+        try:
+            instance.process = await launch.spawn(argv, stderr_path)
+        except OSError as error:
+            raise TargetUnavailable(f"cannot start {what} '{argv[0]}': {error.strerror}") from None
+        await _wait_until_accepting(instance, what)
+    except BaseException:
+        if instance.process is not None:
+            launch.stop_now(instance.process)
+        instance.remove_files()
+        raise
     return instance
+
+
+def _listen_values(template: str) -> tuple[str, dict[str, str], list[str]]:
+    """An address for a target to listen on, the placeholders that spell it, and its files.
+
+    ``{path}`` in the template asks for a UNIX socket (in the run's temporary directory);
+    otherwise a loopback TCP port is drawn. ``{listen}`` is the address in distcache syntax,
+    ``{host}`` and ``{port}`` its parts, for programs with other command lines.
+    """
+    if "{path}" in template:
+        path = launch.socket_path()
+        address = f"UNIX:{path}"
+        try:
+            parse_address(address)
+        except AddressError as error:
+            raise TargetUnavailable(str(error)) from None
+        return address, {"listen": address, "path": path, "host": "", "port": ""}, [path]
+    address = free_tcp_address()
+    host, port = address.split(":")[1:]
+    return address, {"listen": address, "host": host, "port": port, "path": ""}, []
+
+
+#: What a server command template may use to say where the target listens.
+LISTEN_PLACEHOLDERS = ("{listen}", "{port}", "{path}")
 
 
 class ServerSetup:
@@ -330,8 +400,10 @@ class FixedSetup(ServerSetup):
 
 
 class CommandSetup(ServerSetup):
-    """Servers started from a command template with ``{listen}`` and ``{sessions}`` (and, for a
-    TLS server, ``{tls_cert}``, ``{tls_key}``, ``{tls_ca}``: it then listens on a TLS address)."""
+    """Servers started from a command template: where to listen as ``{listen}`` (distcache
+    syntax), ``{host}`` and ``{port}``, or ``{path}`` (a UNIX socket); ``{sessions}`` for the
+    capacity; for a TLS server ``{tls_cert}``, ``{tls_key}``, ``{tls_ca}`` (it then listens on
+    a TLS address)."""
 
     capabilities = frozenset({"fresh", "restart", "process"})
 
@@ -339,23 +411,30 @@ class CommandSetup(ServerSetup):
         super().__init__()
         self.template = template
         self.description = template
-        if "{listen}" not in template:
-            raise TargetUnavailable("--server-cmd must contain {listen}")
+        if not any(p in template for p in LISTEN_PLACEHOLDERS):
+            raise TargetUnavailable("--server-cmd must contain {listen}, {port} or {path}")
+        if "{path}" in template and ("{port}" in template or "{host}" in template):
+            raise TargetUnavailable(
+                "--server-cmd: {path} (UNIX) and {host}/{port} exclude each other"
+            )
         uses_tls = any(f"{{{name}}}" in template for name in ("tls_cert", "tls_key", "tls_ca"))
+        if uses_tls and "{path}" in template:
+            raise TargetUnavailable("--server-cmd: TLS targets listen on TCP, not on {path}")
         self.pki = _run_pki() if uses_tls else None
 
     async def _start(self, sessions: int | None) -> Instance:
-        address = free_tcp_address()
-        values = {"listen": address, "sessions": str(sessions or DEFAULT_SESSIONS)}
+        address, values, files = _listen_values(self.template)
+        values["sessions"] = str(sessions or DEFAULT_SESSIONS)
         if self.pki is None:
-            return await _spawn(_command(self.template, values, "--server-cmd"), address, "server")
+            argv = _command(self.template, values, "--server-cmd")
+            return await _spawn(argv, address, "server", files)
         address = "TLS:" + address.partition(":")[2]
         values.update(self.pki.placeholders(), listen=address)
         argv = _command(self.template, values, "--server-cmd")
         # Without {tls_ca} the server does not require client certificates: present none.
         mutual = "{tls_ca}" in self.template
         tls = self.pki.client_files if mutual else TLSFiles(ca=self.pki.ca)
-        return await _spawn(argv, address, "server", tls=tls, pki=self.pki)
+        return await _spawn(argv, address, "server", files, tls=tls, pki=self.pki)
 
     async def close(self) -> None:
         await super().close()
@@ -396,13 +475,15 @@ class InProcessSetup(ServerSetup):
     async def _start(self, sessions: int | None) -> Instance:
         server_class, store_class, bind = reference_server()
         server = server_class(store_class(sessions or DEFAULT_SESSIONS))
+        # Within --ports when given; else any free port.
+        where = free_tcp_address().partition(":")[2] if _confined else "127.0.0.1:0"
         if self.pki is None:
-            await server.start(bind("IP:127.0.0.1:0"))
+            await server.start(bind(f"IP:{where}"))
             port = server.sockets[0].getsockname()[1]
             return Instance(f"IP:127.0.0.1:{port}", server=server)
         from ..tls import ServerTLS
 
-        await server.start(bind("TLS:127.0.0.1:0", tls=ServerTLS(self.pki.server_files)))
+        await server.start(bind(f"TLS:{where}", tls=ServerTLS(self.pki.server_files)))
         port = server.sockets[0].getsockname()[1]
         return Instance(
             f"TLS:127.0.0.1:{port}", server=server, tls=self.pki.client_files, pki=self.pki
@@ -422,24 +503,30 @@ def _run_pki() -> RunPKI:
 
 
 class ProxySetup:
-    """Proxies started from a template with ``{listen}``, ``{upstream}``, ``{retry_ms}`` and
-    ``{idle_ms}``, one per case, in front of an upstream the case provides."""
+    """Proxies started from a template with ``{upstream}``, ``{retry_ms}`` and ``{idle_ms}``
+    and where to listen (``{listen}``, ``{host}``/``{port}`` or ``{path}``), one per case, in
+    front of an upstream the case provides (``{upstream_host}``/``{upstream_port}`` spell a
+    TCP upstream for programs with other command lines)."""
 
     def __init__(self, template: str):
         self.template = template
         self.description = template
-        for placeholder in ("{listen}", "{upstream}"):
-            if placeholder not in template:
-                raise TargetUnavailable(f"--proxy-cmd must contain {placeholder}")
+        if not any(p in template for p in LISTEN_PLACEHOLDERS):
+            raise TargetUnavailable("--proxy-cmd must contain {listen}, {port} or {path}")
+        if not any(p in template for p in ("{upstream}", "{upstream_port}")):
+            raise TargetUnavailable("--proxy-cmd must contain {upstream} or {upstream_port}")
 
     async def start(self, upstream: str, *, retry_ms: int = 5000, idle_ms: int = 0) -> Instance:
         if idle_ms and "{idle_ms}" not in self.template:
             raise Unsupported("needs an idle limit: put -idle {idle_ms} in --proxy-cmd")
-        address = free_tcp_address()
-        values = {
-            "listen": address,
-            "upstream": upstream,
-            "retry_ms": str(retry_ms),
-            "idle_ms": str(idle_ms),
-        }
-        return await _spawn(_command(self.template, values, "--proxy-cmd"), address, "proxy")
+        address, values, files = _listen_values(self.template)
+        upstream_host, _, upstream_port = upstream.partition(":")[2].rpartition(":")
+        values.update(
+            upstream=upstream,
+            upstream_host=upstream_host,
+            upstream_port=upstream_port,
+            retry_ms=str(retry_ms),
+            idle_ms=str(idle_ms),
+        )
+        argv = _command(self.template, values, "--proxy-cmd")
+        return await _spawn(argv, address, "proxy", files)

@@ -13,6 +13,7 @@ from ..protocol import (
     encode_message,
 )
 from ..wire import Direction
+from .targets import bound_loopback_socket
 
 __all__ = ["FakeUpstream", "UpstreamLink"]
 
@@ -75,7 +76,7 @@ class FakeUpstream:
         self._tasks: set[asyncio.Task] = set()
 
     async def start(self) -> FakeUpstream:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, sock=bound_loopback_socket())
         self.address = f"IP:127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
 

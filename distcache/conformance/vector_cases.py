@@ -36,13 +36,15 @@ class VectorPlan:
     legacy: Vector
     played: Vector | None  # None: unsafe and no reference recording exists yet
     requirements: tuple[str, ...]
+    #: The SHOULD the legacy recording deviates from, when the spec allows it nonetheless.
+    should_deviation: str | None = None
 
     @property
     def replaced(self) -> bool:
         return self.played is not self.legacy
 
 
-def _mapping() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+def _mapping() -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
     path = conformance_data_path() / MAPPING_NAME
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -50,12 +52,12 @@ def _mapping() -> tuple[dict[str, list[str]], dict[str, list[str]]]:
         raise VectorFormatError(f"{MAPPING_NAME}: {error}") from None
     if raw.get("format") != MAPPING_FORMAT:
         raise VectorFormatError(f"{MAPPING_NAME}: not a {MAPPING_FORMAT} file")
-    return raw.get("groups", {}), raw.get("vectors", {})
+    return raw.get("groups", {}), raw.get("vectors", {}), raw.get("should-deviations", {})
 
 
 def vector_plans() -> list[VectorPlan]:
     """One plan per legacy vector, in file order."""
-    groups, per_vector = _mapping()
+    groups, per_vector, deviations = _mapping()
     reference = {v.id: v for f in reference_vector_files() for v in f}
     plans = []
     for vector_file in legacy_vector_files():
@@ -64,7 +66,8 @@ def vector_plans() -> list[VectorPlan]:
             if not requirements:
                 raise VectorFormatError(f"{MAPPING_NAME}: no requirements for {vector.id}")
             played = reference.get(vector.id) if vector.unsafe else vector
-            plans.append(VectorPlan(vector, played, tuple(requirements)))
+            deviation = deviations.get(vector.id) if played is not vector else None
+            plans.append(VectorPlan(vector, played, tuple(requirements), deviation))
     return plans
 
 
