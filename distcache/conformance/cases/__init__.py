@@ -1,14 +1,31 @@
 """The built-in conformance cases. Importing this package registers them all."""
 
-from . import cache, connections, framing, limits, operations, proxy, robustness, vectors
+from . import (
+    buffering,
+    cache,
+    connections,
+    eviction,
+    framing,
+    headers,
+    limits,
+    operations,
+    proxy,
+    robustness,
+    timing,
+    vectors,
+)
 
 __all__ = [
+    "buffering",
     "cache",
     "connections",
+    "eviction",
     "framing",
+    "headers",
     "limits",
     "operations",
     "proxy",
     "robustness",
+    "timing",
     "vectors",
 ]
