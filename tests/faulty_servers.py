@@ -16,6 +16,7 @@ import sys
 
 from distcache.address import parse_address
 from distcache.cache import AddResult, MemoryCache
+from distcache.conformance.coverage import load_coverage
 from distcache.protocol import (
     NEED_DATA,
     Closed,
@@ -27,23 +28,26 @@ from distcache.protocol import (
 from distcache.protocol import MessageDecoder as _Decoder
 from distcache.wire import PROTOCOL_VERSION, Direction, Operation, Status, fastcodec
 
-#: Every fault, with what it breaks.
-FAULTS = {
-    "wrong_status": "a duplicate ADD answers OK instead of 0x65",
-    "add_order": "ADD checks the id range before the id_len consistency (103 instead of 100)",
-    "no_fragmentation": "replies over 2048 bytes go out as one oversized frame",
-    "wrong_uid": "replies drop the top bit of the request uid",
-    "evict_wrong": "a full cache evicts the most recently added entries",
-    "ignore_expiry": "sessions never expire",
-    "close_on_pipelining": "a large reply with another request waiting closes the connection",
-    "reply_partial": "a frame missing only its last byte is answered as a GET miss",
-    "crash_on_bad_version": "a foreign protocol version kills the process",
-    "never_answer": "requests are read and never answered",
-    "flood": "every request is answered twice",
+#: Faults that test the runner itself (crashes, silence, floods), not one requirement.
+RUNNER_FAULTS = {
     "crash_mid_run": "the process exits at its 15th connection",
-    "half_close_drop": "replies are dropped once the client half-closes",
-    "idle_close": "connections idle for 150 ms are closed",
-    "split_header_close": "a frame header split across reads closes the connection",
+    "never_answer": "requests are read and never answered",
+}
+
+#: Every fault, with what it does: the runner's own, and those of the mutation table
+#: (conformance/coverage.toml), each breaking the one requirement the table names.
+FAULTS = {
+    **RUNNER_FAULTS,
+    **{f.name: f.does for f in load_coverage().faults if f.target == "server"},
+}
+
+
+#: Eviction faults: which entries go first (a sort key over (id, entry)) and how many.
+_EVICTION = {
+    "evict_wrong": (lambda item: -item[1].seq, None),
+    "evict_oldest": (lambda item: item[1].seq, None),
+    "ties_newest_first": (lambda item: (item[1].expiry_ms, -item[1].seq), None),
+    "batch_of_two": (lambda item: (item[1].expiry_ms, item[1].seq), 2),
 }
 
 
@@ -53,17 +57,46 @@ class FaultyCache(MemoryCache):
     def __init__(self, capacity: int, faults: set[str]):
         super().__init__(capacity)
         self.faults = faults
+        self.timeouts: dict[bytes, int] = {}  # for the faults that restart a timeout
+        self.ever_stored: set[bytes] = set()
 
     def add(self, session_id, session, timeout_ms):
         if "ignore_expiry" in self.faults:
             timeout_ms = 604_800_000
-        if "evict_wrong" in self.faults and session_id not in self._entries:
-            self._purge_expired(self.clock.now_ms())
-            if len(self._entries) >= self.capacity:
-                for victim in list(self._entries)[-self.eviction_batch :]:
+        self._purge_expired(self.clock.now_ms())
+        new = session_id not in self._entries
+        if "add_over_expired_refused" in self.faults and new and session_id in self.ever_stored:
+            return AddResult.DUPLICATE
+        for fault in self.faults & set(_EVICTION):
+            key, count = _EVICTION[fault]
+            if new and len(self._entries) >= self.capacity:
+                victims = sorted(self._entries.items(), key=key)[: count or self.eviction_batch]
+                for victim, _ in victims:
                     del self._entries[victim]
                 self._rebuild_heap()
+        self.timeouts[session_id] = timeout_ms
+        self.ever_stored.add(session_id)
         return super().add(session_id, session, timeout_ms)
+
+    def remove(self, session_id):
+        self.ever_stored.discard(session_id)
+        return super().remove(session_id)
+
+    def get(self, session_id):
+        session = super().get(session_id)
+        if session is not None and "get_refreshes_expiry" in self.faults:
+            self._restart(session_id)
+        return session
+
+    def have(self, session_id):
+        here = super().have(session_id)
+        if here and "have_refreshes_expiry" in self.faults:
+            self._restart(session_id)
+        return here
+
+    def _restart(self, session_id):
+        self._entries[session_id].expiry_ms = self.clock.now_ms() + self.timeouts[session_id]
+        self._rebuild_heap()
 
 
 class Connection(asyncio.Protocol):
@@ -73,6 +106,7 @@ class Connection(asyncio.Protocol):
         self.decoder = _Decoder(receives=Direction.REQUEST)
         self.transport = None
         self.idle_timer = None
+        self.writing_paused = False
 
     def connection_made(self, transport):
         self.transport = transport
@@ -82,10 +116,25 @@ class Connection(asyncio.Protocol):
         self._arm_idle()
 
     def _arm_idle(self):
-        if "idle_close" in self.faults:
+        idle = 0.15 if "idle_close" in self.faults else None
+        if "idle_close_seconds" in self.faults:
+            idle = 1.5
+        if idle is not None:
             if self.idle_timer:
                 self.idle_timer.cancel()
-            self.idle_timer = asyncio.get_running_loop().call_later(0.15, self.transport.close)
+            self.idle_timer = asyncio.get_running_loop().call_later(idle, self.transport.close)
+
+    # A correct server stops reading while its replies back up (ROBUST-4).
+    def pause_writing(self):
+        if "unbounded_replies" not in self.faults:
+            self.writing_paused = True
+            self.transport.pause_reading()
+
+    def resume_writing(self):
+        if self.writing_paused:
+            self.writing_paused = False
+            self.transport.resume_reading()
+            self._serve()
 
     def data_received(self, data):
         self._arm_idle()
@@ -93,6 +142,11 @@ class Connection(asyncio.Protocol):
             buffered = bytes(self.decoder._buf[self.decoder._pos :]) + data
             if len(buffered) >= 5 and int.from_bytes(buffered[:2], "big") != PROTOCOL_VERSION:
                 os._exit(134)
+        if "direction_first" in self.faults and not self.decoder.in_message:
+            buffered = bytes(self.decoder._buf[self.decoder._pos :]) + data
+            if len(buffered) >= 5 and buffered[4] == Direction.RESPONSE:
+                self.transport.close()
+                return
         split = "split_header_close" in self.faults and 0 < len(data) < fastcodec.HEADER_SIZE
         if split and not self.decoder.in_message:
             self.transport.close()
@@ -117,7 +171,7 @@ class Connection(asyncio.Protocol):
         return True
 
     def _serve(self):
-        while True:
+        while not self.writing_paused:
             try:
                 event = self.decoder.next_event()
             except RemoteProtocolError:
@@ -151,6 +205,8 @@ class Connection(asyncio.Protocol):
             self._write_now(data)
 
     def _write_now(self, data):
+        if "pad_frames" in self.faults:
+            data += b"\x00"
         if not self.transport.is_closing():
             self.transport.write(data)
 
@@ -182,6 +238,13 @@ class Connection(asyncio.Protocol):
         if "no_fragmentation" in self.faults and len(payload) > 2048:
             header = fastcodec.encode_header(1, uid, op, 1, len(payload) & 0xFFFF, 0x00110000)
             return header + payload
+        if "half_frames" in self.faults and len(payload) > 1024:
+            pieces = [payload[at : at + 1024] for at in range(0, len(payload), 1024)]
+            return b"".join(
+                fastcodec.encode_header(1, uid, op, int(n == len(pieces) - 1), len(p), 0x00110000)
+                + p
+                for n, p in enumerate(pieces)
+            )
         return encode_message(Direction.RESPONSE, uid, op, payload)
 
 
