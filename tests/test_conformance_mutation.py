@@ -1,6 +1,7 @@
-"""The suite's own mutation test: each switch of the faulty server breaks one requirement, and the
-cases that the mutation table (conformance/coverage.toml) lists for it must fail, blaming that
-requirement; the same server with no switch must pass every one of those cases.
+"""The suite's own mutation test: each switch of the faulty server (or proxy) breaks one
+requirement, and the cases that the mutation table (conformance/coverage.toml) lists for it must
+fail, blaming that requirement; the same server (proxy) with no switch must pass every one of
+those cases.
 
 Only the listed cases run against each faulty server, and several runs go at once, so the whole
 table costs about as much as its slowest few runs.
@@ -22,21 +23,29 @@ from distcache.conformance.coverage import load_coverage
 from distcache.conformance.requirements import level_of
 
 HERE = Path(__file__).parent
-FAULTY = f"{shlex.quote(sys.executable)} {shlex.quote(str(HERE / 'faulty_servers.py'))}"
+PYTHON = shlex.quote(sys.executable)
+FAULTY = f"{PYTHON} {shlex.quote(str(HERE / 'faulty_servers.py'))}"
+FAULTY_PROXY = f"{PYTHON} {shlex.quote(str(HERE / 'faulty_proxy.py'))}"
 #: Runs at once: each is a runner process plus the faulty servers it starts.
 PARALLEL_RUNS = 4
 HANG_GUARD = 240
 
-SERVER_FAULTS = [f for f in load_coverage().faults if f.target == "server"]
+FAULTS = load_coverage().faults
 
 
-def _run(fault_name: str | None, cases: tuple[str, ...]) -> dict:
-    command = FAULTY + " -listen {listen} -sessions {sessions}"
-    if fault_name:
-        command += f" -fault {fault_name}"
+def _command(target: str, fault_name: str | None) -> list[str]:
+    if target == "server":
+        switch = f" -fault {fault_name}" if fault_name else ""
+        return ["--server-cmd", FAULTY + " -listen {listen} -sessions {sessions}" + switch]
+    switch = f" -fault {fault_name}" if fault_name else ""
+    template = " -listen {listen} -server {upstream} -retry {retry_ms} -idle {idle_ms}"
+    return ["--proxy-cmd", FAULTY_PROXY + switch + template]
+
+
+def _run(target: str, fault_name: str | None, cases: tuple[str, ...]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "report.json"
-        args = [sys.executable, "-m", "distcache", "conformance", "--server-cmd", command]
+        args = [sys.executable, "-m", "distcache", "conformance", *_command(target, fault_name)]
         args += [a for case_id in cases for a in ("--case", case_id)]
         args += ["--format", "json", "--output", str(output), "--jobs", "4"]
         done = subprocess.run(args, capture_output=True, text=True, timeout=HANG_GUARD)
@@ -48,17 +57,18 @@ def _run(fault_name: str | None, cases: tuple[str, ...]) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reports() -> dict[str | None, dict]:
-    """Every fault's run, and the correct twin's run of all listed cases, played side by side."""
-    every_case = tuple(sorted({c for f in SERVER_FAULTS for c in f.cases}))
-    jobs = {f.name: f.cases for f in SERVER_FAULTS}
-    jobs[None] = every_case
+def reports() -> dict[str, dict]:
+    """Every fault's run, and each correct twin's run of all its listed cases, side by side."""
+    jobs = {f.name: (f.target, f.name, f.cases) for f in FAULTS}
+    for target in ("server", "proxy"):
+        every_case = tuple(sorted({c for f in FAULTS if f.target == target for c in f.cases}))
+        jobs[f"correct {target}"] = (target, None, every_case)
     with ThreadPoolExecutor(PARALLEL_RUNS) as pool:
-        futures = {name: pool.submit(_run, name, cases) for name, cases in jobs.items()}
-        return {name: future.result() for name, future in futures.items()}
+        futures = {key: pool.submit(_run, *job) for key, job in jobs.items()}
+        return {key: future.result() for key, future in futures.items()}
 
 
-@pytest.mark.parametrize("fault", SERVER_FAULTS, ids=[f.name for f in SERVER_FAULTS])
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.name for f in FAULTS])
 def test_each_fault_fails_its_cases_on_the_requirement_it_breaks(fault, reports):
     report = reports[fault.name]
     results = {r["id"]: r for r in report["results"]}
@@ -71,8 +81,9 @@ def test_each_fault_fails_its_cases_on_the_requirement_it_breaks(fault, reports)
     assert report["exit"] == (1 if expected_grade == "FAIL" else 0)
 
 
-def test_the_correct_twin_passes_every_case_of_the_table(reports):
-    report = reports[None]
+@pytest.mark.parametrize("target", ["server", "proxy"])
+def test_the_correct_twin_passes_every_case_of_the_table(target, reports):
+    report = reports[f"correct {target}"]
     bad = [(r["id"], r["grade"], r["detail"]) for r in report["results"] if r["grade"] != "PASS"]
     assert report["results"] and not bad, bad
     assert report["exit"] == 0

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tomllib
 
+import faulty_proxy
 import faulty_servers
 
 from distcache import conformance_data_path
@@ -43,11 +44,14 @@ def test_the_mutation_table_names_real_switches_cases_and_requirements():
     names = [f.name for f in coverage.faults]
     assert len(names) == len(set(names))
     for fault in coverage.faults:
-        assert fault.name in faulty_servers.FAULTS, fault.name
+        switches = faulty_servers.FAULTS if fault.target == "server" else faulty_proxy.PATCHES
+        assert fault.name in switches, fault.name
         assert fault.breaks in requirements, fault
         for case_id in fault.cases:
             assert case_id in cases, (fault.name, case_id)
             assert fault.breaks in cases[case_id].requirements, (fault.name, case_id)
+    proxy_faults = {f.name for f in coverage.faults if f.target == "proxy"}
+    assert set(faulty_proxy.PATCHES) == proxy_faults  # no switch without a row in the table
     for requirement_id in coverage.elsewhere:
         assert requirements[requirement_id].kind in WIRE_KINDS, requirement_id
 

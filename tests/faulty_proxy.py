@@ -1,0 +1,85 @@
+"""The reference proxy (dc_client) with one fault switched in, to prove the proxy cases can fail.
+
+Each switch patches the smallest piece of the reference proxy that breaks one requirement (the
+mutation table, conformance/coverage.toml, says which); with no switch it is dc_client itself.
+Run it like dc_client, with the switch first::
+
+    python tests/faulty_proxy.py -fault idle_ignored -listen IP:127.0.0.1:9002 -server ...
+"""
+
+from __future__ import annotations
+
+import sys
+
+from distcache.cli import dc_client
+from distcache.conformance.coverage import load_coverage
+from distcache.protocol import RequestTracker
+from distcache.proxy.local import LocalConnection
+from distcache.proxy.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
+
+#: Every fault, with what it does (from the mutation table).
+FAULTS = {f.name: f.does for f in load_coverage().faults if f.target == "proxy"}
+
+_answer = LocalConnection.answer
+
+
+def _answer_mapped(mapping):
+    def answer(self, payload):
+        _answer(self, mapping.get(payload, payload))
+
+    return answer
+
+
+def _upstream_uid_kept() -> None:
+    add = RequestTracker.add
+
+    def tracked(self, request_uid, operation, context=None):
+        context._upstream_uid = request_uid  # what the reply would carry without rewriting
+        return add(self, request_uid, operation, context)
+
+    def answer(self, payload):
+        uid = getattr(self, "_upstream_uid", None)
+        if self.request is not None and uid is not None:
+            self.request = self.request._replace(request_uid=uid)
+        _answer(self, payload)
+
+    RequestTracker.add = tracked
+    LocalConnection.answer = answer
+
+
+def _never_reconnect() -> None:
+    connect = UpstreamLink._connect_now
+
+    def once(self):
+        if not getattr(self, "_tried", False):
+            self._tried = True
+            connect(self)
+
+    UpstreamLink._connect_now = once
+
+
+PATCHES = {
+    "uid_not_restored": _upstream_uid_kept,
+    "empty_as_disconnected": lambda: setattr(
+        LocalConnection, "answer", _answer_mapped({EMPTY_REPLY: DISCONNECTED_REPLY})
+    ),
+    "disconnected_as_empty": lambda: setattr(
+        LocalConnection, "answer", _answer_mapped({DISCONNECTED_REPLY: EMPTY_REPLY})
+    ),
+    "never_reconnect": _never_reconnect,
+    "idle_ignored": lambda: setattr(LocalConnection, "_idle_check", lambda self: None),
+}
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["-fault"]:
+        fault, argv = argv[1], argv[2:]
+        if fault not in PATCHES:
+            print(f"faulty_proxy: unknown fault {fault!r}", file=sys.stderr)
+            return 2
+        PATCHES[fault]()
+    return dc_client.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
