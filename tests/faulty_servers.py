@@ -59,6 +59,7 @@ class FaultyCache(MemoryCache):
         self.faults = faults
         self.timeouts: dict[bytes, int] = {}  # for the faults that restart a timeout
         self.ever_stored: set[bytes] = set()
+        self.removed_slots = 0  # remove_keeps_slot: slots REMOVE did not give back
 
     def add(self, session_id, session, timeout_ms):
         if "ignore_expiry" in self.faults:
@@ -67,6 +68,16 @@ class FaultyCache(MemoryCache):
         new = session_id not in self._entries
         if "add_over_expired_refused" in self.faults and new and session_id in self.ever_stored:
             return AddResult.DUPLICATE
+        full = len(self._entries) + self.removed_slots >= self.capacity
+        duplicate_evicts = "duplicate_evicts" in self.faults and not new
+        if full and (duplicate_evicts or (self.removed_slots and new)):
+            victims = sorted(
+                self._entries.items(), key=lambda item: (item[1].expiry_ms, item[1].seq)
+            )
+            for victim, _ in victims[: self.eviction_batch]:
+                del self._entries[victim]
+            self.removed_slots = 0
+            self._rebuild_heap()
         for fault in self.faults & set(_EVICTION):
             key, count = _EVICTION[fault]
             if new and len(self._entries) >= self.capacity:
@@ -80,7 +91,10 @@ class FaultyCache(MemoryCache):
 
     def remove(self, session_id):
         self.ever_stored.discard(session_id)
-        return super().remove(session_id)
+        removed = super().remove(session_id)
+        if removed and "remove_keeps_slot" in self.faults:
+            self.removed_slots += 1
+        return removed
 
     def get(self, session_id):
         session = super().get(session_id)
@@ -107,10 +121,12 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self.idle_timer = None
         self.writing_paused = False
+        self.held = b""  # wait_for_whole_header: a header's first bytes, not yet examined
 
     def connection_made(self, transport):
         self.transport = transport
         self.server.connections += 1
+        self.server.open.add(self)
         if "crash_mid_run" in self.faults and self.server.connections >= 15:
             os._exit(3)
         self._arm_idle()
@@ -151,6 +167,18 @@ class Connection(asyncio.Protocol):
         if split and not self.decoder.in_message:
             self.transport.close()
             return
+        at_boundary = not self.decoder.in_message and not self.decoder.buffered
+        if "wait_for_whole_header" in self.faults and (self.held or at_boundary):
+            self.held += data
+            if len(self.held) < fastcodec.HEADER_SIZE:
+                return
+            data, self.held = self.held, b""
+        if "op_class_ignored" in self.faults and at_boundary and len(data) >= 10:
+            data = data[:9] + b"\x00" + data[10:]
+        patched = at_boundary and len(data) >= 4 and data[2:4] != b"\x00\x00"
+        if "patch_level_refused" in self.faults and patched:
+            self.transport.close()
+            return
         self.decoder.receive_data(data)
         self._serve()
         if "reply_partial" in self.faults:
@@ -170,12 +198,23 @@ class Connection(asyncio.Protocol):
         self._serve()
         return True
 
+    def _protocol_error(self, error: RemoteProtocolError):
+        everyone = "error_closes_everyone" in self.faults or (
+            "foreign_version_closes_everyone" in self.faults and error.reason == "bad_version"
+        )
+        for connection in list(self.server.open) if everyone else [self]:
+            connection.transport.close()
+
+    def connection_lost(self, exc):
+        self.server.open.discard(self)
+
     def _serve(self):
+        answered = 0
         while not self.writing_paused:
             try:
                 event = self.decoder.next_event()
-            except RemoteProtocolError:
-                self.transport.close()
+            except RemoteProtocolError as error:
+                self._protocol_error(error)
                 return
             if event is NEED_DATA:
                 return
@@ -184,10 +223,18 @@ class Connection(asyncio.Protocol):
                 return
             try:
                 reply = self._answer(event)
-            except RemoteProtocolError:
-                self.transport.close()
-                return
+            except RemoteProtocolError as error:
+                if "short_add_answered" in self.faults and error.reason == "add_payload_too_short":
+                    reply = event.respond(bytes((Status.ADD_CORRUPT,)))
+                else:
+                    self._protocol_error(error)
+                    return
             if "never_answer" in self.faults:
+                continue
+            answered += 1
+            if "slow_pipelining" in self.faults and answered > 1:
+                loop = asyncio.get_running_loop()
+                loop.call_later(0.1 * (answered - 1), self._write_now, reply)
                 continue
             if "close_on_pipelining" in self.faults and len(reply) > 6116 and self.decoder.buffered:
                 self.transport.write(reply[:2062])
@@ -219,6 +266,9 @@ class Connection(asyncio.Protocol):
                 id_len = int.from_bytes(request.payload[4:8], "big")
                 if id_len == 0 or id_len > 64:
                     checked = Status.ADD_ID_RANGE
+            small = not isinstance(checked, Status) and len(checked.session) < 5
+            if "short_sessions_refused" in self.faults and small:
+                checked = Status.ADD_CORRUPT
             if isinstance(checked, Status):
                 payload = bytes((checked,))
             else:
@@ -229,12 +279,20 @@ class Connection(asyncio.Protocol):
             session = cache.get(request.payload)
             payload = session if session is not None else bytes((Status.NOTOK,))
         elif op is Operation.REMOVE:
-            payload = bytes((Status.OK if cache.remove(request.payload) else Status.NOTOK,))
+            removed = cache.remove(request.payload) or "remove_always_ok" in self.faults
+            payload = bytes((Status.OK if removed else Status.NOTOK,))
         else:
             payload = bytes((Status.OK if cache.have(request.payload) else Status.NOTOK,))
         uid = request.request_uid
         if "wrong_uid" in self.faults:
             uid &= 0x7FFFFFFF
+        if "wrong_patch_level" in self.faults:
+            header = fastcodec.encode_header(1, uid, op, 1, len(payload), 0x00110001)
+            return (
+                header + payload
+                if len(payload) <= 2048
+                else encode_message(Direction.RESPONSE, uid, op, payload)
+            )
         if "no_fragmentation" in self.faults and len(payload) > 2048:
             header = fastcodec.encode_header(1, uid, op, 1, len(payload) & 0xFFFF, 0x00110000)
             return header + payload
@@ -256,6 +314,7 @@ class FaultyServer:
         self.faults = set(faults)
         self.cache = FaultyCache(sessions, self.faults)
         self.connections = 0
+        self.open: set[Connection] = set()
         self._server = None
 
     async def start(self, listen: str):
