@@ -68,6 +68,9 @@ PATCHES = {
     ),
     "never_reconnect": _never_reconnect,
     "idle_ignored": lambda: setattr(LocalConnection, "_idle_check", lambda self: None),
+    "long_replies_cut": lambda: setattr(
+        LocalConnection, "answer", lambda self, payload: _answer(self, payload[:16384])
+    ),
 }
 
 

@@ -122,6 +122,7 @@ class Connection(asyncio.Protocol):
         self.idle_timer = None
         self.writing_paused = False
         self.held = b""  # wait_for_whole_header: a header's first bytes, not yet examined
+        self.last_uid = None  # repeated_uid_ignored
 
     def connection_made(self, transport):
         self.transport = transport
@@ -175,6 +176,9 @@ class Connection(asyncio.Protocol):
             data, self.held = self.held, b""
         if "op_class_ignored" in self.faults and at_boundary and len(data) >= 10:
             data = data[:9] + b"\x00" + data[10:]
+        if "judge_early" in self.faults and at_boundary and data[:2] != b"\x00\x11"[: len(data)]:
+            self.transport.close()  # judged on fewer than 5 bytes
+            return
         patched = at_boundary and len(data) >= 4 and data[2:4] != b"\x00\x00"
         if "patch_level_refused" in self.faults and patched:
             self.transport.close()
@@ -231,6 +235,10 @@ class Connection(asyncio.Protocol):
                     return
             if "never_answer" in self.faults:
                 continue
+            repeated = event.request_uid == self.last_uid
+            self.last_uid = event.request_uid
+            if "repeated_uid_ignored" in self.faults and repeated:
+                continue
             answered += 1
             if "slow_pipelining" in self.faults and answered > 1:
                 loop = asyncio.get_running_loop()
@@ -266,6 +274,11 @@ class Connection(asyncio.Protocol):
                 id_len = int.from_bytes(request.payload[4:8], "big")
                 if id_len == 0 or id_len > 64:
                     checked = Status.ADD_ID_RANGE
+            if "largest_refused" in self.faults and len(request.payload) >= 32768:
+                raise RemoteProtocolError("message_too_large", "32768 bytes refused")
+            longest = not isinstance(checked, Status) and checked.timeout_ms == 604_800_000
+            if "max_timeout_refused" in self.faults and longest:
+                checked = Status.ADD_TIMEOUT_RANGE
             small = not isinstance(checked, Status) and len(checked.session) < 5
             if "short_sessions_refused" in self.faults and small:
                 checked = Status.ADD_CORRUPT
