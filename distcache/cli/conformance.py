@@ -110,9 +110,12 @@ def _select(cases, args):
 
 
 def _list(cases) -> int:
-    from ..conformance.coverage import load_coverage
+    from ..conformance.coverage import CoverageError, load_coverage
 
-    coverage = load_coverage()
+    try:
+        coverage = load_coverage()
+    except CoverageError as error:
+        raise UsageError(f"conformance data: {error}") from None
     for case in cases:
         needs = ",".join(sorted(case.needs)) or "-"
         proved = ",".join(f.name for f in coverage.proving(case.id)) or "-"
