@@ -122,6 +122,11 @@ class Probe:
         log.event(conn, "connected")
         return cls(reader, writer, log, conn)
 
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        """The connection's stream, for a case that writes more than a wire log should hold."""
+        return self._writer
+
     # -- writing ----------------------------------------------------------------------------
 
     async def send(self, data: bytes) -> bool:

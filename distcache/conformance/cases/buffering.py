@@ -38,7 +38,7 @@ async def unread_replies(t):
     probe = await t.connect()
     sid = t.new_id()
     await t.stored(probe, sid, t.new_session(_SESSION_BYTES))
-    writer = probe._writer
+    writer = probe.writer
     sock = writer.transport.get_extra_info("socket")
     if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX):
         # Keep our side's buffering small so the target's backlog shows at once.
