@@ -14,7 +14,9 @@ import sys
 from distcache.cli import dc_client
 from distcache.conformance.coverage import load_coverage
 from distcache.protocol import RequestTracker
+from distcache.proxy import local
 from distcache.proxy.local import LocalConnection
+from distcache.proxy.proxy import Proxy
 from distcache.proxy.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
 
 #: Every fault, with what it does (from the mutation table).
@@ -58,6 +60,36 @@ def _never_reconnect() -> None:
     UpstreamLink._connect_now = once
 
 
+def _client_error_drops_upstream(foreign_version: bool):
+    """A client's protocol error (a foreign version, or any other) also drops the upstream link."""
+
+    def patch():
+        proxies: list[Proxy] = []
+        admit = Proxy.admit
+
+        def admitted(self, connection):
+            if self not in proxies:
+                proxies.append(self)
+            return admit(self, connection)
+
+        class Log:
+            def __getattr__(self, name):
+                return getattr(_log, name)
+
+            def warning(self, message, *args):
+                _log.warning(message, *args)
+                error = args[-1] if args else None
+                if (getattr(error, "reason", None) == "bad_version") == foreign_version:
+                    for proxy in proxies:
+                        proxy.link._lost("a client broke the protocol")
+
+        _log = local.log
+        Proxy.admit = admitted
+        local.log = Log()
+
+    return patch
+
+
 PATCHES = {
     "uid_not_restored": _upstream_uid_kept,
     "empty_as_disconnected": lambda: setattr(
@@ -68,6 +100,8 @@ PATCHES = {
     ),
     "never_reconnect": _never_reconnect,
     "idle_ignored": lambda: setattr(LocalConnection, "_idle_check", lambda self: None),
+    "client_error_drops_upstream": _client_error_drops_upstream(foreign_version=False),
+    "foreign_version_drops_upstream": _client_error_drops_upstream(foreign_version=True),
     "long_replies_cut": lambda: setattr(
         LocalConnection, "answer", lambda self, payload: _answer(self, payload[:16384])
     ),

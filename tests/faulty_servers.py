@@ -113,6 +113,16 @@ class FaultyCache(MemoryCache):
         self._rebuild_heap()
 
 
+def _frames_of(message: bytes) -> list[bytes]:
+    """The frames of an encoded message, each with its header."""
+    frames, pos = [], 0
+    while pos < len(message):
+        end = pos + fastcodec.HEADER_SIZE + int.from_bytes(message[pos + 12 : pos + 14], "big")
+        frames.append(message[pos:end])
+        pos = end
+    return frames
+
+
 class Connection(asyncio.Protocol):
     def __init__(self, server: FaultyServer):
         self.server = server
@@ -123,6 +133,7 @@ class Connection(asyncio.Protocol):
         self.writing_paused = False
         self.held = b""  # wait_for_whole_header: a header's first bytes, not yet examined
         self.last_uid = None  # repeated_uid_ignored
+        self.pending: list[list[bytes]] = []  # interleave_frames: replies not yet written
 
     def connection_made(self, transport):
         self.transport = transport
@@ -203,6 +214,21 @@ class Connection(asyncio.Protocol):
         return True
 
     def _protocol_error(self, error: RemoteProtocolError):
+        if (
+            "continue_after_error" in self.faults
+            and not self.transport.is_closing()
+            and error.reason != "bad_version"
+        ):
+            # Skip the offending frame and go on with the bytes behind it.
+            start = self.decoder._pos
+            rest = bytes(self.decoder._buf[start:])
+            if len(rest) >= fastcodec.HEADER_SIZE:
+                skip = fastcodec.HEADER_SIZE + int.from_bytes(rest[12:14], "big")
+                self.decoder = _Decoder(receives=Direction.REQUEST)
+                self.decoder.receive_data(rest[skip:])
+                self._serve()
+                self.transport.close()  # the close is right; what ran before it is not
+                return
         everyone = "error_closes_everyone" in self.faults or (
             "foreign_version_closes_everyone" in self.faults and error.reason == "bad_version"
         )
@@ -256,8 +282,23 @@ class Connection(asyncio.Protocol):
         if "half_close_drop" in self.faults:
             # Like the legacy loop: read (and see the EOF) before writing, then drop everything.
             asyncio.get_running_loop().call_later(0.05, self._write_now, data)
+        elif "interleave_frames" in self.faults:
+            self._interleaved(data)
         else:
             self._write_now(data)
+
+    def _interleaved(self, data):
+        """interleave_frames: replies written in one pass of the loop go out frame by frame."""
+        if not self.pending:
+            asyncio.get_running_loop().call_soon(self._flush_interleaved)
+        self.pending.append(_frames_of(data))
+
+    def _flush_interleaved(self):
+        pending, self.pending = self.pending, []
+        while any(pending):
+            for frames in pending:
+                if frames:
+                    self._write_now(frames.pop(0))
 
     def _write_now(self, data):
         if "pad_frames" in self.faults:
