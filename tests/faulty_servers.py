@@ -113,6 +113,18 @@ class FaultyCache(MemoryCache):
         self._rebuild_heap()
 
 
+def _same_uid_throughout(data: bytes) -> bytes:
+    """continuation_uid_ignored: each continuation frame in ``data`` takes its message's uid."""
+    out, pos, uid = bytearray(data), 0, None
+    while pos + fastcodec.HEADER_SIZE <= len(out):
+        if uid is not None:
+            out[pos + 5 : pos + 9] = uid
+        complete = out[pos + 11]
+        uid = bytes(out[pos + 5 : pos + 9]) if complete == 0 else None
+        pos += fastcodec.HEADER_SIZE + int.from_bytes(out[pos + 12 : pos + 14], "big")
+    return bytes(out)
+
+
 def _frames_of(message: bytes) -> list[bytes]:
     """The frames of an encoded message, each with its header."""
     frames, pos = [], 0
@@ -134,6 +146,7 @@ class Connection(asyncio.Protocol):
         self.held = b""  # wait_for_whole_header: a header's first bytes, not yet examined
         self.last_uid = None  # repeated_uid_ignored
         self.pending: list[list[bytes]] = []  # interleave_frames: replies not yet written
+        self.queued = b""  # partial_frame_stalls_others: bytes held while another stalls
 
     def connection_made(self, transport):
         self.transport = transport
@@ -185,6 +198,12 @@ class Connection(asyncio.Protocol):
             if len(self.held) < fastcodec.HEADER_SIZE:
                 return
             data, self.held = self.held, b""
+        if "continuation_uid_ignored" in self.faults and at_boundary:
+            data = _same_uid_throughout(data)
+        stalled_by = self.server.stalled_by
+        if stalled_by is not None and stalled_by is not self:
+            self.queued += data  # partial_frame_stalls_others: served once the stall ends
+            return
         if "op_class_ignored" in self.faults and at_boundary and len(data) >= 10:
             data = data[:9] + b"\x00" + data[10:]
         if "judge_early" in self.faults and at_boundary and data[:2] != b"\x00\x11"[: len(data)]:
@@ -196,6 +215,8 @@ class Connection(asyncio.Protocol):
             return
         self.decoder.receive_data(data)
         self._serve()
+        if "partial_frame_stalls_others" in self.faults:
+            self._stall(self.decoder.buffered > 0)
         if "reply_partial" in self.faults:
             pending = len(self.decoder._buf) - self.decoder._pos
             if pending >= fastcodec.HEADER_SIZE:
@@ -237,6 +258,21 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.server.open.discard(self)
+        if self.server.stalled_by is self:
+            self._stall(False)
+
+    def _stall(self, partial: bool):
+        """partial_frame_stalls_others: while this connection holds part of a frame, no other
+        connection is served."""
+        server = self.server
+        if partial:
+            server.stalled_by = self
+        elif server.stalled_by is self:
+            server.stalled_by = None
+            for other in list(server.open):
+                queued, other.queued = other.queued, b""
+                if queued and not other.transport.is_closing():
+                    other.data_received(queued)
 
     def _serve(self):
         answered = 0
@@ -334,7 +370,10 @@ class Connection(asyncio.Protocol):
             payload = session if session is not None else bytes((Status.NOTOK,))
         elif op is Operation.REMOVE:
             removed = cache.remove(request.payload) or "remove_always_ok" in self.faults
-            payload = bytes((Status.OK if removed else Status.NOTOK,))
+            miss = (
+                Status.DISCONNECTED if "remove_miss_disconnected" in self.faults else Status.NOTOK
+            )
+            payload = bytes((Status.OK if removed else miss,))
         else:
             payload = bytes((Status.OK if cache.have(request.payload) else Status.NOTOK,))
         uid = request.request_uid
@@ -350,6 +389,13 @@ class Connection(asyncio.Protocol):
         if "no_fragmentation" in self.faults and len(payload) > 2048:
             header = fastcodec.encode_header(1, uid, op, 1, len(payload) & 0xFFFF, 0x00110000)
             return header + payload
+        if "trailing_empty_frame" in self.faults and payload and len(payload) % 2048 == 0:
+            pieces = [payload[at : at + 2048] for at in range(0, len(payload), 2048)] + [b""]
+            return b"".join(
+                fastcodec.encode_header(1, uid, op, int(n == len(pieces) - 1), len(p), 0x00110000)
+                + p
+                for n, p in enumerate(pieces)
+            )
         if "half_frames" in self.faults and len(payload) > 1024:
             pieces = [payload[at : at + 1024] for at in range(0, len(payload), 1024)]
             return b"".join(
@@ -369,6 +415,7 @@ class FaultyServer:
         self.cache = FaultyCache(sessions, self.faults)
         self.connections = 0
         self.open: set[Connection] = set()
+        self.stalled_by: Connection | None = None
         self._server = None
 
     async def start(self, listen: str):

@@ -29,6 +29,8 @@ FAULTY_PROXY = f"{PYTHON} {shlex.quote(str(HERE / 'faulty_proxy.py'))}"
 #: Runs at once: each is a runner process plus the faulty servers it starts.
 PARALLEL_RUNS = 4
 HANG_GUARD = 240
+#: The first test waits for every run (the module's fixture plays them all side by side).
+pytestmark = pytest.mark.timeout(900)
 
 FAULTS = load_coverage().faults
 

@@ -11,6 +11,7 @@ from . import (
     operations,
     proxy,
     robustness,
+    statuses,
     timing,
     vectors,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "operations",
     "proxy",
     "robustness",
+    "statuses",
     "timing",
     "vectors",
 ]

@@ -99,3 +99,20 @@ async def direction_after_header(t):
     )
     await probe.send(response_header[5:HEADER_SIZE])
     await t.expect_closed(probe, "a whole response header sent to a server", "FRAME-5")
+
+
+@case(
+    id="FRAG-1/reply-split-at-2048",
+    requirements=["FRAG-1", "FRAG-4"],
+    title="GET replies of 2048 and 4096 bytes come in 1 and 2 full frames, with no empty frame "
+    "after them",
+)
+async def split_at_frame_size(t):
+    for size in (MAX_FRAME_DATA, 2 * MAX_FRAME_DATA):
+        _, _, session, frames = await _raw_reply(t, size)
+        lengths = [fields["data_len"] for fields, _ in frames]
+        expected = [MAX_FRAME_DATA] * (size // MAX_FRAME_DATA)
+        if lengths != expected:
+            t.fail(f"a {size}-byte reply came in frames of {lengths} bytes, expected {expected}")
+        if b"".join(data for _, data in frames) != session:
+            t.fail("the reply's data bytes are not the session", "GET-1")
