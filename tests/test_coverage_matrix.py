@@ -10,9 +10,16 @@ import tomllib
 
 import faulty_proxy
 import faulty_servers
+import pytest
 
 from distcache import conformance_data_path
-from distcache.conformance.coverage import WIRE_KINDS, coverage_matrix, load_coverage
+from distcache.conformance.coverage import (
+    WIRE_KINDS,
+    CoverageError,
+    coverage_matrix,
+    load_coverage,
+    read_coverage,
+)
 from distcache.conformance.registry import all_cases
 from distcache.conformance.vector_cases import vector_plans
 from distcache.spec.catalogue import load_requirements
@@ -110,3 +117,41 @@ def test_requirement_selects_the_cases_of_a_requirement(tmp_path):
     assert done.returncode == 0, done.stderr
     ids = {r["id"] for r in json.loads(output.read_text())["results"]}
     assert ids == {c.id for c in all_cases() if c.id.startswith("HAVE-1/")}
+
+
+_FAULT = (
+    '[[fault]]\nname = "x"\ntarget = "server"\nbreaks = "FRAME-1"\ndoes = "it"\n'
+    'cases = ["FRAME-1/reply-frames-back-to-back"]\n'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('format = "other/1"\n', "not a distcache-coverage/1 file"),
+        ('format = "distcache-coverage/1"\n[[fault]]\nname = "x"\ncases = "A"\n', "list of cases"),
+        (
+            'format = "distcache-coverage/1"\n' + _FAULT.replace('"server"', '"client"'),
+            "bad target",
+        ),
+        ('format = "distcache-coverage/1"\n' + _FAULT + _FAULT, "listed twice"),
+        ('format = "distcache-coverage/1"\n[elsewhere]\n"FRAME-8" = ""\n', "[elsewhere]"),
+        ("format = ", "coverage.toml"),
+    ],
+)
+def test_a_malformed_mutation_table_is_refused_with_a_reason(tmp_path, body, message):
+    path = tmp_path / "coverage.toml"
+    path.write_text(body)
+    with pytest.raises(CoverageError, match=message.replace("[", r"\[")):
+        read_coverage(path)
+
+
+def test_a_well_formed_mutation_table_reads_back(tmp_path):
+    path = tmp_path / "coverage.toml"
+    path.write_text('format = "distcache-coverage/1"\n' + _FAULT)
+    (fault,) = read_coverage(path).faults
+    assert (fault.name, fault.breaks, fault.cases) == (
+        "x",
+        "FRAME-1",
+        ("FRAME-1/reply-frames-back-to-back",),
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 from .. import conformance_data_path
 from ..spec.catalogue import Requirement, load_requirements
@@ -24,6 +25,7 @@ __all__ = [
     "MatrixRow",
     "coverage_matrix",
     "load_coverage",
+    "read_coverage",
 ]
 
 COVERAGE_FORMAT = "distcache-coverage/1"
@@ -82,16 +84,22 @@ class MatrixRow:
 
 @cache
 def load_coverage() -> Coverage:
-    """Read and check ``coverage.toml`` from the conformance data."""
-    path = conformance_data_path() / COVERAGE_NAME
+    """The mutation table shipped with the conformance data (read once)."""
+    return read_coverage(conformance_data_path() / COVERAGE_NAME)
+
+
+def read_coverage(path: Path) -> Coverage:
+    """Read and check a mutation table (``coverage.toml``); raises :class:`CoverageError`."""
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as error:
-        raise CoverageError(f"{COVERAGE_NAME}: {error}") from None
+        raise CoverageError(f"{path.name}: {error}") from None
     if raw.get("format") != COVERAGE_FORMAT:
-        raise CoverageError(f"{COVERAGE_NAME}: not a {COVERAGE_FORMAT} file")
+        raise CoverageError(f"{path.name}: not a {COVERAGE_FORMAT} file")
     faults = []
     for entry in raw.get("fault", []):
+        if not isinstance(entry, dict) or not isinstance(entry.get("cases"), list):
+            raise CoverageError(f"{path.name}: every fault needs a list of cases")
         try:
             fault = Fault(
                 str(entry["name"]),
@@ -101,13 +109,17 @@ def load_coverage() -> Coverage:
                 tuple(str(c) for c in entry["cases"]),
             )
         except (KeyError, TypeError) as error:
-            raise CoverageError(f"{COVERAGE_NAME}: a fault lacks {error}") from None
-        if fault.target not in ("server", "proxy") or not fault.cases:
-            raise CoverageError(f"{COVERAGE_NAME}: fault {fault.name}: bad target or no cases")
+            raise CoverageError(f"{path.name}: a fault lacks {error}") from None
+        if fault.target not in ("server", "proxy") or not fault.cases or not fault.does.strip():
+            raise CoverageError(
+                f"{path.name}: fault {fault.name}: bad target, no description or no cases"
+            )
+        if any(f.name == fault.name for f in faults):
+            raise CoverageError(f"{path.name}: fault {fault.name} is listed twice")
         faults.append(fault)
     elsewhere = raw.get("elsewhere", {})
     if not all(isinstance(v, str) and v.strip() for v in elsewhere.values()):
-        raise CoverageError(f"{COVERAGE_NAME}: [elsewhere] maps ids to where they are checked")
+        raise CoverageError(f"{path.name}: [elsewhere] maps ids to where they are checked")
     return Coverage(tuple(faults), dict(elsewhere))
 
 
