@@ -1,8 +1,10 @@
 """Deliberately faulty distcache servers, to prove the conformance suite has teeth.
 
 A small asyncio server built on the sans-IO core and the memory cache, with one switch per fault.
-With no fault it is a correct server. Run it as a program (like dc_server) so the runner can start,
-restart and watch it through ``--server-cmd``::
+With no fault it is a correct server. Each switch of the mutation table (conformance/coverage.toml)
+breaks the one requirement the table names, and the table lists the cases that must fail on it
+(tests/test_conformance_mutation.py checks that they do). Run it as a program (like dc_server) so
+the runner can start, restart and watch it through ``--server-cmd``::
 
     python tests/faulty_servers.py -listen IP:127.0.0.1:9001 -sessions 64 -fault wrong_uid
 """
