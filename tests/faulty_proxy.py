@@ -9,11 +9,12 @@ Run it like dc_client, with the switch first::
 
 from __future__ import annotations
 
+import os
 import sys
 
 from distcache.cli import dc_client
 from distcache.conformance.coverage import load_coverage
-from distcache.protocol import RequestTracker
+from distcache.protocol import Outstanding, RemoteProtocolError, RequestTracker
 from distcache.proxy import local
 from distcache.proxy.local import LocalConnection
 from distcache.proxy.proxy import Proxy
@@ -90,6 +91,43 @@ def _client_error_drops_upstream(foreign_version: bool):
     return patch
 
 
+def _unknown_uid_ignored() -> None:
+    match = RequestTracker.match
+
+    class Nobody:
+        def answer(self, payload):
+            pass
+
+    def lenient(self, response):
+        try:
+            return match(self, response)
+        except RemoteProtocolError as error:
+            if error.reason != "unknown_uid":
+                raise
+            return Outstanding(response.request_uid, response.operation, Nobody())
+
+    RequestTracker.match = lenient
+
+
+def _large_reply_closes() -> None:
+    def answer(self, payload):
+        pipelined = self._decoder.buffered
+        _answer(self, payload)
+        if len(payload) > 6116 and pipelined:
+            self.close()  # what legacy 1.5.1 does behind a large reply (B4)
+
+    LocalConnection.answer = answer
+
+
+def _late_reply_crashes() -> None:
+    def answer(self, payload):
+        if self._closing or self._eof:  # the client has left (or is leaving)
+            os._exit(70)
+        _answer(self, payload)
+
+    LocalConnection.answer = answer
+
+
 PATCHES = {
     "uid_not_restored": _upstream_uid_kept,
     "empty_as_disconnected": lambda: setattr(
@@ -102,6 +140,9 @@ PATCHES = {
     "idle_ignored": lambda: setattr(LocalConnection, "_idle_check", lambda self: None),
     "client_error_drops_upstream": _client_error_drops_upstream(foreign_version=False),
     "foreign_version_drops_upstream": _client_error_drops_upstream(foreign_version=True),
+    "unknown_uid_ignored": _unknown_uid_ignored,
+    "large_reply_closes": _large_reply_closes,
+    "late_reply_crashes": _late_reply_crashes,
     "long_replies_cut": lambda: setattr(
         LocalConnection, "answer", lambda self, payload: _answer(self, payload[:16384])
     ),
