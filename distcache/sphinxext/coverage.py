@@ -68,7 +68,15 @@ class CoverageMatrixDirective(SphinxDirective):
         if "gaps" in self.options:
             return [self._gaps(rows)]
         sections, _ = catalogue(self.env)
-        output: list[nodes.Node] = []
+        tested = [r for r in rows if r.status == "tested"]
+        summary = (
+            f"{len(tested)} requirements have cases, {sum(bool(r.proved) for r in tested)} of them "
+            "a case proved to fail on them; "
+            f"{sum(r.status == 'gap' for r in rows)} of the wire have none; "
+            f"{sum(r.status == 'elsewhere' for r in rows)} are checked elsewhere and "
+            f"{sum(r.status == 'not-wire' for r in rows)} are not on the wire."
+        )
+        output: list[nodes.Node] = [nodes.paragraph(summary, summary)]
         for section in sections:
             chosen = [r for r in rows if r.requirement.section == section.slug]
             if not chosen:
