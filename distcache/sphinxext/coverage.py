@@ -69,12 +69,13 @@ class CoverageMatrixDirective(SphinxDirective):
             return [self._gaps(rows)]
         sections, _ = catalogue(self.env)
         tested = [r for r in rows if r.status == "tested"]
+        proved = sum(bool(r.proved) for r in tested)
+        counts = {status: sum(r.status == status for r in rows) for status in _STATUS}
         summary = (
-            f"{len(tested)} requirements have cases, {sum(bool(r.proved) for r in tested)} of them "
-            "a case proved to fail on them; "
-            f"{sum(r.status == 'gap' for r in rows)} of the wire have none; "
-            f"{sum(r.status == 'elsewhere' for r in rows)} are checked elsewhere and "
-            f"{sum(r.status == 'not-wire' for r in rows)} are not on the wire."
+            f"{len(tested)} requirements are tested by conformance cases; for {proved} of them a "
+            "faulty target proves that a case can fail on them. Without a case: "
+            f"{counts['gap']} of the wire (gaps); {counts['elsewhere']} checked elsewhere; "
+            f"{counts['not-wire']} not on the wire."
         )
         output: list[nodes.Node] = [nodes.paragraph(summary, summary)]
         for section in sections:
