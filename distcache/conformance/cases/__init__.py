@@ -13,6 +13,7 @@ from . import (
     robustness,
     statuses,
     timing,
+    tls,
     vectors,
 )
 
@@ -29,5 +30,6 @@ __all__ = [
     "robustness",
     "statuses",
     "timing",
+    "tls",
     "vectors",
 ]
