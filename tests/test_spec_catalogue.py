@@ -214,6 +214,8 @@ def test_docs_build_without_warnings(tmp_path):
     assert 'id="req-frame-1"' in framing
     index = (tmp_path / "html" / "spec" / "requirement-index.html").read_text(encoding="utf-8")
     assert 'href="cache.html#req-cache-2"' in index
+    matrix = (tmp_path / "html" / "guide" / "coverage.html").read_text(encoding="utf-8")
+    assert "get_refreshes_expiry" in matrix and "../spec/cache.html#req-cache-2" in matrix
 
 
 def test_extension_warns_on_unknown_unplaced_and_misplaced_requirements(tmp_path):

@@ -74,6 +74,13 @@ def register(subparsers) -> None:
         help="run cases with this id prefix",
     )
     parser.add_argument(
+        "--requirement",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run the cases that test this requirement (e.g. CACHE-2), in every profile",
+    )
+    parser.add_argument(
         "--profile",
         choices=PROFILE_CHOICES,
         help=(
@@ -123,17 +130,51 @@ def _select(cases, args):
         chosen = [c for c in cases if any(c.id.startswith(p) for p in args.case)]
         if not chosen:
             raise UsageError(f"no case id starts with {' or '.join(args.case)} (see --list)")
+    if args.requirement:
+        wanted = set(args.requirement)
+        chosen = [c for c in (chosen if args.case else cases) if wanted & set(c.requirements)]
+        if not chosen:
+            raise UsageError(f"no case tests {' or '.join(args.requirement)} (see --list)")
     return chosen
 
 
 def _list(cases) -> int:
+    from ..conformance.coverage import CoverageError, load_coverage
+
+    try:
+        coverage = load_coverage()
+    except CoverageError as error:
+        raise UsageError(f"conformance data: {error}") from None
     for case in cases:
         needs = ",".join(sorted(case.needs)) or "-"
+        proved = ",".join(f.name for f in coverage.proving(case.id)) or "-"
         print(
             f"{case.id}\t{','.join(case.requirements)}\t{case.level}\t{case.profile}\t"
-            f"{case.target}\t{needs}\t{case.title}"
+            f"{case.target}\t{needs}\t{case.title}\t{proved}"
         )
+    print()
+    print_matrix(cases, coverage)
     return 0
+
+
+def print_matrix(cases, coverage) -> None:
+    """The coverage matrix after the case list: one line per requirement, gaps called out."""
+    from ..conformance.coverage import coverage_matrix
+
+    print("# coverage: requirement, level, kind, status, cases, cases proved to fail on it")
+    gaps = []
+    for row in coverage_matrix(cases, coverage):
+        req = row.requirement
+        if row.status == "tested":
+            detail = f"{len(row.cases)}\t{len(row.proved)}"
+        elif row.status == "elsewhere":
+            detail = f"0\t-\t{row.elsewhere}"
+        else:
+            detail = "0\t-"
+        if row.status == "gap":
+            gaps.append(f"{req.id} ({req.level})")
+        print(f"{req.id}\t{req.level}\t{req.kind}\t{row.status}\t{detail}")
+    print(f"# gaps: {', '.join(gaps) if gaps else 'none'}")
 
 
 def run(args) -> int:

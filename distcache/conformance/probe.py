@@ -136,6 +136,11 @@ class Probe:
         ssl_object = self._writer.get_extra_info("ssl_object")
         return None if ssl_object is None else ssl_object.version()
 
+    @property
+    def writer(self) -> asyncio.StreamWriter:
+        """The connection's stream, for a case that writes more than a wire log should hold."""
+        return self._writer
+
     # -- writing ----------------------------------------------------------------------------
 
     async def send(self, data: bytes) -> bool:

@@ -44,7 +44,8 @@ class VectorPlan:
         return self.played is not self.legacy
 
 
-def _mapping() -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str]]:
+def _mapping() -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, str], dict[str, str]]:
+    """Requirements by group and by vector, SHOULD deviations and pinned requirements."""
     path = conformance_data_path() / MAPPING_NAME
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -52,12 +53,17 @@ def _mapping() -> tuple[dict[str, list[str]], dict[str, list[str]], dict[str, st
         raise VectorFormatError(f"{MAPPING_NAME}: {error}") from None
     if raw.get("format") != MAPPING_FORMAT:
         raise VectorFormatError(f"{MAPPING_NAME}: not a {MAPPING_FORMAT} file")
-    return raw.get("groups", {}), raw.get("vectors", {}), raw.get("should-deviations", {})
+    return (
+        raw.get("groups", {}),
+        raw.get("vectors", {}),
+        raw.get("should-deviations", {}),
+        raw.get("pins", {}),
+    )
 
 
 def vector_plans() -> list[VectorPlan]:
     """One plan per legacy vector, in file order."""
-    groups, per_vector, deviations = _mapping()
+    groups, per_vector, deviations, pins = _mapping()
     reference = {v.id: v for f in reference_vector_files() for v in f}
     plans = []
     for vector_file in legacy_vector_files():
@@ -65,6 +71,11 @@ def vector_plans() -> list[VectorPlan]:
             requirements = per_vector.get(vector.id) or groups.get(vector.group)
             if not requirements:
                 raise VectorFormatError(f"{MAPPING_NAME}: no requirements for {vector.id}")
+            pin = pins.get(vector.id)
+            if not pin:
+                raise VectorFormatError(f"{MAPPING_NAME}: no pinned requirement for {vector.id}")
+            # The pinned requirement comes first: a mismatch is reported against it.
+            requirements = [pin, *(r for r in requirements if r != pin)]
             played = reference.get(vector.id) if vector.unsafe else vector
             deviation = deviations.get(vector.id) if played is not vector else None
             plans.append(VectorPlan(vector, played, tuple(requirements), deviation))

@@ -265,6 +265,12 @@ async def exactly_one_reply(t):
     await probe.send(b"".join(data for _, _, data, _ in plan))
     for index, (uid, operation, _, expected) in enumerate(plan):
         reply = await t.response(probe)
+        if reply.request_uid != uid and reply.request_uid in probe.answered_uids:
+            t.fail(
+                f"an extra reply to an earlier request (uid {reply.request_uid:#010x}) came "
+                f"where reply {index + 1} of {len(plan)} belongs",
+                "RESP-2",
+            )
         t.check_header(reply, uid, operation)
         if reply.payload != expected:
             t.fail(f"reply {index + 1} of {len(plan)} is out of order or wrong", "RESP-2")

@@ -84,6 +84,8 @@ async def uid_rewriting(t):
     answers = set()
     for probe in clients:
         reply = await t.response(probe)
+        if reply.request_uid != 7:
+            t.fail(f"a client got uid {reply.request_uid:#x} back instead of its own 0x7")
         t.check_header(reply, 7, Operation.GET)
         answers.add(reply.payload)
     expected = {f"answer-{n}-{r.request_uid}".encode() for n, (_, r) in enumerate(seen)}
