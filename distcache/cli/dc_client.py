@@ -9,16 +9,19 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - reconnects and idle checks run on precise timers, not a coarse poll;
 - SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
 - with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``.
+- a start-up line (listener, server, limits) at INFO, the default threshold;
+- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``, ``-log``, ``-metrics``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 from types import SimpleNamespace
 
+from .. import __version__
 from ..address import AddressError, parse_address
 from ..netio import ListenError
 from ..proxy import (
@@ -32,7 +35,7 @@ from ..proxy import (
     ProxySettings,
 )
 from ..server import bind_listeners, new_event_loop, unix_path_of
-from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
+from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, describe_socket, ignore_stop_requests
 from .legacy_flags import (
     SERVICE_FLAGS,
     CommandLine,
@@ -41,7 +44,10 @@ from .legacy_flags import (
     log_level_flag,
     run_parser,
 )
+from .monitoring import LOG_FLAG, METRICS_FLAG, bind_metrics, start_logging
 from .service import StartupError, apply_socket_file_settings, become_service
+
+log = logging.getLogger("distcache.proxy")
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -92,6 +98,8 @@ COMMAND_LINE = CommandLine(
             DEFAULT_MAX_CLIENTS,
         ),
         log_level_flag(),
+        LOG_FLAG,
+        METRICS_FLAG,
     ],
     notes=(
         "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
@@ -109,18 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(options)
         ignore_stop_requests()
-        logging.basicConfig(
-            level=options["log_level"],
-            stream=sys.stderr,
-            format="%(asctime)s dc_client %(levelname)s: %(message)s",
-        )
+        start_logging("dc_client", options["log"], options["log_level"])
         sockets = _listen(options, settings)
+        metrics_sockets = bind_metrics(options["metrics"])
         become_service(SimpleNamespace(**options))
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, sockets, options["killable"]))
+        return runner.run(_serve(settings, sockets, options["killable"], metrics_sockets))
 
 
 def _settings(options: dict) -> ProxySettings:
@@ -153,20 +158,48 @@ def _listen(options: dict, settings: ProxySettings):
     return sockets
 
 
-async def _serve(settings: ProxySettings, sockets, killable: bool) -> int:
+async def _serve(settings: ProxySettings, sockets, killable: bool, metrics_sockets=()) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
         loop.add_signal_handler(signum, stop.set)
     proxy = Proxy(settings)
     await proxy.start(sockets)
-    try:
-        await stop.wait()
-    finally:
-        await proxy.close()
+    async with contextlib.AsyncExitStack() as cleanup:
+        if metrics_sockets:
+            await cleanup.enter_async_context(_metrics(proxy, metrics_sockets))
+        log.info("%s", _startup_line(proxy, metrics_sockets))
+        try:
+            await stop.wait()
+        finally:
+            await proxy.close()
         for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
             loop.remove_signal_handler(signum)
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _metrics(proxy: Proxy, sockets):
+    from ..monitoring.metrics import MetricsListener, ProxyCollector, metrics_registry
+
+    listener = MetricsListener(metrics_registry(ProxyCollector(proxy)))
+    await listener.start(list(sockets))
+    try:
+        yield listener
+    finally:
+        await listener.close()
+
+
+def _startup_line(proxy: Proxy, metrics_sockets) -> str:
+    settings = proxy.settings
+    line = (
+        f"dc_client {__version__} serving on {proxy.listen_address()}; forwarding to "
+        f"{settings.server} (upstream {proxy.link.state.name.lower()}); at most "
+        f"{settings.max_clients} local connections, {settings.max_in_flight} requests in flight"
+    )
+    if metrics_sockets:
+        line += f"; metrics on {', '.join(describe_socket(sock) for sock in metrics_sockets)}"
+    return line
 
 
 if __name__ == "__main__":

@@ -11,12 +11,12 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - a relative ``-pidfile`` is taken relative to the starting directory, also with ``-daemon``;
 - ``-user`` also switches to the user's groups, not only its uid;
 - a UNIX listener refuses to replace anything but a stale socket file;
-- extensions: ``-maxconns``, ``-log-level``, ``-engine``.
+- a start-up line (listeners, engine, capacity) at INFO, the default threshold;
+- extensions: ``-maxconns``, ``-log-level``, ``-engine``, ``-log``, ``-metrics``.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from types import SimpleNamespace
 
@@ -42,6 +42,7 @@ from .legacy_flags import (
     log_level_flag,
     run_parser,
 )
+from .monitoring import LOG_FLAG, METRICS_FLAG, bind_metrics, start_logging
 from .service import StartupError, apply_socket_file_settings, become_service
 
 __all__ = ["COMMAND_LINE", "main"]
@@ -90,6 +91,8 @@ COMMAND_LINE = CommandLine(
             str,
             DEFAULT_ENGINE_URL,
         ),
+        LOG_FLAG,
+        METRICS_FLAG,
     ],
     notes=(
         "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
@@ -108,12 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Error, must provide -listen", file=sys.stderr)
         return 1
     defer_stop_requests(options.killable)
-    logging.basicConfig(
-        level=options.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
     try:
+        start_logging("dc_server", options.log, options.log_level)
         return _start(options)
     except StartupError as error:
         print(error, file=sys.stderr)
@@ -129,6 +128,7 @@ def _start(options: SimpleNamespace) -> int:
         sockets = bind_listeners(parse_address(options.listen))
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
+    metrics_sockets = bind_metrics(options.metrics)
     apply_socket_file_settings(options, unix_path_of(sockets))
     # The launcher exits once the daemon serves: scripts may read the pid file at once.
     ready = become_service(options, wait_until_ready=True)
@@ -137,6 +137,8 @@ def _start(options: SimpleNamespace) -> int:
         killable=options.killable,
         max_connections=options.maxconns,
         on_ready=ready,
+        metrics_sockets=tuple(metrics_sockets),
+        engine=options.engine,
     )
     return run_server(sockets, store, run_options)
 

@@ -7,7 +7,9 @@ each with its own server connection; one line per complete *message* (not per fr
 protocol errors are reported and the bytes still relayed unchanged. The log goes to **stdout**
 (the legacy wrote to stderr), or to ``-log FILE`` (appended). Extensions: ``-format json``
 (JSON lines with the ``distcache decode --format json`` keys plus ``time``, ``connection`` and
-``latency_ms`` on replies) and ``-pcap FILE`` (what was relayed, as a capture).
+``latency_ms`` on replies), ``-pcap FILE`` (what was relayed, as a capture) and ``-errlog DEST``
+(where its own diagnostics go, as ``-log`` of dc_server: stderr by default, syslog or a file;
+``-log`` already names the destination of the decoded messages here).
 """
 
 from __future__ import annotations
@@ -17,12 +19,17 @@ import contextlib
 import logging
 import sys
 
+from .. import __version__
 from ..address import AddressError, parse_address
 from ..netio import ListenError
 from ..server import bind_listeners, new_event_loop
-from ..server.run import STOP_SIGNALS
+from ..server.run import STOP_SIGNALS, describe_socket
 from ..snoop import FORMATS, PcapRecorder, Snooper
 from .legacy_flags import CommandLine, Flag, run_parser
+from .monitoring import LOG_FLAG, start_logging
+from .service import StartupError
+
+log = logging.getLogger("distcache.snoop")
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -42,22 +49,26 @@ COMMAND_LINE = CommandLine(
         Flag(("-log",), "log", "extension: append the log to this file (default stdout)", "file"),
         Flag(("-format",), "format", "extension: text or json", "format", _format, "text"),
         Flag(("-pcap",), "pcap", "extension: also write the relayed traffic as pcap", "file"),
+        Flag(
+            ("-errlog",),
+            "errlog",
+            "extension: where diagnostics go: stderr, syslog, syslog:<socket> or a file",
+            "dest",
+            str,
+            LOG_FLAG.default,
+        ),
     ],
     notes="Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.",
 )
-
-
-class StartupError(Exception):
-    pass
 
 
 def main(argv: list[str] | None = None) -> int:
     options = run_parser(COMMAND_LINE, argv)
     if isinstance(options, int):
         return options
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s dc_snoop %(levelname)s: %(message)s")
     with contextlib.ExitStack() as files:
         try:
+            start_logging("dc_snoop", options["errlog"], None)
             if options["listen"] is None or options["server"] is None:
                 raise StartupError("Error, must provide -listen and -server")
             try:
@@ -90,16 +101,21 @@ def main(argv: list[str] | None = None) -> int:
         if pcap_file is not None:
             pcap = PcapRecorder(pcap_file, server.port if server.kind == "tcp" else None)
         snooper = Snooper(server, emit, pcap)
+        startup = (
+            f"dc_snoop {__version__} relaying {', '.join(map(describe_socket, sockets))} to "
+            f"{server}; messages to {options['log'] or 'stdout'} as {options['format']}"
+        )
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(_serve(snooper, sockets))
+            return runner.run(_serve(snooper, sockets, startup))
 
 
-async def _serve(snooper: Snooper, sockets) -> int:
+async def _serve(snooper: Snooper, sockets, startup: str = "") -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     await snooper.start(sockets)
+    log.info("%s", startup)
     try:
         await stop.wait()
     finally:

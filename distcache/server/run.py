@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sys
@@ -11,7 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..cache import SessionStore
+from .. import __version__
+from ..cache import MemoryStore, SessionStore
 from .progress import PROGRESS_INTERVAL, ProgressReporter
 from .server import DEFAULT_MAX_CONNECTIONS, Server
 
@@ -22,6 +24,8 @@ __all__ = [
     "new_event_loop",
     "run_server",
 ]
+
+log = logging.getLogger("distcache.server")
 
 #: Signals that always stop the server cleanly.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -38,6 +42,10 @@ class RunOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Called once the server accepts connections (tells a waiting launcher it started).
     on_ready: Callable[[], None] | None = None
+    #: Bound sockets to serve Prometheus metrics on (none: no metrics listener).
+    metrics_sockets: tuple[socket.socket, ...] = ()
+    #: The engine as the operator named it, for the start-up line and the metrics.
+    engine: str = ""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -87,6 +95,8 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         stop.set()
     server = Server(store, max_connections=options.max_connections)
     await server.start(sockets)
+    metrics = await _serve_metrics(server, options)
+    log.info("%s", startup_line(server, options))
     if options.on_ready is not None:
         options.on_ready()
     progress = asyncio.ensure_future(_report_progress(server, options.progress))
@@ -96,10 +106,48 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress
+        if metrics is not None:
+            await metrics.close()
         await server.close()
         for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
             loop.remove_signal_handler(signum)
     return 0
+
+
+async def _serve_metrics(server: Server, options: RunOptions):
+    if not options.metrics_sockets:
+        return None
+    # Imported only when asked for: prometheus_client is not needed to serve the cache.
+    from ..monitoring.metrics import MetricsListener, ServerCollector, metrics_registry
+
+    listener = MetricsListener(metrics_registry(ServerCollector(server, options.engine)))
+    await listener.start(list(options.metrics_sockets))
+    return listener
+
+
+def startup_line(server: Server, options: RunOptions) -> str:
+    """What an operator needs to know at start: where, which engine, how big."""
+    listening = ", ".join(describe_socket(sock) for sock in server.sockets)
+    engine = options.engine or type(server.store).__name__
+    if type(server.store) is MemoryStore:
+        engine += f" ({server.store.cache.capacity} sessions)"
+    line = (
+        f"dc_server {__version__} serving on {listening}; engine {engine}; "
+        f"at most {server.max_connections} connections"
+    )
+    if options.metrics_sockets:
+        metrics = ", ".join(describe_socket(sock) for sock in options.metrics_sockets)
+        line += f"; metrics on {metrics}"
+    return line
+
+
+def describe_socket(sock: socket.socket) -> str:
+    """A listening socket in the address grammar (``IP:host:port``, ``UNIX:path``)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"UNIX:{name}"
+    host, port = name[:2]
+    return f"IP:[{host}]:{port}" if ":" in host else f"IP:{host}:{port}"
 
 
 def _ignore() -> None:
