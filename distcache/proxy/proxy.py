@@ -99,7 +99,9 @@ class Proxy:
         limit = self.settings.max_clients
         if len(self._connections) >= limit:
             self.refused += 1
-            log.error("rejected new client connection already at maximum (%d) - dropping it", limit)
+            log.warning(
+                "rejected new client connection already at maximum (%d) - dropping it", limit
+            )
             return None
         self._connections.add(connection)
         self._accepted += 1
