@@ -112,7 +112,7 @@ class RequestHandler:
         # Indexed by the operation's value: cheaper per request than a dict lookup.
         self._sync_calls = (
             tuple(
-                (getattr(self.sync_core, _ACTIONS[op][0]), _ACTIONS[op][1])
+                (getattr(self.sync_core, _ACTIONS[op][0]), _ACTIONS[op][1], op * OUTCOME_SLOTS)
                 for op in sorted(_ACTIONS)
             )
             if self.sync_core is not None
@@ -122,7 +122,7 @@ class RequestHandler:
     def answer_now(self, request: Request) -> bytes:
         """The reply, computed synchronously (only when :attr:`sync_core` is set)."""
         operation = request.operation
-        call, reply = self._sync_calls[operation]  # type: ignore[index]
+        call, reply, counted = self._sync_calls[operation]  # type: ignore[index]
         if operation is _ADD:
             checked = check_add_fields(request.payload)
             if type(checked) is not tuple:
@@ -133,8 +133,8 @@ class RequestHandler:
             self.outcomes[0 if result is _STORED else _DUPLICATE_SLOT] += 1
             return reply(request, result)
         result = call(request.payload)
-        # GET: a session or None; REMOVE, HAVE: True or False.
-        self.outcomes[operation * OUTCOME_SLOTS + (result is None or result is False)] += 1
+        # GET: a session or None; REMOVE, HAVE: True or False (the slot after OK is NOTOK's).
+        self.outcomes[counted + (result is None or result is False)] += 1
         return reply(request, result)
 
     def begin(self, request: Request, finish: Callable[[object], None]) -> bytes | None:
