@@ -10,6 +10,8 @@ import logging
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -265,3 +267,37 @@ def test_a_malformed_connection_storm_cannot_grow_the_log_past_its_bound(tmp_pat
     # Every malformed connection was written or counted (a few may have failed to connect).
     assert sum(sent) <= len(errors) + held <= sum(tried), (len(errors), held, sent, tried)
     assert size_after_storm < 20 * 1024, size_after_storm  # one kind: a few lines, not MBs
+
+
+def test_a_forked_process_logs_to_the_same_file_with_its_own_bound(tmp_path):
+    """What a worker process gets: the parent's destination, its own pid, its own windows."""
+    script = f"""
+import logging, os, sys
+from distcache.monitoring import setup_logging
+setup_logging("dc_server", {str(tmp_path / "w.log")!r}, "INFO")
+log = logging.getLogger("distcache.server")
+log.warning("parent %d", os.getpid())
+pid = os.fork()
+for n in range(30):
+    log.warning("storm %d", n)
+logging.shutdown()  # writes the pending summary
+if pid:
+    os.waitpid(pid, 0)
+os._exit(0)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "w.log").read_text().splitlines()
+    pids = {line.split("[", 1)[1].split("]", 1)[0] for line in lines}
+    assert len(pids) == 2  # parent and child, each tagged with its own pid
+    for pid in pids:
+        own = [line for line in lines if f"[{pid}]" in line]
+        storm = [line for line in own if ": storm " in line and "more like" not in line]
+        assert len(storm) == KIND_LINES_PER_WINDOW
+        assert any(f"{30 - KIND_LINES_PER_WINDOW} more like this" in line for line in own)
