@@ -17,10 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 
 from .. import __version__
 from ..address import AddressError, parse_address
+from ..monitoring.logs import call_on_sighup
 from ..netio import ListenError
 from ..server import bind_listeners, new_event_loop
 from ..server.run import STOP_SIGNALS, describe_socket
@@ -46,7 +48,12 @@ COMMAND_LINE = CommandLine(
     flags=[
         Flag(("-listen",), "listen", "where clients connect (required)", "address"),
         Flag(("-server", "-connect"), "server", "the server to relay to (required)", "address"),
-        Flag(("-log",), "log", "extension: append the log to this file (default stdout)", "file"),
+        Flag(
+            ("-log",),
+            "log",
+            "extension: append the log to this file, reopened on SIGHUP (default stdout)",
+            "file",
+        ),
         Flag(("-format",), "format", "extension: text or json", "format", _format, "text"),
         Flag(("-pcap",), "pcap", "extension: also write the relayed traffic as pcap", "file"),
         Flag(
@@ -79,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise StartupError(f"Error, {error}") from None
             try:
                 out = (
-                    files.enter_context(open(options["log"], "a")) if options["log"] else sys.stdout
+                    files.enter_context(_ReopenedOnSighup(options["log"]))
+                    if options["log"]
+                    else sys.stdout
                 )
                 pcap_file = (
                     files.enter_context(open(options["pcap"], "wb")) if options["pcap"] else None
@@ -107,6 +116,35 @@ def main(argv: list[str] | None = None) -> int:
         )
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(_serve(snooper, sockets, startup))
+
+
+class _ReopenedOnSighup:
+    """The ``-log`` file of decoded messages, appended to and reopened on SIGHUP (logrotate)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed by __exit__ or a reopen
+        self._reopen = False
+        call_on_sighup(self._request_reopen)
+
+    def _request_reopen(self) -> None:
+        self._reopen = True  # from the signal handler: the next write reopens
+
+    def write(self, text: str) -> None:
+        if self._reopen:
+            self._reopen = False
+            self._file.close()
+            self._file = open(self.path, "a")  # noqa: SIM115
+        self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._file.close()
 
 
 async def _serve(snooper: Snooper, sockets, startup: str = "") -> int:

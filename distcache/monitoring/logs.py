@@ -41,6 +41,7 @@ __all__ = [
     "SYSLOG_SOCKET",
     "LogDestinationError",
     "ReopeningFileHandler",
+    "call_on_sighup",
     "setup_logging",
 ]
 
@@ -97,8 +98,27 @@ def setup_logging(program: str, destination: str | None = None, level: str | Non
     root.addHandler(handler)
     root.setLevel(level or DEFAULT_LOG_LEVEL)
     if isinstance(target, ReopeningFileHandler):
-        signal.signal(signal.SIGHUP, lambda _signum, _frame: target.request_reopen())
+        call_on_sighup(target.request_reopen)
     return handler
+
+
+#: What SIGHUP does once call_on_sighup has been used (each must only set a flag).
+_sighup_callbacks: list = []
+
+
+def call_on_sighup(callback) -> None:
+    """Call ``callback()`` on SIGHUP, besides what is already called (log files to reopen).
+
+    Installs the handler on first use; until then SIGHUP keeps its default action.
+    """
+    if not _sighup_callbacks:
+        signal.signal(signal.SIGHUP, _sighup)
+    _sighup_callbacks.append(callback)
+
+
+def _sighup(_signum, _frame) -> None:
+    for callback in _sighup_callbacks:
+        callback()
 
 
 def _open_destination(destination: str, program: str) -> tuple[logging.Handler, str]:
