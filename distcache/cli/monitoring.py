@@ -20,8 +20,8 @@ __all__ = ["LOG_FLAG", "METRICS_FLAG", "bind_metrics", "start_logging"]
 LOG_FLAG = Flag(
     ("-log",),
     "log",
-    "extension: where the log goes: stderr, syslog, syslog:<socket> or a file (appended, "
-    "reopened on SIGHUP)",
+    "extension: where the log goes: stderr, syslog, syslog:<socket>, or a file to append to "
+    "and reopen on SIGHUP",
     "dest",
     str,
     "stderr",
