@@ -78,6 +78,7 @@ class Proxy:
         if sockets is None:
             sockets = bind_listeners(self.settings.listen)
         for sock in sockets:
+            sock.listen(BACKLOG)  # now, so that clients wait in the backlog (see below)
             if sock.family == socket.AF_UNIX:
                 create = loop.create_unix_server
             else:

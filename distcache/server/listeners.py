@@ -21,7 +21,11 @@ BACKLOG = 511
 
 
 def bind_listeners(address: Address | str) -> list[socket.socket]:
-    """Bound, listening sockets for ``address`` (one per resolved TCP address).
+    """Bound sockets for ``address`` (one per resolved TCP address), not yet listening.
+
+    They start listening when a server starts serving them (with ``BACKLOG``), so that what a
+    program does between binding and serving (detaching, writing its pid file) is done before
+    any client can connect. An inherited listener (``FD:``) already listens.
 
     Raises ``AddressError`` for an address that cannot be listened on and ``netio.ListenError``
     when binding fails.
@@ -67,7 +71,6 @@ def _bind_tcp(address: Address) -> list[socket.socket]:
                 # Each family gets its own socket, as asyncio does.
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(sockaddr)
-            sock.listen(BACKLOG)
             sock.setblocking(False)
     except OSError as error:
         close_listeners(bound)
@@ -84,7 +87,6 @@ def _bind_unix(address: Address) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
-        sock.listen(BACKLOG)
         sock.setblocking(False)
     except OSError as error:
         sock.close()

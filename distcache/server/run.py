@@ -70,8 +70,8 @@ _early_stop_requests: list[int] = []
 def defer_stop_requests(killable: bool) -> None:
     """Until the server's event loop takes over, remember stop requests instead of losing them.
 
-    The listening sockets accept connections before the loop runs, so a client (or a test) may
-    already signal the server; the request is honoured as soon as the loop starts.
+    A supervisor (or a test) may signal the server while it is still starting; the request is
+    honoured as soon as the loop starts.
     """
     ignore_stop_requests()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):

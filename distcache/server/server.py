@@ -10,6 +10,7 @@ import socket
 from ..cache import SessionStore
 from .connection import ServerConnection
 from .handler import RequestHandler
+from .listeners import BACKLOG
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "Server"]
 
@@ -44,13 +45,13 @@ class Server:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self, sockets: list[socket.socket]) -> None:
-        """Start accepting on already bound, listening sockets (see ``bind_listeners``)."""
+        """Listen and accept on already bound sockets (see ``bind_listeners``)."""
         loop = asyncio.get_running_loop()
         for sock in sockets:
-            if sock.family == socket.AF_UNIX:
-                listener = await loop.create_unix_server(self._new_connection, sock=sock)
-            else:
-                listener = await loop.create_server(self._new_connection, sock=sock)
+            create = (
+                loop.create_unix_server if sock.family == socket.AF_UNIX else loop.create_server
+            )
+            listener = await create(self._new_connection, sock=sock, backlog=BACKLOG)
             self._listeners.append(listener)
 
     async def close(self) -> None:

@@ -16,6 +16,7 @@ import time
 
 from ..address import Address
 from ..netio import ConnectError, open_connection
+from ..server.listeners import BACKLOG
 from ..wire import Direction
 from .observer import ConnectionObserver, Emit
 from .pcap import PcapRecorder
@@ -43,7 +44,7 @@ class Snooper:
             start = (
                 asyncio.start_unix_server if sock.family == socket.AF_UNIX else asyncio.start_server
             )
-            self._listeners.append(await start(self._accept, sock=sock))
+            self._listeners.append(await start(self._accept, sock=sock, backlog=BACKLOG))
 
     async def close(self) -> None:
         for listener in self._listeners:
