@@ -207,4 +207,4 @@ def test_proxy_metrics_follow_the_upstream_link(tmp_path):
     assert value(samples, "distcache_upstream_connections_total") == 2
     assert value(samples, "distcache_upstream_reconnections_total") == 1
     assert value(samples, "distcache_protocol_errors_total", reason="bad_version") == 1
-    assert value(samples, "distcache_connections_total") == 2
+    assert value(samples, "distcache_connections_total") == 3  # the helper's probe, local, bad

@@ -164,10 +164,11 @@ async def _serve(settings: ProxySettings, sockets, killable: bool, metrics_socke
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
         loop.add_signal_handler(signum, stop.set)
     proxy = Proxy(settings)
-    await proxy.start(sockets)
     async with contextlib.AsyncExitStack() as cleanup:
+        # Metrics first: once the proxy listens (what launchers and tests wait for), they answer.
         if metrics_sockets:
             await cleanup.enter_async_context(_metrics(proxy, metrics_sockets))
+        await proxy.start(sockets)
         log.info("%s", _startup_line(proxy, metrics_sockets))
         try:
             await stop.wait()

@@ -94,8 +94,9 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
     if _early_stop_requests:
         stop.set()
     server = Server(store, max_connections=options.max_connections)
-    await server.start(sockets)
+    # Metrics first: once the cache listens (what launchers and tests wait for), they answer too.
     metrics = await _serve_metrics(server, options)
+    await server.start(sockets)
     log.info("%s", startup_line(server, options))
     if options.on_ready is not None:
         options.on_ready()
