@@ -301,3 +301,13 @@ os._exit(0)
         storm = [line for line in own if ": storm " in line and "more like" not in line]
         assert len(storm) == KIND_LINES_PER_WINDOW
         assert any(f"{30 - KIND_LINES_PER_WINDOW} more like this" in line for line in own)
+
+
+def test_the_startup_line_never_shows_a_store_password():
+    closed = f"127.0.0.1:{free_port()}"  # the store need not answer for the server to start
+    with dc_server("-engine", f"redis://u:hunter2@{closed}/0") as server:
+        server.stop()
+        stderr = server.stderr
+    startup = next(line for line in stderr.splitlines() if "serving on" in line)
+    assert f"engine RedisStore('redis://{closed}/0'" in startup
+    assert "hunter2" not in stderr

@@ -138,7 +138,6 @@ def _start(options: SimpleNamespace) -> int:
         max_connections=options.maxconns,
         on_ready=ready,
         metrics_sockets=tuple(metrics_sockets),
-        engine=options.engine,
     )
     return run_server(sockets, store, run_options)
 

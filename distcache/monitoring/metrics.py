@@ -105,6 +105,7 @@ class ServerCollector(Collector):
     """The metrics of a :class:`~distcache.server.Server`."""
 
     def __init__(self, server, engine: str = "") -> None:
+        """``engine`` names the engine in ``distcache_info`` (never a URL with its password)."""
         self.server = server
         self.engine = engine
 

@@ -44,8 +44,6 @@ class RunOptions:
     on_ready: Callable[[], None] | None = None
     #: Bound sockets to serve Prometheus metrics on (none: no metrics listener).
     metrics_sockets: tuple[socket.socket, ...] = ()
-    #: The engine as the operator named it, for the start-up line and the metrics.
-    engine: str = ""
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -121,7 +119,7 @@ async def _serve_metrics(server: Server, options: RunOptions):
     # Imported only when asked for: prometheus_client is not needed to serve the cache.
     from ..monitoring.metrics import MetricsListener, ServerCollector, metrics_registry
 
-    listener = MetricsListener(metrics_registry(ServerCollector(server, options.engine)))
+    listener = MetricsListener(metrics_registry(ServerCollector(server, describe_engine(server))))
     await listener.start(list(options.metrics_sockets))
     return listener
 
@@ -129,7 +127,7 @@ async def _serve_metrics(server: Server, options: RunOptions):
 def startup_line(server: Server, options: RunOptions) -> str:
     """What an operator needs to know at start: where, which engine, how big."""
     listening = ", ".join(describe_socket(sock) for sock in server.sockets)
-    engine = options.engine or type(server.store).__name__
+    engine = describe_engine(server)
     if type(server.store) is MemoryStore:
         engine += f" ({server.store.cache.capacity} sessions)"
     line = (
@@ -140,6 +138,12 @@ def startup_line(server: Server, options: RunOptions) -> str:
         metrics = ", ".join(describe_socket(sock) for sock in options.metrics_sockets)
         line += f"; metrics on {metrics}"
     return line
+
+
+def describe_engine(server: Server) -> str:
+    """The engine, safe to log: ``memory:``, or the store's repr, which never shows a password."""
+    store = server.store
+    return "memory:" if type(store) is MemoryStore else repr(store)
 
 
 def describe_socket(sock: socket.socket) -> str:
