@@ -311,3 +311,11 @@ def test_the_startup_line_never_shows_a_store_password():
     startup = next(line for line in stderr.splitlines() if "serving on" in line)
     assert f"engine RedisStore('redis://{closed}/0'" in startup
     assert "hunter2" not in stderr
+
+
+def test_a_syslog_socket_that_does_not_answer_stops_the_start(tmp_path):
+    missing = tmp_path / "no-syslog"
+    result = run_dc_server("-listen", f"UNIX:{tmp_path / 's'}", "-log", f"syslog:{missing}")
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"Error, can't reach syslog at '{missing}': ")
+    assert "Traceback" not in result.stderr
