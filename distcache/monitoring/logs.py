@@ -32,6 +32,7 @@ import logging
 import logging.handlers
 import os
 import signal
+import socket
 import sys
 
 from .ratelimit import BoundedFormatter, RateLimitedHandler
@@ -127,6 +128,7 @@ def _open_destination(destination: str, program: str) -> tuple[logging.Handler, 
     if destination == "syslog" or destination.startswith("syslog:"):
         path = destination.partition(":")[2] or SYSLOG_SOCKET
         try:
+            _check_syslog(path)
             handler = logging.handlers.SysLogHandler(
                 address=path, facility=logging.handlers.SysLogHandler.LOG_DAEMON
             )
@@ -142,3 +144,19 @@ def _open_destination(destination: str, program: str) -> tuple[logging.Handler, 
         raise LogDestinationError(
             f"can't open log file '{destination}': {error.strerror or error}"
         ) from None
+
+
+def _check_syslog(path: str) -> None:
+    """Raise OSError unless a syslog daemon listens at ``path`` (datagram or stream socket).
+
+    SysLogHandler ignores a failed connection (and then drops every line), as openlog(3) does;
+    an operator who asked for syslog is told at start instead.
+    """
+    for kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+        with socket.socket(socket.AF_UNIX, kind) as probe:
+            try:
+                probe.connect(path)
+                return
+            except OSError as error:
+                failure = error
+    raise failure
