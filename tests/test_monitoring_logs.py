@@ -104,6 +104,21 @@ def test_the_summary_keeps_the_highest_level_held_back(limited):
     assert lines.lines[-1].startswith("ERROR ") and "2 more like this" in lines.lines[-1]
 
 
+def test_flushing_writes_the_summaries_but_never_raises_the_bound(limited):
+    _, lines, logger, handler = limited
+    for _ in range(3):
+        for n in range(20):
+            logger.warning("again %d", n)
+        handler.flush()
+    written = [line for line in lines.lines if "more like this" not in line]
+    assert len(written) == KIND_LINES_PER_WINDOW
+    assert [line.split(": ", 1)[1].split(" (")[0] for line in lines.lines if "more" in line] == [
+        "10 more like this in the last 0 s",
+        "20 more like this in the last 0 s",
+        "20 more like this in the last 0 s",
+    ]
+
+
 def test_a_quiet_log_is_untouched(limited):
     clock, lines, logger, handler = limited
     for n in range(30):

@@ -122,9 +122,10 @@ class RateLimitedHandler(logging.Handler):
         self._arm_timer(now)
 
     def flush(self) -> None:
-        """Write the summaries of the current window now, then the target's buffers."""
+        """Write the summaries of what was held back so far (the window's counts of written
+        lines stand, so flushing never raises the bound), then the target's buffers."""
         with self.lock:  # type: ignore[union-attr]
-            self._summarise(self._clock())
+            self._write_summaries(self._clock())
         self.target.flush()
 
     def close(self) -> None:
@@ -167,6 +168,12 @@ class RateLimitedHandler(logging.Handler):
 
     def _summarise(self, now: float) -> None:
         """Write one summary per kind held back in the window, then start a new window."""
+        self._write_summaries(now)
+        self._reset_window(now)
+
+    def _write_summaries(self, now: float) -> None:
+        """One summary line per kind held back (at most SUMMARY_KINDS_PER_WINDOW, then one for
+        the rest); the held counts start again from zero."""
         seconds = now - self._window_start
         held = sorted(
             (tally for tally in self._tallies.values() if tally.held),
@@ -191,7 +198,9 @@ class RateLimitedHandler(logging.Handler):
                 None,
             )
             self.target.handle(record)
-        self._reset_window(now)
+        for tally in held:
+            tally.held, tally.level, tally.last = 0, logging.NOTSET, None
+        self._held_untracked = 0
 
 
 def _summary_record(tally: _Tally, seconds: float) -> logging.LogRecord:
