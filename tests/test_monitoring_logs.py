@@ -334,3 +334,27 @@ def test_a_syslog_socket_that_does_not_answer_stops_the_start(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"Error, can't reach syslog at '{missing}': ")
     assert "Traceback" not in result.stderr
+
+
+def test_a_daemonised_proxy_logs_to_its_file(tmp_path):
+    log, pidfile = tmp_path / "proxy.log", tmp_path / "proxy.pid"
+    path = tmp_path / "proxy.sock"
+    with dc_server() as server:
+        result = run_program(
+            "dc_client",
+            *("-listen", f"UNIX:{path}", "-server", server.listen, "-daemon"),
+            *("-pidfile", str(pidfile), "-log", str(log)),
+        )
+        assert result.returncode == 0, result.stderr
+        _wait_for(pidfile.exists)
+        pid = int(pidfile.read_text())
+        try:
+            _wait_for(lambda: log.exists() and "serving on" in log.read_text())
+            server.stop()
+            _wait_for(lambda: "lost the server connection" in log.read_text())
+        finally:
+            os.kill(pid, signal.SIGTERM)
+        _wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+    text = log.read_text()
+    assert f"dc_client[{pid}] INFO distcache.proxy: dc_client " in text
+    assert f"dc_client[{pid}] WARNING distcache.proxy: lost the server connection" in text
