@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 
 from .. import __version__
 from ..cache import MemoryStore
+from ..server.handler import UNAVAILABLE_SLOT, outcome_slot
 from ..wire import Operation, Status
 
 __all__ = [
@@ -42,8 +43,8 @@ REQUEST_SECONDS = 10.0
 #: Scrapes answered at once; more connections are closed at once.
 MAX_SCRAPERS = 8
 
-# The handler's outcome slots (see distcache.server.handler) that each command reports.
-_HIT_MISS = (("hit", Status.OK), ("miss", Status.NOTOK), ("unavailable", Status.DISCONNECTED))
+# The handler's outcome codes (see distcache.server.handler) that each command reports.
+_HIT_MISS = (("hit", Status.OK), ("miss", Status.NOTOK), ("unavailable", UNAVAILABLE_SLOT))
 _ADD_OUTCOMES = (
     ("stored", Status.OK),
     *(
@@ -56,7 +57,7 @@ _ADD_OUTCOMES = (
             Status.ADD_DATA_RANGE,
         )
     ),
-    ("unavailable", Status.DISCONNECTED),
+    ("unavailable", UNAVAILABLE_SLOT),
 )
 
 
@@ -113,7 +114,6 @@ class ServerCollector(Collector):
         server = self.server
         yield _info("dc_server", engine=self.engine or type(server.store).__name__)
         outcomes = server.handler.outcomes
-        slots = len(outcomes) // len(Operation)
         commands = CounterMetricFamily(
             "distcache_commands",
             "Requests answered, by command and outcome (hit, miss, stored, the status of a "
@@ -122,7 +122,7 @@ class ServerCollector(Collector):
         )
         for operation in Operation:
             for status, code in _ADD_OUTCOMES if operation is Operation.ADD else _HIT_MISS:
-                count = outcomes[operation * slots + code]
+                count = outcomes[outcome_slot(operation, code)]
                 commands.add_metric([operation.name.lower(), status], count)
         yield commands
         yield from _connections(server, server.connection_count, server.max_connections)
