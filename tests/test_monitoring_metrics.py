@@ -208,3 +208,39 @@ def test_proxy_metrics_follow_the_upstream_link(tmp_path):
     assert value(samples, "distcache_upstream_reconnections_total") == 1
     assert value(samples, "distcache_protocol_errors_total", reason="bad_version") == 1
     assert value(samples, "distcache_connections_total") == 3  # the helper's probe, local, bad
+
+
+def test_commands_on_a_store_engine_are_counted_and_an_unreachable_store_too():
+    from test_cache_redis import StoreProcess
+
+    store = StoreProcess()
+    metrics = f"127.0.0.1:{free_port()}"
+    try:
+        with dc_server("-engine", store.url, "-metrics", metrics) as server:
+            sock = server.connect()
+            assert ask(sock, add_request(1, b"k", b"v", 60_000)) == OK
+            assert ask(sock, add_request(2, b"k", b"v", 60_000)) == bytes(
+                [Status.ADD_MATCHING_SESSION]
+            )
+            assert ask(sock, get_request(3, b"k")) == b"v"
+            assert ask(sock, have_request(4, b"nope")) == NOTOK
+            store.kill()
+            assert ask(sock, get_request(5, b"k")) == NOTOK  # the store's outage answer
+            samples = scrape(metrics)
+            sock.close()
+    finally:
+        store.kill()
+    counts = {
+        ("add", "stored"): 1,
+        ("add", "add_matching_session"): 1,
+        ("get", "hit"): 1,
+        ("get", "miss"): 0,
+        ("get", "unavailable"): 1,
+        ("have", "miss"): 1,
+    }
+    for (command, status), count in counts.items():
+        assert value(samples, "distcache_commands_total", command=command, status=status) == count
+    assert ("distcache_current_sessions", frozenset()) not in samples  # the store's to report
+    assert "RedisStore('redis://127.0.0.1:" in next(
+        dict(labels)["engine"] for name, labels in samples if name == "distcache_info"
+    )
