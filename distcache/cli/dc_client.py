@@ -10,7 +10,9 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
 - with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
 - a start-up line (listener, server, limits) at INFO, the default threshold;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``, ``-log``, ``-metrics``.
+- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``, ``-log``, ``-metrics``;
+- extensions: a ``TLS:host:port`` server (and listen address) with ``-tls-cert``, ``-tls-key``
+  and ``-tls-ca``, SIGHUP re-reading those files, ``-allow CIDR`` for a plain TCP listen address.
 """
 
 from __future__ import annotations
@@ -18,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import sys
 from types import SimpleNamespace
 
 from .. import __version__
 from ..address import AddressError, parse_address
+from ..allowlist import cidr_argument
 from ..netio import ListenError
 from ..proxy import (
     DEFAULT_LISTEN,
@@ -38,14 +42,30 @@ from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, describe_socket, ignore_stop_requests
 from .legacy_flags import (
     SERVICE_FLAGS,
+    TLS_FLAGS,
     CommandLine,
     Flag,
     decimal_in,
     log_level_flag,
     run_parser,
 )
-from .monitoring import LOG_FLAG, METRICS_FLAG, bind_metrics, start_logging
+from .monitoring import (
+    LOG_FLAG,
+    METRICS_FLAG,
+    bind_metrics,
+    start_logging,
+    with_log_reopening,
+)
 from .service import StartupError, apply_socket_file_settings, become_service
+from .tls_options import (
+    TLSSetupError,
+    allow_list,
+    check_used,
+    client_tls,
+    files_from,
+    reload_on_sighup,
+    server_tls,
+)
 
 log = logging.getLogger("distcache.proxy")
 
@@ -100,9 +120,20 @@ COMMAND_LINE = CommandLine(
         log_level_flag(),
         LOG_FLAG,
         METRICS_FLAG,
+        *TLS_FLAGS,
+        Flag(
+            ("-allow",),
+            "allow",
+            "extension: serve a plain TCP listen address to this network only (CIDR; repeatable)",
+            "cidr",
+            cidr_argument,
+            repeatable=True,
+        ),
     ],
     notes=(
-        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
+        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>, TLS:<host>:<port>.\n"
+        "A TLS: server is verified against -tls-ca (else the system trust store) and its host\n"
+        "name; -tls-cert/-tls-key are presented to it. SIGHUP re-reads the TLS files.\n"
         "With no server connection every request is answered with an empty reply; requests in\n"
         "flight when the server is lost are answered with the status byte 0x02 (DISCONNECTED).\n"
         "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0)."
@@ -121,11 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         sockets = _listen(options, settings)
         metrics_sockets = bind_metrics(options["metrics"])
         become_service(SimpleNamespace(**options))
+        reload = with_log_reopening(reload_on_sighup([settings.tls, settings.listen_tls]))
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, sockets, options["killable"], metrics_sockets))
+        return runner.run(_serve(settings, sockets, options["killable"], reload, metrics_sockets))
 
 
 def _settings(options: dict) -> ProxySettings:
@@ -139,9 +171,20 @@ def _settings(options: dict) -> ProxySettings:
         server = parse_address(options["server"]).require_connect()
     except AddressError as error:
         raise StartupError(f"Error, internal initialisation problems\n  ({error})") from None
+    files = files_from(options)
+    try:
+        check_used(files, [listen, server])
+        tls = client_tls(files, [server])
+        listen_tls = server_tls(files, [listen])
+        allow = allow_list(options["allow"], [listen])
+    except TLSSetupError as error:
+        raise StartupError(f"Error, {error}") from None
     return ProxySettings(
         listen=listen,
         server=server,
+        tls=tls,
+        listen_tls=listen_tls,
+        allow=allow,
         retry_ms=options["retry_ms"],
         idle_ms=options["idle_ms"],
         max_in_flight=options["max_in_flight"],
@@ -151,18 +194,22 @@ def _settings(options: dict) -> ProxySettings:
 
 def _listen(options: dict, settings: ProxySettings):
     try:
-        sockets = bind_listeners(settings.listen)
+        sockets = bind_listeners(settings.listen, tls=settings.listen_tls, allow=settings.allow)
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, bad listen address\n  ({error})") from None
     apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))
     return sockets
 
 
-async def _serve(settings: ProxySettings, sockets, killable: bool, metrics_sockets=()) -> int:
+async def _serve(
+    settings: ProxySettings, sockets, killable: bool, reload, metrics_sockets=()
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
         loop.add_signal_handler(signum, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
     proxy = Proxy(settings)
     async with contextlib.AsyncExitStack() as cleanup:
         # Metrics first: once the proxy listens (what launchers and tests wait for), they answer.

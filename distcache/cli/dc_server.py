@@ -12,7 +12,10 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - ``-user`` also switches to the user's groups, not only its uid;
 - a UNIX listener refuses to replace anything but a stale socket file;
 - a start-up line (listeners, engine, capacity) at INFO, the default threshold;
-- extensions: ``-maxconns``, ``-log-level``, ``-engine``, ``-log``, ``-metrics``.
+- extensions: ``-maxconns``, ``-log-level``, ``-engine``, ``-log``, ``-metrics``;
+- extensions: several ``-listen`` at once, ``TLS:host:port`` listeners with ``-tls-cert``,
+  ``-tls-key`` and ``-tls-ca`` (mutual TLS), SIGHUP re-reading those files, and ``-allow CIDR``
+  for plain TCP listeners.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 from types import SimpleNamespace
 
 from ..address import AddressError, parse_address
+from ..allowlist import AllowList, cidr_argument
 from ..netio import ListenError
 from ..server import (
     DEFAULT_ENGINE_URL,
@@ -28,22 +32,39 @@ from ..server import (
     EngineError,
     RunOptions,
     bind_listeners,
+    close_listeners,
     open_engine,
     run_server,
     unix_path_of,
 )
 from ..server.run import defer_stop_requests
+from ..tls import ServerTLS
 from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
 from .legacy_flags import (
     SERVICE_FLAGS,
+    TLS_FLAGS,
     CommandLine,
     Flag,
     decimal_in,
     log_level_flag,
     run_parser,
 )
-from .monitoring import LOG_FLAG, METRICS_FLAG, bind_metrics, start_logging
+from .monitoring import (
+    LOG_FLAG,
+    METRICS_FLAG,
+    bind_metrics,
+    start_logging,
+    with_log_reopening,
+)
 from .service import StartupError, apply_socket_file_settings, become_service
+from .tls_options import (
+    TLSSetupError,
+    allow_list,
+    check_used,
+    files_from,
+    reload_on_sighup,
+    server_tls,
+)
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -56,7 +77,13 @@ COMMAND_LINE = CommandLine(
     summary="distcache session cache server.",
     doubled_dash=True,  # the legacy dc_server's error lines read "Error, --sessions ..."
     flags=[
-        Flag(("-listen",), "listen", "where to accept clients (required)", "address"),
+        Flag(
+            ("-listen",),
+            "listen",
+            "where to accept clients (required; extension: give it several times)",
+            "address",
+            repeatable=True,
+        ),
         Flag(
             ("-sessions",),
             "sessions",
@@ -93,11 +120,21 @@ COMMAND_LINE = CommandLine(
         ),
         LOG_FLAG,
         METRICS_FLAG,
+        *TLS_FLAGS,
+        Flag(
+            ("-allow",),
+            "allow",
+            "extension: serve plain TCP clients from this network only (CIDR; repeatable)",
+            "cidr",
+            cidr_argument,
+            repeatable=True,
+        ),
     ],
     notes=(
-        "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
+        "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>,\n"
+        "TLS:<host>:<port> (needs -tls-cert and -tls-key; -tls-ca requires client certificates).\n"
         "SIGTERM and SIGINT always stop the server cleanly (exit status 0); start-up errors\n"
-        "exit with status 1."
+        "exit with status 1. SIGHUP re-reads the TLS files (connections stay open)."
     ),
 )
 
@@ -107,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(values, int):
         return values
     options = SimpleNamespace(**values)
-    if options.listen is None:
+    if not options.listen:
         print("Error, must provide -listen", file=sys.stderr)
         return 1
     defer_stop_requests(options.killable)
@@ -124,10 +161,14 @@ def _start(options: SimpleNamespace) -> int:
         store = open_engine(options.engine, options.sessions)
     except EngineError as error:
         raise StartupError(f"Error, {error}") from None
-    try:
-        sockets = bind_listeners(parse_address(options.listen))
-    except (AddressError, ListenError) as error:
-        raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
+    tls, allow = _transport_settings(options)
+    sockets = []
+    for text in options.listen:
+        try:
+            sockets += bind_listeners(parse_address(text), tls=tls, allow=allow)
+        except (AddressError, ListenError) as error:
+            close_listeners(sockets)
+            raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None
     metrics_sockets = bind_metrics(options.metrics)
     apply_socket_file_settings(options, unix_path_of(sockets))
     # The launcher exits once the daemon serves: scripts may read the pid file at once.
@@ -138,8 +179,25 @@ def _start(options: SimpleNamespace) -> int:
         max_connections=options.maxconns,
         on_ready=ready,
         metrics_sockets=tuple(metrics_sockets),
+        on_reload=with_log_reopening(reload_on_sighup([tls])),
     )
     return run_server(sockets, store, run_options)
+
+
+def _transport_settings(options: SimpleNamespace) -> tuple[ServerTLS | None, AllowList | None]:
+    """The TLS and allow-list of the -listen addresses, checked before anything is bound."""
+    listen = []
+    for text in options.listen:
+        try:
+            listen.append(parse_address(text).require_listen())
+        except AddressError as error:
+            raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None
+    files = files_from(options)
+    try:
+        check_used(files, listen)
+        return server_tls(files, listen), allow_list(options.allow, listen)
+    except TLSSetupError as error:
+        raise StartupError(f"Error, {error}") from None
 
 
 if __name__ == "__main__":

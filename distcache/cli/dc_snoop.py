@@ -27,9 +27,10 @@ from ..netio import ListenError
 from ..server import bind_listeners, new_event_loop
 from ..server.run import STOP_SIGNALS, describe_socket
 from ..snoop import FORMATS, PcapRecorder, Snooper
-from .legacy_flags import CommandLine, Flag, run_parser
+from .legacy_flags import TLS_FLAGS, CommandLine, Flag, run_parser
 from .monitoring import LOG_FLAG, start_logging
 from .service import StartupError
+from .tls_options import TLSSetupError, check_used, client_tls, files_from, server_tls
 
 log = logging.getLogger("distcache.snoop")
 
@@ -64,8 +65,13 @@ COMMAND_LINE = CommandLine(
             str,
             LOG_FLAG.default,
         ),
+        *TLS_FLAGS,
     ],
-    notes="Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.",
+    notes=(
+        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>, TLS:<host>:<port>.\n"
+        "TLS on either side: the log and the pcap hold the decrypted distcache stream. The same\n"
+        "-tls-cert/-tls-key serve a TLS: -listen and are presented to a TLS: -server."
+    ),
 )
 
 
@@ -81,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 listen = parse_address(options["listen"]).require_listen()
                 server = parse_address(options["server"]).require_connect()
-                sockets = bind_listeners(listen)
-            except (AddressError, ListenError) as error:
+                tls_files = files_from(options)
+                check_used(tls_files, [listen, server])
+                tls = client_tls(tls_files, [server])
+                sockets = bind_listeners(listen, tls=server_tls(tls_files, [listen]))
+            except (AddressError, ListenError, TLSSetupError) as error:
                 raise StartupError(f"Error, {error}") from None
             try:
                 out = (
@@ -109,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         pcap = None
         if pcap_file is not None:
             pcap = PcapRecorder(pcap_file, server.port if server.kind == "tcp" else None)
-        snooper = Snooper(server, emit, pcap)
+        snooper = Snooper(server, emit, pcap, tls=tls)
         startup = (
             f"dc_snoop {__version__} relaying {', '.join(map(describe_socket, sockets))} to "
             f"{server}; messages to {options['log'] or 'stdout'} as {options['format']}"

@@ -7,15 +7,17 @@ their failures into start-up errors.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from ..address import AddressError, parse_address
 from ..monitoring import LogDestinationError, setup_logging
+from ..monitoring.logs import reopen_log_files
 from ..netio import ListenError
 from ..server import bind_listeners
 from .legacy_flags import Flag
 from .service import StartupError
 
-__all__ = ["LOG_FLAG", "METRICS_FLAG", "bind_metrics", "start_logging"]
+__all__ = ["LOG_FLAG", "METRICS_FLAG", "bind_metrics", "start_logging", "with_log_reopening"]
 
 LOG_FLAG = Flag(
     ("-log",),
@@ -55,3 +57,20 @@ def bind_metrics(text: str | None) -> list[socket.socket]:
         return bind_listeners(parse_address(address).require_listen())
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, can't serve metrics on '{text}'\nError, {error}") from None
+
+
+def with_log_reopening(action: Callable[[], None] | None) -> Callable[[], None] | None:
+    """A SIGHUP action for the event loop that also reopens the log files.
+
+    When the loop takes SIGHUP over (to re-read TLS files), the handler that reopens the log
+    files is replaced; this puts the reopening back. None (nothing for the loop to do) leaves
+    SIGHUP to that handler.
+    """
+    if action is None:
+        return None
+
+    def reopen_then_act() -> None:
+        reopen_log_files()
+        action()
+
+    return reopen_then_act

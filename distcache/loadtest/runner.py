@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..client import AsyncClient, DistcacheError, Mode
+from ..tls import ClientTLSSetting
 from ..wire import Operation, Status
 from .model import Presence, SampleSession, SessionModel, Step
 
@@ -57,12 +58,14 @@ class LoadTest:
     on_progress: Callable[[int], None] = lambda done: None
     timings: Timings = field(default_factory=Timings)
     succeeded: int = 0
+    #: How a ``TLS:`` address is verified (see :class:`~distcache.client.AsyncClient`).
+    tls: ClientTLSSetting = None
 
     async def run(self) -> None:
         """Run every step; raises TestFailure at the first failed check."""
         self._locks = [asyncio.Lock() for _ in self.model.sessions]
         mode = Mode.PERSISTENT if self.persistent else Mode.TEMPORARY
-        connections = [AsyncClient(self.address, mode) for _ in range(self.clients)]
+        connections = [AsyncClient(self.address, mode, tls=self.tls) for _ in range(self.clients)]
         self.timings.started = time.perf_counter()
         # The failure is raised after the except* blocks, never from inside one: before 3.11.4,
         # an exception raised there came out wrapped in an ExceptionGroup (CPython gh-103590).

@@ -43,6 +43,7 @@ __all__ = [
     "LogDestinationError",
     "ReopeningFileHandler",
     "call_on_sighup",
+    "reopen_log_files",
     "setup_logging",
 ]
 
@@ -118,6 +119,12 @@ def call_on_sighup(callback) -> None:
 
 
 def _sighup(_signum, _frame) -> None:
+    reopen_log_files()
+
+
+def reopen_log_files() -> None:
+    """Do what SIGHUP does to the log files, for a program whose event loop handles SIGHUP
+    itself (asyncio's handler replaces the one installed here)."""
     for callback in _sighup_callbacks:
         callback()
 

@@ -44,6 +44,8 @@ class RunOptions:
     on_ready: Callable[[], None] | None = None
     #: Bound sockets to serve Prometheus metrics on (none: no metrics listener).
     metrics_sockets: tuple[socket.socket, ...] = ()
+    #: Called on SIGHUP (re-reads the TLS files); None leaves SIGHUP as it was.
+    on_reload: Callable[[], None] | None = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -89,6 +91,8 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         loop.add_signal_handler(signum, stop.set)
     for signum in KILLABLE_SIGNALS:
         loop.add_signal_handler(signum, stop.set if options.killable else _ignore)
+    if options.on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, options.on_reload)
     if _early_stop_requests:
         stop.set()
     server = Server(store, max_connections=options.max_connections)
@@ -108,7 +112,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         if metrics is not None:
             await metrics.close()
         await server.close()
-        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
+        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0
 

@@ -10,7 +10,7 @@ import socket
 from ..cache import SessionStore
 from .connection import ServerConnection
 from .handler import RequestHandler
-from .listeners import BACKLOG
+from .listeners import serve_listener
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "Server"]
 
@@ -46,13 +46,8 @@ class Server:
 
     async def start(self, sockets: list[socket.socket]) -> None:
         """Listen and accept on already bound sockets (see ``bind_listeners``)."""
-        loop = asyncio.get_running_loop()
         for sock in sockets:
-            create = (
-                loop.create_unix_server if sock.family == socket.AF_UNIX else loop.create_server
-            )
-            listener = await create(self._new_connection, sock=sock, backlog=BACKLOG)
-            self._listeners.append(listener)
+            self._listeners.append(await serve_listener(sock, self._new_connection))
 
     async def close(self) -> None:
         """Stop accepting, drop every connection, and close the engine."""
