@@ -358,3 +358,21 @@ def test_a_daemonised_proxy_logs_to_its_file(tmp_path):
     text = log.read_text()
     assert f"dc_client[{pid}] INFO distcache.proxy: dc_client " in text
     assert f"dc_client[{pid}] WARNING distcache.proxy: lost the server connection" in text
+
+
+def test_with_tls_sighup_reloads_the_certificates_and_reopens_the_log(tmp_path):
+    """The event loop takes SIGHUP over to re-read the TLS files: the server stays up, and a
+    rotated log goes on in a new file that holds the reload's line."""
+    from tlspki import PKI
+
+    (tmp_path / "pki").mkdir()
+    pki = PKI(tmp_path / "pki")
+    log = tmp_path / "dc.log"
+    tls = f"TLS:127.0.0.1:{free_port()}"
+    with dc_server(*pki.server_flags(), "-log", str(log), listen=tls) as server:
+        _wait_for(lambda: "serving on" in log.read_text())
+        log.rename(tmp_path / "dc.log.1")
+        server.signal(signal.SIGHUP)
+        _wait_for(lambda: log.exists() and "TLS certificates reloaded" in log.read_text())
+        assert server.process.poll() is None
+    assert "reloaded" not in (tmp_path / "dc.log.1").read_text()
