@@ -131,14 +131,30 @@ def test_killable_stops_on_sigusr(signum):
         assert server.wait() == 0
 
 
-def test_nothing_is_printed_at_start_connect_or_disconnect():
+def _after_startup(stderr: str) -> list[str]:
+    """The lines of ``stderr`` but the start-up line (which must be there)."""
+    lines = [line for line in stderr.splitlines() if line]
+    startup = [line for line in lines if " INFO distcache.server: dc_server " in line]
+    assert len(startup) == 1 and " serving on IP:127.0.0.1:" in startup[0], stderr
+    return [line for line in lines if line not in startup]
+
+
+def test_only_the_startup_line_is_printed_at_start_connect_or_disconnect():
     with dc_server() as server:
         sock = server.connect()
         assert ask(sock, have_request(1, b"x")) == NOTOK
         sock.close()
         time.sleep(0.2)
         assert server.stop() == 0
-        assert server.stderr == ""
+        assert _after_startup(server.stderr) == []
+        assert "engine memory: (512 sessions); at most 1024 connections" in server.stderr
+
+
+def test_the_startup_line_is_printed_at_debug_level_too():
+    with dc_server("-log-level", "DEBUG", "-sessions", "100", "-maxconns", "7") as server:
+        server.stop()
+        _after_startup(server.stderr)
+        assert "engine memory: (100 sessions); at most 7 connections" in server.stderr
 
 
 def test_protocol_error_is_logged_in_one_line_and_the_server_keeps_serving():
@@ -148,7 +164,7 @@ def test_protocol_error_is_logged_in_one_line_and_the_server_keeps_serving():
         assert bad.recv(1) == b""
         assert ask(server.connect(), have_request(1, b"x")) == NOTOK
         server.stop()
-        lines = [line for line in server.stderr.splitlines() if line]
+        lines = _after_startup(server.stderr)
         assert len(lines) == 1
         assert "distcache.server" in lines[0] and "bad_version" in lines[0]
         assert "offset 0" in lines[0] and "127.0.0.1:" in lines[0]
@@ -244,7 +260,7 @@ def test_unix_listener_with_socket_permissions(tmp_path):
         assert stat.S_ISSOCK(path.stat().st_mode)
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert ask(server.connect(), have_request(1, b"x")) == NOTOK
-        assert server.stderr == ""
+        assert [line for line in server.stderr.splitlines() if "serving on" not in line] == []
 
 
 def test_unix_listener_refuses_to_replace_a_regular_file(tmp_path):
@@ -260,7 +276,7 @@ def test_socket_file_settings_on_tcp_only_warn():
     with dc_server("-sockperms", "600", "-sockowner", "root") as server:
         assert ask(server.connect(), have_request(1, b"x")) == NOTOK
         server.stop()
-        assert server.stderr.splitlines() == [
+        assert _after_startup(server.stderr) == [
             "Warning, can't set socket ownership to user 'root' and group '(null)', "
             "continuing anyway",
             "Warning, can't set socket permissions to '600', continuing anyway",
@@ -302,7 +318,7 @@ def test_progress_is_printed_when_sessions_change_and_on_multiples():
             assert ask(sock, have_request(n, b"nothing")) == NOTOK
         time.sleep(0.8)
         server.stop()
-        lines = server.stderr.splitlines()
+        lines = _after_startup(server.stderr)
     assert lines, "no progress line"
     assert all(PROGRESS_LINE.fullmatch(line) for line in lines), lines
     assert lines[0].endswith("total sessions =     3  (+  3)")

@@ -199,3 +199,27 @@ def test_command_line_errors(args, message):
     )
     assert result.returncode == 1
     assert message in result.stderr.splitlines()
+
+
+def test_the_message_log_is_reopened_on_sighup_and_diagnostics_go_to_errlog(tmp_path):
+    log, errlog = tmp_path / "snoop.log", tmp_path / "snoop.err"
+    with (
+        dc_server() as server,
+        dc_snoop(tmp_path, server.listen, "-log", str(log), "-errlog", str(errlog)) as (
+            path,
+            process,
+        ),
+    ):
+        with connect_unix(path) as sock:
+            exchange(sock, have_request(1, b"before"), 1)
+        assert "dc_snoop " in errlog.read_text() and " relaying UNIX:" in errlog.read_text()
+        log.rename(tmp_path / "snoop.log.1")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+        with connect_unix(path) as sock:
+            exchange(sock, have_request(2, b"after"), 1)
+        time.sleep(0.2)
+        assert process.poll() is None
+    assert "HAVE" in (tmp_path / "snoop.log.1").read_text()
+    assert "id=6166746572" in log.read_text()  # "after", in the new file
+    assert "6166746572" not in (tmp_path / "snoop.log.1").read_text()

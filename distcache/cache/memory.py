@@ -65,7 +65,17 @@ class MemoryCache:
     one thread (one event loop), which is what makes each method atomic.
     """
 
-    __slots__ = ("_batch", "_capacity", "_clock", "_entries", "_heap", "_next_seq")
+    __slots__ = (
+        "_batch",
+        "_capacity",
+        "_clock",
+        "_entries",
+        "_heap",
+        "_next_seq",
+        "bytes_held",
+        "evicted",
+        "expired",
+    )
 
     def __init__(self, capacity: int = DEFAULT_CACHE_SESSIONS, clock: Clock | None = None) -> None:
         _check_capacity(capacity)
@@ -85,6 +95,10 @@ class MemoryCache:
         self._entries: dict[bytes, _Entry] = {}
         self._heap: list[tuple[int, int, bytes]] = []
         self._next_seq = 0
+        #: For the metrics: ids and sessions held, in bytes; sessions evicted and expired so far.
+        self.bytes_held = 0
+        self.evicted = 0
+        self.expired = 0
 
     @property
     def capacity(self) -> int:
@@ -121,6 +135,7 @@ class MemoryCache:
         self._next_seq = seq + 1
         expiry = now + timeout_ms
         entries[session_id] = _Entry(session, expiry, seq)
+        self.bytes_held += len(session_id) + len(session)
         heappush(self._heap, (expiry, seq, session_id))
         return _STORED
 
@@ -138,8 +153,10 @@ class MemoryCache:
     def remove(self, session_id: bytes) -> bool:
         """Forget the live session under ``session_id``; ``True`` if there was one."""
         session_id = self._admit(session_id)
-        if self._entries.pop(session_id, None) is None:
+        entry = self._entries.pop(session_id, None)
+        if entry is None:
             return False
+        self.bytes_held -= len(session_id) + len(entry.session)
         # The entry's heap item is now stale; rebuild once stale items outnumber live entries.
         if len(self._heap) > 2 * len(self._entries) + _STALE_SLACK:
             self._rebuild_heap()
@@ -164,6 +181,7 @@ class MemoryCache:
         """Forget every session."""
         self._entries.clear()
         self._heap.clear()
+        self.bytes_held = 0
 
     def _purge_expired(self, now: int) -> None:
         # The hot methods test the heap top before calling this (a call costs more than the test).
@@ -178,6 +196,8 @@ class MemoryCache:
             entry = entries.get(session_id)
             if entry is not None and entry.seq == seq:
                 del entries[session_id]
+                self.bytes_held -= len(session_id) + len(entry.session)
+                self.expired += 1
 
     def _evict_soonest(self) -> None:
         heap = self._heap
@@ -188,7 +208,9 @@ class MemoryCache:
             entry = entries.get(session_id)
             if entry is not None and entry.seq == seq:
                 del entries[session_id]
+                self.bytes_held -= len(session_id) + len(entry.session)
                 evicted += 1
+        self.evicted += evicted
 
     def _rebuild_heap(self) -> None:
         heap = [(entry.expiry_ms, entry.seq, sid) for sid, entry in self._entries.items()]
@@ -203,6 +225,9 @@ class MemoryCache:
             raise AssertionError(f"{len(self._entries)} entries exceed capacity {self._capacity}")
         if not items.issuperset(live):
             raise AssertionError("a live entry has no heap item")
+        held = sum(len(sid) + len(e.session) for sid, e in self._entries.items())
+        if held != self.bytes_held:
+            raise AssertionError(f"bytes_held is {self.bytes_held}, the entries hold {held}")
         # Stale items only come from REMOVE, which rebuilds past 2 * live + slack; expiry and
         # eviction may then shrink the live count, but the heap never outgrows this bound.
         if len(self._heap) > 2 * self._capacity + _STALE_SLACK + 1:

@@ -9,7 +9,8 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - reconnects and idle checks run on precise timers, not a coarse poll;
 - SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
 - with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``, ``-workers``;
+- a start-up line (listener, server, limits) at INFO, the default threshold;
+- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``, ``-workers``, ``-log``, ``-metrics``;
 - extensions: a ``TLS:host:port`` server (and listen address) with ``-tls-cert``, ``-tls-key``
   and ``-tls-ca``, SIGHUP re-reading those files, ``-allow CIDR`` for a plain TCP listen address.
 """
@@ -25,6 +26,7 @@ import signal
 import sys
 from types import SimpleNamespace
 
+from .. import __version__
 from ..address import AddressError, parse_address
 from ..allowlist import cidr_argument
 from ..netio import ListenError
@@ -40,7 +42,7 @@ from ..proxy import (
 )
 from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.listeners import BACKLOG, close_listeners_but, listeners_per_worker
-from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
+from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, describe_socket, ignore_stop_requests
 from ..workers import Supervisor, WorkerSpec
 from .legacy_flags import (
     SERVICE_FLAGS,
@@ -52,6 +54,13 @@ from .legacy_flags import (
     run_parser,
     workers_flag,
 )
+from .monitoring import (
+    LOG_FLAG,
+    METRICS_FLAG,
+    bind_metrics,
+    start_logging,
+    with_log_reopening,
+)
 from .service import StartupError, apply_socket_file_settings, become_service
 from .tls_options import (
     TLSSetupError,
@@ -62,6 +71,8 @@ from .tls_options import (
     reload_on_sighup,
     server_tls,
 )
+
+log = logging.getLogger("distcache.proxy")
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -112,6 +123,8 @@ COMMAND_LINE = CommandLine(
             DEFAULT_MAX_CLIENTS,
         ),
         log_level_flag(),
+        LOG_FLAG,
+        METRICS_FLAG,
         *TLS_FLAGS,
         Flag(
             ("-allow",),
@@ -143,31 +156,33 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = _settings(options)
         ignore_stop_requests()
-        logging.basicConfig(
-            level=options["log_level"],
-            stream=sys.stderr,
-            format="%(asctime)s dc_client %(levelname)s: %(message)s",
-        )
+        start_logging("dc_client", options["log"], options["log_level"])
         sockets = _listen(options, settings)
+        metrics_sockets = bind_metrics(options["metrics"])
         become_service(SimpleNamespace(**options))
-        reload = reload_on_sighup([settings.tls, settings.listen_tls])
+        reload = with_log_reopening(reload_on_sighup([settings.tls, settings.listen_tls]))
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1
     if options["workers"] > 1:
-        return _supervise(settings, sockets, options, reload)
-    return _run_proxy(settings, sockets, options["killable"], reload)
+        return _supervise(settings, sockets, options, reload, metrics_sockets)
+    return _run_proxy(settings, sockets, options["killable"], reload, metrics_sockets)
 
 
-def _run_proxy(settings: ProxySettings, sockets, killable: bool, reload, *, worker=False) -> int:
+def _run_proxy(
+    settings: ProxySettings, sockets, killable: bool, reload, metrics_sockets=(), *, worker=False
+) -> int:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, sockets, killable, reload, worker=worker))
+        return runner.run(
+            _serve(settings, sockets, killable, reload, metrics_sockets, worker=worker)
+        )
 
 
-def _supervise(settings: ProxySettings, sockets, options: dict, reload) -> int:
+def _supervise(settings: ProxySettings, sockets, options: dict, reload, metrics_sockets) -> int:
     """Workers that each serve the inherited listener with their own server connection; the
     parent keeps the pid file and removes the UNIX socket file when all have stopped, and
-    forwards SIGHUP (re-reading the TLS files) when there are TLS files."""
+    forwards SIGHUP (re-reading the TLS files) when there are TLS files. The workers share the
+    metrics listener: each scrape is answered by one worker, with that worker's counters."""
     killable = options["killable"]
     for sock in sockets:  # the pid file is written: clients may queue for the first worker
         sock.listen(BACKLOG)
@@ -179,7 +194,7 @@ def _supervise(settings: ProxySettings, sockets, options: dict, reload) -> int:
 
     def worker(mine) -> int:
         close_listeners_but(shares, mine)
-        return _run_proxy(settings, mine, killable, reload, worker=True)
+        return _run_proxy(settings, mine, killable, reload, metrics_sockets, worker=True)
 
     def remove_socket_file() -> None:
         if settings.listen.kind == "unix":
@@ -240,7 +255,9 @@ def _listen(options: dict, settings: ProxySettings):
     return sockets
 
 
-async def _serve(settings: ProxySettings, sockets, killable: bool, reload, *, worker=False) -> int:
+async def _serve(
+    settings: ProxySettings, sockets, killable: bool, reload, metrics_sockets=(), *, worker=False
+) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
@@ -248,14 +265,43 @@ async def _serve(settings: ProxySettings, sockets, killable: bool, reload, *, wo
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload)
     proxy = Proxy(settings)
-    await proxy.start(sockets)
-    try:
-        await stop.wait()
-    finally:
-        await proxy.close(remove_socket_file=not worker)
+    async with contextlib.AsyncExitStack() as cleanup:
+        # Metrics first: once the proxy listens (what launchers and tests wait for), they answer.
+        if metrics_sockets:
+            await cleanup.enter_async_context(_metrics(proxy, metrics_sockets))
+        await proxy.start(sockets)
+        log.info("%s", _startup_line(proxy, metrics_sockets))
+        try:
+            await stop.wait()
+        finally:
+            await proxy.close(remove_socket_file=not worker)
         for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
             loop.remove_signal_handler(signum)
     return 0
+
+
+@contextlib.asynccontextmanager
+async def _metrics(proxy: Proxy, sockets):
+    from ..monitoring.metrics import MetricsListener, ProxyCollector, metrics_registry
+
+    listener = MetricsListener(metrics_registry(ProxyCollector(proxy)))
+    await listener.start(list(sockets))
+    try:
+        yield listener
+    finally:
+        await listener.close()
+
+
+def _startup_line(proxy: Proxy, metrics_sockets) -> str:
+    settings = proxy.settings
+    line = (
+        f"dc_client {__version__} serving on {proxy.listen_address()}; forwarding to "
+        f"{settings.server} (upstream {proxy.link.state.name.lower()}); at most "
+        f"{settings.max_clients} local connections, {settings.max_in_flight} requests in flight"
+    )
+    if metrics_sockets:
+        line += f"; metrics on {', '.join(describe_socket(sock) for sock in metrics_sockets)}"
+    return line
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - a relative ``-pidfile`` is taken relative to the starting directory, also with ``-daemon``;
 - ``-user`` also switches to the user's groups, not only its uid;
 - a UNIX listener refuses to replace anything but a stale socket file;
-- extensions: ``-maxconns``, ``-log-level``, ``-engine``, ``-workers``;
+- a start-up line (listeners, engine, capacity) at INFO, the default threshold;
+- extensions: ``-maxconns``, ``-log-level``, ``-engine``, ``-workers``, ``-log``, ``-metrics``;
 - extensions: several ``-listen`` at once, ``TLS:host:port`` listeners with ``-tls-cert``,
   ``-tls-key`` and ``-tls-ca`` (mutual TLS), SIGHUP re-reading those files, and ``-allow CIDR``
   for plain TCP listeners.
@@ -19,7 +20,6 @@ invalid-argument messages). Deliberate differences from the legacy program:
 
 from __future__ import annotations
 
-import logging
 import sys
 from types import SimpleNamespace
 
@@ -50,6 +50,13 @@ from .legacy_flags import (
     log_level_flag,
     run_parser,
     workers_flag,
+)
+from .monitoring import (
+    LOG_FLAG,
+    METRICS_FLAG,
+    bind_metrics,
+    start_logging,
+    with_log_reopening,
 )
 from .service import StartupError, apply_socket_file_settings, become_service
 from .tls_options import (
@@ -113,6 +120,8 @@ COMMAND_LINE = CommandLine(
             str,
             DEFAULT_ENGINE_URL,
         ),
+        LOG_FLAG,
+        METRICS_FLAG,
         *TLS_FLAGS,
         Flag(
             ("-allow",),
@@ -144,12 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         print("Error, must provide -listen", file=sys.stderr)
         return 1
     defer_stop_requests(options.killable)
-    logging.basicConfig(
-        level=options.log_level,
-        stream=sys.stderr,
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-    )
     try:
+        start_logging("dc_server", options.log, options.log_level)
         return _start(options)
     except StartupError as error:
         print(error, file=sys.stderr)
@@ -171,6 +176,7 @@ def _start(options: SimpleNamespace) -> int:
         except (AddressError, ListenError) as error:
             close_listeners(sockets)
             raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None
+    metrics_sockets = bind_metrics(options.metrics)
     apply_socket_file_settings(options, unix_path_of(sockets))
     # The launcher exits once the daemon serves: scripts may read the pid file at once.
     ready = become_service(options, wait_until_ready=True)
@@ -179,7 +185,8 @@ def _start(options: SimpleNamespace) -> int:
         killable=options.killable,
         max_connections=options.maxconns,
         on_ready=ready,
-        on_reload=reload_on_sighup([tls]),
+        metrics_sockets=tuple(metrics_sockets),
+        on_reload=with_log_reopening(reload_on_sighup([tls])),
     )
     if options.workers > 1:
         try:

@@ -7,7 +7,9 @@ each with its own server connection; one line per complete *message* (not per fr
 protocol errors are reported and the bytes still relayed unchanged. The log goes to **stdout**
 (the legacy wrote to stderr), or to ``-log FILE`` (appended). Extensions: ``-format json``
 (JSON lines with the ``distcache decode --format json`` keys plus ``time``, ``connection`` and
-``latency_ms`` on replies) and ``-pcap FILE`` (what was relayed, as a capture).
+``latency_ms`` on replies), ``-pcap FILE`` (what was relayed, as a capture) and ``-errlog DEST``
+(where its own diagnostics go, as ``-log`` of dc_server: stderr by default, syslog or a file;
+``-log`` already names the destination of the decoded messages here).
 """
 
 from __future__ import annotations
@@ -15,15 +17,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 
+from .. import __version__
 from ..address import AddressError, parse_address
+from ..monitoring.logs import call_on_sighup
 from ..netio import ListenError
 from ..server import bind_listeners, new_event_loop
-from ..server.run import STOP_SIGNALS
+from ..server.run import STOP_SIGNALS, describe_socket
 from ..snoop import FORMATS, PcapRecorder, Snooper
 from .legacy_flags import TLS_FLAGS, CommandLine, Flag, run_parser
+from .monitoring import LOG_FLAG, start_logging
+from .service import StartupError
 from .tls_options import TLSSetupError, check_used, client_tls, files_from, server_tls
+
+log = logging.getLogger("distcache.snoop")
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -40,9 +49,22 @@ COMMAND_LINE = CommandLine(
     flags=[
         Flag(("-listen",), "listen", "where clients connect (required)", "address"),
         Flag(("-server", "-connect"), "server", "the server to relay to (required)", "address"),
-        Flag(("-log",), "log", "extension: append the log to this file (default stdout)", "file"),
+        Flag(
+            ("-log",),
+            "log",
+            "extension: append the log to this file, reopened on SIGHUP (default stdout)",
+            "file",
+        ),
         Flag(("-format",), "format", "extension: text or json", "format", _format, "text"),
         Flag(("-pcap",), "pcap", "extension: also write the relayed traffic as pcap", "file"),
+        Flag(
+            ("-errlog",),
+            "errlog",
+            "extension: where diagnostics go: stderr, syslog, syslog:<socket> or a file",
+            "dest",
+            str,
+            LOG_FLAG.default,
+        ),
         *TLS_FLAGS,
     ],
     notes=(
@@ -53,17 +75,13 @@ COMMAND_LINE = CommandLine(
 )
 
 
-class StartupError(Exception):
-    pass
-
-
 def main(argv: list[str] | None = None) -> int:
     options = run_parser(COMMAND_LINE, argv)
     if isinstance(options, int):
         return options
-    logging.basicConfig(stream=sys.stderr, format="%(asctime)s dc_snoop %(levelname)s: %(message)s")
     with contextlib.ExitStack() as files:
         try:
+            start_logging("dc_snoop", options["errlog"], None)
             if options["listen"] is None or options["server"] is None:
                 raise StartupError("Error, must provide -listen and -server")
             try:
@@ -77,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise StartupError(f"Error, {error}") from None
             try:
                 out = (
-                    files.enter_context(open(options["log"], "a")) if options["log"] else sys.stdout
+                    files.enter_context(_ReopenedOnSighup(options["log"]))
+                    if options["log"]
+                    else sys.stdout
                 )
                 pcap_file = (
                     files.enter_context(open(options["pcap"], "wb")) if options["pcap"] else None
@@ -99,16 +119,50 @@ def main(argv: list[str] | None = None) -> int:
         if pcap_file is not None:
             pcap = PcapRecorder(pcap_file, server.port if server.kind == "tcp" else None)
         snooper = Snooper(server, emit, pcap, tls=tls)
+        startup = (
+            f"dc_snoop {__version__} relaying {', '.join(map(describe_socket, sockets))} to "
+            f"{server}; messages to {options['log'] or 'stdout'} as {options['format']}"
+        )
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(_serve(snooper, sockets))
+            return runner.run(_serve(snooper, sockets, startup))
 
 
-async def _serve(snooper: Snooper, sockets) -> int:
+class _ReopenedOnSighup:
+    """The ``-log`` file of decoded messages, appended to and reopened on SIGHUP (logrotate)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        self._file = open(self.path, "a")  # noqa: SIM115 - closed by __exit__ or a reopen
+        self._reopen = False
+        call_on_sighup(self._request_reopen)
+
+    def _request_reopen(self) -> None:
+        self._reopen = True  # from the signal handler: the next write reopens
+
+    def write(self, text: str) -> None:
+        if self._reopen:
+            self._reopen = False
+            self._file.close()
+            self._file = open(self.path, "a")  # noqa: SIM115
+        self._file.write(text)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._file.close()
+
+
+async def _serve(snooper: Snooper, sockets, startup: str = "") -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     await snooper.start(sockets)
+    log.info("%s", startup)
     try:
         await stop.wait()
     finally:

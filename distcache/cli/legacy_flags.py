@@ -109,14 +109,14 @@ def _log_level(text: str) -> str:
 
 
 def log_level_flag() -> Flag:
-    """The ``-log-level`` extension flag (default WARNING)."""
+    """The ``-log-level`` extension flag (default INFO: the start-up line and what follows)."""
     return Flag(
         ("-log-level",),
         "log_level",
         f"extension: logging threshold, one of {', '.join(LOG_LEVELS)}",
         "level",
         _log_level,
-        "WARNING",
+        "INFO",
     )
 
 

@@ -14,7 +14,7 @@ from .. import __version__
 from . import UsageError
 
 #: Modules (in distcache.cli) that contribute subcommands, in the order ``--help`` lists them.
-SUBCOMMAND_MODULES = ("decode", "oneshot", "conformance", "dissector")
+SUBCOMMAND_MODULES = ("decode", "oneshot", "conformance", "dissector", "health")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -249,7 +249,7 @@ class UpstreamLink:
             return
         self.connections += 1
         if self._outage_logged or self.connections > 1:
-            self.log.warning("connected to the server %s", self.address)
+            self.log.info("connected to the server %s", self.address)  # regained: INFO
         self._outage_logged = False
         self._move(LinkEvent.CONNECTED)
         self._connection = connection

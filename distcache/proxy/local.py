@@ -110,6 +110,7 @@ class LocalConnection(asyncio.Protocol):
                 self.request = event
                 self._link.submit(self)
         except RemoteProtocolError as error:
+            self._proxy.protocol_errors[error.reason] += 1
             log.warning("local client %d broke the protocol, closing it: %s", self.number, error)
             finished = True
         finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -58,7 +59,15 @@ class Proxy:
         self._listeners: list[asyncio.Server] = []
         self._connections: set[LocalConnection] = set()
         self._accepted = 0
+        # Read by the metrics (distcache.monitoring.metrics).
+        self.refused = 0  # local connections refused at the cap
+        self.protocol_errors: collections.Counter[str] = collections.Counter()  # by reason
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def accepted(self) -> int:
+        """Local connections admitted since start."""
+        return self._accepted
 
     @property
     def clients(self) -> int:
@@ -99,7 +108,10 @@ class Proxy:
         """Register a new local connection and return its number, or None when at the limit."""
         limit = self.settings.max_clients
         if len(self._connections) >= limit:
-            log.error("rejected new client connection already at maximum (%d) - dropping it", limit)
+            self.refused += 1
+            log.warning(
+                "rejected new client connection already at maximum (%d) - dropping it", limit
+            )
             return None
         self._connections.add(connection)
         self._accepted += 1

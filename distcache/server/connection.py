@@ -237,6 +237,7 @@ class ServerConnection(asyncio.Protocol):
             self._close()
 
     def _reject(self, error: RemoteProtocolError) -> None:
+        self._server.protocol_errors[error.reason] += 1
         level = logging.INFO if error.reason == "truncated" else logging.WARNING
         log.log(
             level,

@@ -19,11 +19,13 @@ from ..cache.errors import StoreUnavailableError
 from ..protocol import Request, check_add_fields, encode_status
 from ..wire import Operation, Status
 
-__all__ = ["RequestHandler"]
+__all__ = ["OUTCOME_SLOTS", "UNAVAILABLE_SLOT", "RequestHandler", "outcome_slot"]
 
 _OK = Status.OK
 _NOTOK = Status.NOTOK
 _ADD = Operation.ADD
+_STORED = AddResult.STORED
+_DUPLICATE_SLOT = Status.ADD_MATCHING_SESSION.value
 
 
 # The replies call encode_status directly: request.respond_status would add a call per request.
@@ -63,6 +65,28 @@ _UNAVAILABLE: dict[Operation, Status] = {
 }
 
 
+#: Outcomes are counted in one flat list of ints (cheapest on the hot path), at the slot
+#: ``operation * OUTCOME_SLOTS + code``: the status byte of the reply (0 for a GET hit), or
+#: UNAVAILABLE_SLOT when the store could not be reached.
+OUTCOME_SLOTS = 128
+UNAVAILABLE_SLOT = Status.DISCONNECTED.value
+assert max(Status) < OUTCOME_SLOTS
+
+
+def outcome_slot(operation: int, code: int) -> int:
+    """Where the outcome ``code`` of ``operation`` is counted in ``RequestHandler.outcomes``."""
+    return operation * OUTCOME_SLOTS + code
+
+
+def _failed(result: object) -> int:
+    """The code of a store method's result: 0 (OK / hit / stored) or the failure's status."""
+    if result is None or result is False:
+        return _NOTOK.value
+    if result is AddResult.DUPLICATE:
+        return Status.ADD_MATCHING_SESSION.value
+    return 0
+
+
 class RequestHandler:
     """Answers requests from one store.
 
@@ -71,7 +95,7 @@ class RequestHandler:
     ``RemoteProtocolError`` for an ADD payload too short to check; callers close the connection.
     """
 
-    __slots__ = ("_submit", "_sync_calls", "_tasks", "in_order", "store", "sync_core")
+    __slots__ = ("_submit", "_sync_calls", "_tasks", "in_order", "outcomes", "store", "sync_core")
 
     def __init__(self, store: SessionStore) -> None:
         self.store = store
@@ -83,10 +107,12 @@ class RequestHandler:
         #: Whether the engine executes calls in submission order (see CallbackStore.in_order).
         self.in_order = callbacks and bool(store.in_order)  # type: ignore[attr-defined]
         self._tasks: set[asyncio.Future] = set()
+        #: Answered requests by operation and outcome (see outcome_slot); read by the metrics.
+        self.outcomes = [0] * (len(_ACTIONS) * OUTCOME_SLOTS)
         # Indexed by the operation's value: cheaper per request than a dict lookup.
         self._sync_calls = (
             tuple(
-                (getattr(self.sync_core, _ACTIONS[op][0]), _ACTIONS[op][1])
+                (getattr(self.sync_core, _ACTIONS[op][0]), _ACTIONS[op][1], op * OUTCOME_SLOTS)
                 for op in sorted(_ACTIONS)
             )
             if self.sync_core is not None
@@ -96,14 +122,20 @@ class RequestHandler:
     def answer_now(self, request: Request) -> bytes:
         """The reply, computed synchronously (only when :attr:`sync_core` is set)."""
         operation = request.operation
-        call, reply = self._sync_calls[operation]  # type: ignore[index]
+        call, reply, counted = self._sync_calls[operation]  # type: ignore[index]
         if operation is _ADD:
             checked = check_add_fields(request.payload)
             if type(checked) is not tuple:
+                self.outcomes[checked] += 1  # ADD is operation 0: its slots start at 0
                 return encode_status(request.request_uid, _ADD, checked)
             timeout_ms, session_id, session = checked
-            return reply(request, call(session_id, session, timeout_ms))
-        return reply(request, call(request.payload))
+            result = call(session_id, session, timeout_ms)
+            self.outcomes[0 if result is _STORED else _DUPLICATE_SLOT] += 1
+            return reply(request, result)
+        result = call(request.payload)
+        # GET: a session or None; REMOVE, HAVE: True or False (the slot after OK is NOTOK's).
+        self.outcomes[counted + (result is None or result is False)] += 1
+        return reply(request, result)
 
     def begin(self, request: Request, finish: Callable[[object], None]) -> bytes | None:
         """Start answering ``request``: the reply now, or None when ``finish`` will get it.
@@ -117,18 +149,23 @@ class RequestHandler:
         if operation is _ADD:
             checked = check_add_fields(request.payload)
             if type(checked) is not tuple:
+                self.outcomes[checked] += 1
                 return request.respond_status(checked)
             timeout_ms, session_id, session = checked
             args: tuple = (session_id, session, timeout_ms)
         else:
             args = (request.payload,)
 
+        outcomes = self.outcomes
+
         def done(outcome: object) -> None:
             if isinstance(outcome, StoreUnavailableError):  # the engine logs the outage
+                outcomes[operation * OUTCOME_SLOTS + UNAVAILABLE_SLOT] += 1
                 finish(request.respond_status(_UNAVAILABLE[operation]))
             elif isinstance(outcome, BaseException):
                 finish(outcome)
             else:
+                outcomes[operation * OUTCOME_SLOTS + _failed(outcome)] += 1
                 finish(reply(request, outcome))
 
         self._submit(method, args, done)

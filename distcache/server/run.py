@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sys
@@ -11,7 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..cache import SessionStore
+from .. import __version__
+from ..cache import MemoryStore, SessionStore
 from .handler import RequestHandler
 from .progress import PROGRESS_INTERVAL, ProgressReporter
 from .server import DEFAULT_MAX_CONNECTIONS, Server
@@ -24,6 +26,8 @@ __all__ = [
     "run_server",
     "stop_requested_early",
 ]
+
+log = logging.getLogger("distcache.server")
 
 #: Signals that always stop the server cleanly.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -40,6 +44,8 @@ class RunOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Called once the server accepts connections (tells a waiting launcher it started).
     on_ready: Callable[[], None] | None = None
+    #: Bound sockets to serve Prometheus metrics on (none: no metrics listener).
+    metrics_sockets: tuple[socket.socket, ...] = ()
     #: Called on SIGHUP (re-reads the TLS files); None leaves SIGHUP as it was.
     on_reload: Callable[[], None] | None = None
     #: Answers the requests instead of a handler on the store (a worker's OwnerRelay).
@@ -99,7 +105,10 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
     if _early_stop_requests:
         stop.set()
     server = Server(store, max_connections=options.max_connections, handler=options.handler)
+    # Metrics first: once the cache listens (what launchers and tests wait for), they answer too.
+    metrics = await _serve_metrics(server, options)
     await server.start(sockets)
+    log.info("%s", startup_line(server, options))
     if options.on_ready is not None:
         options.on_ready()
     progress = asyncio.ensure_future(_report_progress(server, options.progress))
@@ -109,10 +118,54 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress
+        if metrics is not None:
+            await metrics.close()
         await server.close()
         for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0
+
+
+async def _serve_metrics(server: Server, options: RunOptions):
+    if not options.metrics_sockets:
+        return None
+    # Imported only when asked for: prometheus_client is not needed to serve the cache.
+    from ..monitoring.metrics import MetricsListener, ServerCollector, metrics_registry
+
+    listener = MetricsListener(metrics_registry(ServerCollector(server, describe_engine(server))))
+    await listener.start(list(options.metrics_sockets))
+    return listener
+
+
+def startup_line(server: Server, options: RunOptions) -> str:
+    """What an operator needs to know at start: where, which engine, how big."""
+    listening = ", ".join(describe_socket(sock) for sock in server.sockets)
+    engine = describe_engine(server)
+    if type(server.store) is MemoryStore:
+        engine += f" ({server.store.cache.capacity} sessions)"
+    line = (
+        f"dc_server {__version__} serving on {listening}; engine {engine}; "
+        f"at most {server.max_connections} connections"
+    )
+    if options.metrics_sockets:
+        metrics = ", ".join(describe_socket(sock) for sock in options.metrics_sockets)
+        line += f"; metrics on {metrics}"
+    return line
+
+
+def describe_engine(server: Server) -> str:
+    """The engine, safe to log: ``memory:``, or the store's repr, which never shows a password."""
+    store = server.store
+    return "memory:" if type(store) is MemoryStore else repr(store)
+
+
+def describe_socket(sock: socket.socket) -> str:
+    """A listening socket in the address grammar (``IP:host:port``, ``UNIX:path``)."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"UNIX:{name}"
+    host, port = name[:2]
+    return f"IP:[{host}]:{port}" if ":" in host else f"IP:{host}:{port}"
 
 
 def _ignore() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import socket
 
@@ -37,6 +38,10 @@ class Server:
         self.store = store
         self.max_connections = max_connections
         self.operations = 0
+        # Read by the metrics (distcache.monitoring.metrics): plain counters, no cost per request.
+        self.accepted = 0  # connections admitted since start
+        self.refused = 0  # connections refused at the cap
+        self.protocol_errors: collections.Counter[str] = collections.Counter()  # by reason
         # A worker of ``dc_server -workers N`` answers through its engine owner instead.
         self._handler = RequestHandler(store) if handler is None else handler
         self._connections: set[ServerConnection] = set()
@@ -67,6 +72,11 @@ class Server:
         return [sock for listener in self._listeners for sock in listener.sockets]
 
     @property
+    def handler(self) -> RequestHandler:
+        """Answers the requests (its ``outcomes`` are counted for the metrics)."""
+        return self._handler
+
+    @property
     def connection_count(self) -> int:
         return len(self._connections)
 
@@ -78,6 +88,7 @@ class Server:
     def admit(self, connection: ServerConnection) -> bool:
         """Register a new connection, or refuse it when the server is at its connection cap."""
         if len(self._connections) >= self.max_connections:
+            self.refused += 1
             log.warning(
                 "%s: refused, already serving %d connections (the maximum)",
                 connection.peer,
@@ -85,6 +96,7 @@ class Server:
             )
             return False
         self._connections.add(connection)
+        self.accepted += 1
         return True
 
     def forget(self, connection: ServerConnection) -> None:

@@ -1,0 +1,76 @@
+"""The monitoring flags of the long-running programs: ``-log`` and ``-metrics``.
+
+The work is done by :mod:`distcache.monitoring`; this module declares the flags once and turns
+their failures into start-up errors.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from ..address import AddressError, parse_address
+from ..monitoring import LogDestinationError, setup_logging
+from ..monitoring.logs import reopen_log_files
+from ..netio import ListenError
+from ..server import bind_listeners
+from .legacy_flags import Flag
+from .service import StartupError
+
+__all__ = ["LOG_FLAG", "METRICS_FLAG", "bind_metrics", "start_logging", "with_log_reopening"]
+
+LOG_FLAG = Flag(
+    ("-log",),
+    "log",
+    "extension: where the log goes: stderr, syslog, syslog:<socket>, or a file to append to "
+    "and reopen on SIGHUP",
+    "dest",
+    str,
+    "stderr",
+)
+
+METRICS_FLAG = Flag(
+    ("-metrics",),
+    "metrics",
+    "extension: serve Prometheus metrics at http://<address>/metrics (e.g. 127.0.0.1:9400)",
+    "address",
+)
+
+#: Prefixes of the address grammar; anything else given to -metrics is a bare host:port.
+_PREFIXES = ("IP:", "IPv4:", "IPv6:", "UNIX:")
+
+
+def start_logging(program: str, destination: str | None, level: str | None) -> None:
+    """Open the log destination now (before detaching), or raise StartupError."""
+    try:
+        setup_logging(program, destination, level)
+    except LogDestinationError as error:
+        raise StartupError(f"Error, {error}") from None
+
+
+def bind_metrics(text: str | None) -> list[socket.socket]:
+    """The bound sockets of ``-metrics`` (none without the flag), or raise StartupError."""
+    if text is None:
+        return []
+    address = text if text.startswith(_PREFIXES) else f"IP:{text}"
+    try:
+        return bind_listeners(parse_address(address).require_listen())
+    except (AddressError, ListenError) as error:
+        raise StartupError(f"Error, can't serve metrics on '{text}'\nError, {error}") from None
+
+
+def with_log_reopening(action: Callable[[], None] | None) -> Callable[[], None] | None:
+    """A SIGHUP action for the event loop that also reopens the log files.
+
+    When the loop takes SIGHUP over (to re-read TLS files), the handler that reopens the log
+    files is replaced; this puts the reopening back. None (nothing for the loop to do) leaves
+    SIGHUP to that handler.
+    """
+    if action is None:
+        return None
+
+    def reopen_then_act() -> None:
+        reopen_log_files()
+        action()
+
+    return reopen_then_act
