@@ -1,18 +1,13 @@
 """The usage that tutorials print runs exactly as written.
 
-The four lines use a fixed port and the proxy's shared default socket path, so they run in a
-private network and mount namespace (its own loopback, its own empty ``/tmp``): nothing outside
-the test can collide with them, and the test leaves nothing behind.
+The four lines use a fixed port and the proxy's shared default socket path, so they run in
+private namespaces (their own loopback, their own empty ``/tmp``): nothing outside the test can
+collide with them, and the test leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
-
-import pytest
+from namespaces import needs_namespaces, run_in_namespace
 
 TUTORIAL_LINES = [
     "dc_server -listen 127.0.0.1:12533",
@@ -23,9 +18,7 @@ TUTORIAL_LINES = [
 
 # The programs are shell functions running this checkout, so each line is typed as printed.
 SCRIPT = r"""
-set -eu
-mount -t tmpfs tmpfs /tmp
-ip link set lo up
+set -e
 for name in dc_server dc_client dc_test dc_snoop; do
     eval "$name() { \"\$PYTHON\" -m distcache.cli.$name \"\$@\"; }"
 done
@@ -42,38 +35,17 @@ wait_for "tcp_up 11200"
 dc_test -connect IP:127.0.0.1:11200 -ops 100
 dc_test -connect UNIX:/tmp/scache -ops 100
 echo TUTORIAL-DONE
-kill $(jobs -p)
 """
 
 
-def _namespaces_available() -> bool:
-    if not shutil.which("unshare") or not shutil.which("ip"):
-        return False
-    probe = subprocess.run(
-        ["unshare", "-rn", "--mount", "--pid", "--fork", "true"],
-        capture_output=True,
-        timeout=10,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _namespaces_available(), reason="needs unprivileged user namespaces")
+@needs_namespaces
 def test_the_four_tutorial_lines_run_as_written():
     script = SCRIPT
     for name, line in zip(
         ("@SERVER@", "@CLIENT@", "@TEST@", "@SNOOP@"), TUTORIAL_LINES, strict=True
     ):
         script = script.replace(name, line)
-    env = {**os.environ, "PYTHON": sys.executable}
-    result = subprocess.run(
-        ["unshare", "-rn", "--mount", "--pid", "--fork", "bash", "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+    result = run_in_namespace(script)
     assert result.returncode == 0, result.stderr
     assert "TUTORIAL-DONE" in result.stdout
     # Three dc_test runs (direct, through dc_snoop, through dc_client), each complete.
