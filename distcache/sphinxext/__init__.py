@@ -5,7 +5,7 @@ tables, limits, the message catalogue and the header checks come from :mod:`dist
 The spec's prose places them with directives and never restates them.
 
 Directives: ``requirement``, ``requirement-index``, ``wire-fields``, ``wire-layout``,
-``wire-enum``, ``wire-limits``, ``wire-messages``, ``wire-checks``. Role: ``req``.
+``wire-enum``, ``wire-limits``, ``wire-messages``, ``wire-checks``. Role: ``req``. ``sequence-diagram`` draws message-sequence charts from text (:mod:`.sequence`).
 
 The user guide and reference add ``wire-example``, ``protocol-reasons`` (worked examples decoded at build time,
 :mod:`.examples`) and ``cli-reference``, ``legacy-command-line``, ``enum-states`` (generated from
@@ -21,10 +21,11 @@ from distcache import __version__
 
 def setup(app) -> dict[str, Any]:
     # Imported here so that importing one of its modules (layout, constants) does not pull in all of Sphinx.
-    from . import cliref, examples, requirements, wire_directives
+    from . import cliref, examples, requirements, sequence, wire_directives
 
     requirements.setup(app)
     wire_directives.setup(app)
     examples.setup(app)
     cliref.setup(app)
+    sequence.setup(app)
     return {"version": __version__, "parallel_read_safe": True, "parallel_write_safe": True}
