@@ -21,11 +21,12 @@ from distcache import __version__
 
 def setup(app) -> dict[str, Any]:
     # Imported here so that importing one of its modules (layout, constants) does not pull in all of Sphinx.
-    from . import cliref, examples, requirements, sequence, wire_directives
+    from . import cliref, conformance_counts, examples, requirements, sequence, wire_directives
 
     requirements.setup(app)
     wire_directives.setup(app)
     examples.setup(app)
     cliref.setup(app)
     sequence.setup(app)
+    conformance_counts.setup(app)
     return {"version": __version__, "parallel_read_safe": True, "parallel_write_safe": True}
