@@ -9,17 +9,21 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - reconnects and idle checks run on precise timers, not a coarse poll;
 - SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
 - with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``.
+- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``;
+- extensions: a ``TLS:host:port`` server (and listen address) with ``-tls-cert``, ``-tls-key``
+  and ``-tls-ca``, SIGHUP re-reading those files, ``-allow CIDR`` for a plain TCP listen address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from types import SimpleNamespace
 
 from ..address import AddressError, parse_address
+from ..allowlist import cidr_argument
 from ..netio import ListenError
 from ..proxy import (
     DEFAULT_LISTEN,
@@ -35,6 +39,7 @@ from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
 from .legacy_flags import (
     SERVICE_FLAGS,
+    TLS_FLAGS,
     CommandLine,
     Flag,
     decimal_in,
@@ -42,6 +47,15 @@ from .legacy_flags import (
     run_parser,
 )
 from .service import StartupError, apply_socket_file_settings, become_service
+from .tls_options import (
+    TLSSetupError,
+    allow_list,
+    check_used,
+    client_tls,
+    files_from,
+    reload_on_sighup,
+    server_tls,
+)
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -92,9 +106,20 @@ COMMAND_LINE = CommandLine(
             DEFAULT_MAX_CLIENTS,
         ),
         log_level_flag(),
+        *TLS_FLAGS,
+        Flag(
+            ("-allow",),
+            "allow",
+            "extension: serve a plain TCP listen address to this network only (CIDR; repeatable)",
+            "cidr",
+            cidr_argument,
+            repeatable=True,
+        ),
     ],
     notes=(
-        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
+        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>, TLS:<host>:<port>.\n"
+        "A TLS: server is verified against -tls-ca (else the system trust store) and its host\n"
+        "name; -tls-cert/-tls-key are presented to it. SIGHUP re-reads the TLS files.\n"
         "With no server connection every request is answered with an empty reply; requests in\n"
         "flight when the server is lost are answered with the status byte 0x02 (DISCONNECTED).\n"
         "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0)."
@@ -116,11 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         sockets = _listen(options, settings)
         become_service(SimpleNamespace(**options))
+        reload = reload_on_sighup([settings.tls, settings.listen_tls])
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, sockets, options["killable"]))
+        return runner.run(_serve(settings, sockets, options["killable"], reload))
 
 
 def _settings(options: dict) -> ProxySettings:
@@ -134,9 +160,20 @@ def _settings(options: dict) -> ProxySettings:
         server = parse_address(options["server"]).require_connect()
     except AddressError as error:
         raise StartupError(f"Error, internal initialisation problems\n  ({error})") from None
+    files = files_from(options)
+    try:
+        check_used(files, [listen, server])
+        tls = client_tls(files, [server])
+        listen_tls = server_tls(files, [listen])
+        allow = allow_list(options["allow"], [listen])
+    except TLSSetupError as error:
+        raise StartupError(f"Error, {error}") from None
     return ProxySettings(
         listen=listen,
         server=server,
+        tls=tls,
+        listen_tls=listen_tls,
+        allow=allow,
         retry_ms=options["retry_ms"],
         idle_ms=options["idle_ms"],
         max_in_flight=options["max_in_flight"],
@@ -153,7 +190,7 @@ _SHARED_DEFAULT_HINT = (
 
 def _listen(options: dict, settings: ProxySettings):
     try:
-        sockets = bind_listeners(settings.listen)
+        sockets = bind_listeners(settings.listen, tls=settings.listen_tls, allow=settings.allow)
     except (AddressError, ListenError) as error:
         hint = _SHARED_DEFAULT_HINT if options["listen"] == DEFAULT_LISTEN else ""
         raise StartupError(f"Error, bad listen address\n  ({error}){hint}") from None
@@ -161,11 +198,13 @@ def _listen(options: dict, settings: ProxySettings):
     return sockets
 
 
-async def _serve(settings: ProxySettings, sockets, killable: bool) -> int:
+async def _serve(settings: ProxySettings, sockets, killable: bool, reload) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
         loop.add_signal_handler(signum, stop.set)
+    if reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, reload)
     proxy = Proxy(settings)
     await proxy.start(sockets)
     try:

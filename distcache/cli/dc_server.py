@@ -11,7 +11,10 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - a relative ``-pidfile`` is taken relative to the starting directory, also with ``-daemon``;
 - ``-user`` also switches to the user's groups, not only its uid;
 - a UNIX listener refuses to replace anything but a stale socket file;
-- extensions: ``-maxconns``, ``-log-level``, ``-engine``.
+- extensions: ``-maxconns``, ``-log-level``, ``-engine``;
+- extensions: several ``-listen`` at once, ``TLS:host:port`` listeners with ``-tls-cert``,
+  ``-tls-key`` and ``-tls-ca`` (mutual TLS), SIGHUP re-reading those files, and ``-allow CIDR``
+  for plain TCP listeners.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 from types import SimpleNamespace
 
 from ..address import AddressError, parse_address
+from ..allowlist import AllowList, cidr_argument
 from ..netio import ListenError
 from ..server import (
     DEFAULT_ENGINE_URL,
@@ -28,14 +32,17 @@ from ..server import (
     EngineError,
     RunOptions,
     bind_listeners,
+    close_listeners,
     open_engine,
     run_server,
     unix_path_of,
 )
 from ..server.run import defer_stop_requests
+from ..tls import ServerTLS
 from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
 from .legacy_flags import (
     SERVICE_FLAGS,
+    TLS_FLAGS,
     CommandLine,
     Flag,
     decimal_in,
@@ -43,6 +50,14 @@ from .legacy_flags import (
     run_parser,
 )
 from .service import StartupError, apply_socket_file_settings, become_service
+from .tls_options import (
+    TLSSetupError,
+    allow_list,
+    check_used,
+    files_from,
+    reload_on_sighup,
+    server_tls,
+)
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -55,7 +70,13 @@ COMMAND_LINE = CommandLine(
     summary="distcache session cache server.",
     doubled_dash=True,  # the legacy dc_server's error lines read "Error, --sessions ..."
     flags=[
-        Flag(("-listen",), "listen", "where to accept clients (required)", "address"),
+        Flag(
+            ("-listen",),
+            "listen",
+            "where to accept clients (required; extension: give it several times)",
+            "address",
+            repeatable=True,
+        ),
         Flag(
             ("-sessions",),
             "sessions",
@@ -90,11 +111,21 @@ COMMAND_LINE = CommandLine(
             str,
             DEFAULT_ENGINE_URL,
         ),
+        *TLS_FLAGS,
+        Flag(
+            ("-allow",),
+            "allow",
+            "extension: serve plain TCP clients from this network only (CIDR; repeatable)",
+            "cidr",
+            cidr_argument,
+            repeatable=True,
+        ),
     ],
     notes=(
-        "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
+        "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>,\n"
+        "TLS:<host>:<port> (needs -tls-cert and -tls-key; -tls-ca requires client certificates).\n"
         "SIGTERM and SIGINT always stop the server cleanly (exit status 0); start-up errors\n"
-        "exit with status 1."
+        "exit with status 1. SIGHUP re-reads the TLS files (connections stay open)."
     ),
 )
 
@@ -104,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(values, int):
         return values
     options = SimpleNamespace(**values)
-    if options.listen is None:
+    if not options.listen:
         print("Error, must provide -listen", file=sys.stderr)
         return 1
     defer_stop_requests(options.killable)
@@ -125,10 +156,14 @@ def _start(options: SimpleNamespace) -> int:
         store = open_engine(options.engine, options.sessions)
     except EngineError as error:
         raise StartupError(f"Error, {error}") from None
-    try:
-        sockets = bind_listeners(parse_address(options.listen))
-    except (AddressError, ListenError) as error:
-        raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
+    tls, allow = _transport_settings(options)
+    sockets = []
+    for text in options.listen:
+        try:
+            sockets += bind_listeners(parse_address(text), tls=tls, allow=allow)
+        except (AddressError, ListenError) as error:
+            close_listeners(sockets)
+            raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None
     apply_socket_file_settings(options, unix_path_of(sockets))
     # The launcher exits once the daemon serves: scripts may read the pid file at once.
     ready = become_service(options, wait_until_ready=True)
@@ -137,8 +172,25 @@ def _start(options: SimpleNamespace) -> int:
         killable=options.killable,
         max_connections=options.maxconns,
         on_ready=ready,
+        on_reload=reload_on_sighup([tls]),
     )
     return run_server(sockets, store, run_options)
+
+
+def _transport_settings(options: SimpleNamespace) -> tuple[ServerTLS | None, AllowList | None]:
+    """The TLS and allow-list of the -listen addresses, checked before anything is bound."""
+    listen = []
+    for text in options.listen:
+        try:
+            listen.append(parse_address(text).require_listen())
+        except AddressError as error:
+            raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None
+    files = files_from(options)
+    try:
+        check_used(files, listen)
+        return server_tls(files, listen), allow_list(options.allow, listen)
+    except TLSSetupError as error:
+        raise StartupError(f"Error, {error}") from None
 
 
 if __name__ == "__main__":

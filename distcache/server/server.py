@@ -9,6 +9,7 @@ import socket
 from ..cache import SessionStore
 from .connection import ServerConnection
 from .handler import RequestHandler
+from .listeners import serve_listener
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "Server"]
 
@@ -39,14 +40,9 @@ class Server:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self, sockets: list[socket.socket]) -> None:
-        """Start accepting on already bound, listening sockets (see ``bind_listeners``)."""
-        loop = asyncio.get_running_loop()
+        """Listen and accept on already bound sockets (see ``bind_listeners``)."""
         for sock in sockets:
-            if sock.family == socket.AF_UNIX:
-                listener = await loop.create_unix_server(self._new_connection, sock=sock)
-            else:
-                listener = await loop.create_server(self._new_connection, sock=sock)
-            self._listeners.append(listener)
+            self._listeners.append(await serve_listener(sock, self._new_connection))
 
     async def close(self) -> None:
         """Stop accepting, drop every connection, and close the engine."""
