@@ -16,6 +16,8 @@ Extensions over the legacy grammar (which had no IPv6)::
     IP:[::1]:port  IPv6:[::1]:port   an IPv6 literal, always in brackets
     IPv6:port  IPv6::port            listen only, all IPv6 interfaces
     IPv6:host:port                   a host name resolved to IPv6 addresses only
+    host:port  [::1]:port            a bare host and port, read as IP:host:port (listen and
+                                     connect), the usage tutorials print
     TLS:host:port  TLS:[::1]:port    distcache inside TLS over TCP (host: a name, IPv4 or IPv6)
     TLS:port                         listen only, TLS on all IPv4 interfaces
 
@@ -72,6 +74,7 @@ AddressKind = Literal["tcp", "unix", "fd"]
 
 _PREFIXES = ("IP", "IPv4", "IPv6", "UNIX", "FD", "TLS")
 _PREFIX_LIST = ", ".join(p + ":" for p in _PREFIXES)
+_PREFIXES_UPPER = {p.upper() for p in _PREFIXES}
 # The legacy number parser (strtol-like) skips leading white space and takes one sign.
 _NUMBER = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
 _INET_ATON_PART = re.compile(r"0[xX][0-9a-fA-F]+|[0-9]+")
@@ -192,8 +195,11 @@ def _parse(text: str) -> Address:
         raise _Bad(f"length {len(text)} is outside {MIN_ADDRESS_LENGTH}..{MAX_ADDRESS_LENGTH}")
     prefix, colon, body = text.partition(":")
     if not colon:
-        raise _Bad(f"no prefix (expected one of {_PREFIX_LIST})")
+        raise _Bad(f"no prefix (expected one of {_PREFIX_LIST} or host:port)")
     if prefix not in _PREFIXES:
+        bare = _parse_bare(text)
+        if bare is not None:
+            return bare
         raise _Bad(f"unknown prefix '{prefix}:' (prefixes are case-sensitive: {_PREFIX_LIST})")
     if prefix == "UNIX":
         return _parse_unix(body)
@@ -202,6 +208,20 @@ def _parse(text: str) -> Address:
     if prefix == "TLS":
         return _parse_tls(body)
     return _parse_tcp(prefix, body)
+
+
+def _parse_bare(text: str) -> Address | None:
+    """``host:port`` or ``[v6]:port`` with no prefix, read as ``IP:host:port``; None if the text
+    does not have that shape. A word that looks like a mistyped prefix (``ip:80``, ``TCP:80``:
+    a prefix in another case, or all capitals) keeps its "unknown prefix" error."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isascii() or not port.isdigit():
+        return None
+    if host.startswith("["):
+        return _parse_tcp("IP", text)
+    if ":" in host or host.upper() in _PREFIXES_UPPER or host.isupper():
+        return None
+    return _parse_tcp("IP", text)
 
 
 def _parse_number(text: str, what: str, low: int, high: int) -> int:

@@ -18,6 +18,7 @@ import errno
 import grp
 import os
 import pwd
+import re
 import socket
 import stat
 from collections.abc import Awaitable, Callable
@@ -121,7 +122,18 @@ async def start_listener(
 
 
 def _reason(error: OSError) -> str:
+    # asyncio words connect failures itself ("Connect call failed ('127.0.0.1', 9)", or
+    # "Multiple exceptions: ..." when a name has several addresses); the errno's own text is
+    # what people recognise.
+    if error.errno:
+        return os.strerror(error.errno)
+    codes = set(_ERRNO_IN_TEXT.findall(str(error)))
+    if len(codes) == 1:
+        return os.strerror(int(codes.pop()))
     return error.strerror or str(error) or type(error).__name__
+
+
+_ERRNO_IN_TEXT = re.compile(r"\[Errno (\d+)\]")
 
 
 def clear_unix_path(address: Address, *, replace_stale: bool) -> None:

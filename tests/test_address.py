@@ -295,3 +295,27 @@ def test_port_argument_refuses_what_is_not_a_tcp_port(text):
 
 def test_port_argument_takes_the_whole_range():
     assert [port_argument(text) for text in ("1", "9001", "65535")] == [1, 9001, MAX_PORT]
+
+
+# ADDR-6: a bare host:port is IP:host:port; a mistyped prefix is still an error.
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("127.0.0.1:12533", "IP:127.0.0.1:12533"),
+        ("[::1]:12533", "IP:[::1]:12533"),
+        ("localhost:12533", "IP:localhost:12533"),
+        ("cache.example.net:9001", "IP:cache.example.net:9001"),
+    ],
+)
+def test_a_bare_host_and_port_is_a_tcp_address(text, canonical):
+    address = parse_address(text)
+    assert str(address) == canonical
+    assert address.can_connect and address == parse_address(canonical)
+
+
+@pytest.mark.parametrize(
+    "text", ["ip:9001", "TCP:9001", "unix:/run/x", "Ipv6:9001", "localhost:", "host:80x", "a:b:1"]
+)
+def test_a_bare_form_never_hides_a_mistyped_prefix(text):
+    with pytest.raises(AddressError):
+        parse_address(text)

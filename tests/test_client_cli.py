@@ -80,7 +80,7 @@ def test_server_from_the_environment(server):
         (("add", "--server", "IP:127.0.0.1:9", "--timeout-ms", "500", "k", "v"), "501"),
         (("add", "--server", "IP:127.0.0.1:9", "k"), "SESSION"),
         (("add", "--server", "IP:127.0.0.1:9", "--file", "/nonexistent/s", "k"), "cannot read"),
-        (("get", "--server", "IP:127.0.0.1:9", "--wait", "0", "k"), "timeout"),
+        (("get", "--server", "IP:127.0.0.1:9", "--wait", "0", "k"), "--wait"),
         (("get", "--server", "IP:127.0.0.1:9", "--output", "/", "k"), "refused"),
     ],
 )
@@ -103,3 +103,24 @@ def test_refused_add_and_short_timeouts_with_any_timeout(server):
         "refused: id empty or longer than 64 bytes (103)\n",
     )
     assert distcache("add", *at, "--any-timeout", "--timeout-ms", "1", "brief", "v")[0] == 0
+
+
+def test_refused_arguments_name_the_flags_not_the_library_keywords(server):
+    at = ("--server", server.listen)
+    code, _, short = distcache("add", *at, "--timeout-ms", "1", "brief", "v")
+    assert code == 2 and "--any-timeout" in short, short
+    code, _, ambiguous = distcache("add", *at, "--hex", "6b", "01")
+    assert code == 2 and "--allow-ambiguous" in ambiguous, ambiguous
+    for message in (short, ambiguous):
+        assert "allow_ambiguous" not in message and "strict_timeouts" not in message
+    assert distcache("add", *at, "--hex", "--allow-ambiguous", "6b", "01")[0] == 0
+
+
+def test_the_library_error_names_its_own_keyword():
+    from distcache.client import InvalidRequest
+    from distcache.client.calls import add_call
+
+    with pytest.raises(InvalidRequest) as refused:
+        add_call(b"k", b"\x02", 60_000)
+    assert refused.value.override == "allow_ambiguous=True"
+    assert "allow_ambiguous=True" in str(refused.value)

@@ -173,4 +173,4 @@ def test_command_line_errors(args, message):
 def test_help():
     result = run_dc_test("-h")
     assert result.returncode == 0
-    assert "-persistent" in result.stderr
+    assert "-persistent" in result.stdout

@@ -45,8 +45,9 @@ def test_the_console_script_is_installed():
 def test_help_prints_usage_and_exits_0(word):
     result = run_dc_server(word, "-bogus")  # words after it are never looked at
     assert result.returncode == 0
-    assert "-listen" in result.stderr and "-sessions" in result.stderr
-    assert result.stdout == ""
+    # Asked-for usage is output: stdout, nothing on stderr.
+    assert "-listen" in result.stdout and "-sessions" in result.stdout
+    assert result.stderr == ""
 
 
 @pytest.mark.parametrize(

@@ -84,12 +84,22 @@ class _ExactReads:
     def __init__(self, stream: BinaryIO) -> None:
         self._read = stream.read
         self.name = getattr(stream, "name", "<stream>")
+        #: Set once a pcap file header is read: reads then alternate record header, record body,
+        #: and an empty read of a body is a file cut right after a record header.
+        self.records_alternate = False
+        self._reads = 0
 
     def read(self, size: int = -1) -> bytes:
         data = self._read(size)
-        if 0 < len(data) < size:
+        body = self.records_alternate and self._reads % 2 == 1
+        self._reads += 1
+        if 0 < len(data) < size or (body and size > 0 and not data):
             raise CaptureError("truncated capture file")
         return data
+
+    def start_records(self) -> None:
+        self.records_alternate = True
+        self._reads = 0
 
 
 def _ip_offset(linktype: int) -> Callable[[bytes], int]:
@@ -178,6 +188,7 @@ def read_segments(stream: BinaryIO) -> Iterator[Segment]:
             reader = dpkt.pcapng.Reader(source)
         else:
             reader = dpkt.pcap.Reader(source)
+            source.start_records()
     except CaptureError as error:
         raise CaptureError(f"{error}: cut short in its file header") from None
     except (ValueError, dpkt.UnpackError, struct.error) as error:

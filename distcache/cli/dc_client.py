@@ -241,6 +241,13 @@ def _settings(options: dict) -> ProxySettings:
     )
 
 
+#: Said when the default socket is taken: it is one path for the whole host.
+_SHARED_DEFAULT_HINT = (
+    f"\n  (no -listen was given, and the default {DEFAULT_LISTEN} is shared by every dc_client"
+    " on this host; give this one its own: -listen UNIX:/path)"
+)
+
+
 def _listen(options: dict, settings: ProxySettings):
     try:
         sockets = bind_listeners(
@@ -250,7 +257,8 @@ def _listen(options: dict, settings: ProxySettings):
             reuse_port=options["workers"] > 1,
         )
     except (AddressError, ListenError) as error:
-        raise StartupError(f"Error, bad listen address\n  ({error})") from None
+        hint = _SHARED_DEFAULT_HINT if options["listen"] == DEFAULT_LISTEN else ""
+        raise StartupError(f"Error, bad listen address\n  ({error}){hint}") from None
     apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))
     return sockets
 

@@ -8,6 +8,8 @@ The legacy flags, defaults, output lines (all on stderr) and exit statuses (0 al
   outcome cannot be known, resynchronised from the answer);
 - a network failure is always a failure (the legacy counted a failed REMOVE or GET as a pass when
   it expected a miss);
+- extensions: ``-server`` as an alias of ``-connect`` and ``-requests`` of ``-ops``, the spelling
+  tutorials print;
 - extensions: ``-clients N`` concurrent connections, ``-seed N`` reproducible runs, a live progress
   bar when stderr is a terminal, and a latency report on stdout at the end (redis-benchmark
   conventions; ``-csv`` or ``-json`` for machines);
@@ -77,7 +79,12 @@ COMMAND_LINE = CommandLine(
     summary="Random operations against a distcache server or proxy, checked against a model.",
     doubled_dash=True,
     flags=[
-        Flag(("-connect",), "connect", "the server or proxy to test (required)", "address"),
+        Flag(
+            ("-connect", "-server"),
+            "connect",
+            "the server or proxy to test (required; -server is an extension alias)",
+            "address",
+        ),
         Flag(
             ("-sessions",),
             "sessions",
@@ -87,9 +94,9 @@ COMMAND_LINE = CommandLine(
             10,
         ),
         Flag(
-            ("-ops",),
+            ("-ops", "-requests"),
             "ops",
-            f"random tests, 0..{MAX_OPS} (default 10 x sessions^2)",
+            f"random tests, 0..{MAX_OPS} (default 10 x sessions^2; -requests is an extension alias)",
             "num",
             decimal_in(0, MAX_OPS),
         ),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from ..capture import command as capture
 from ..decoding import DIRECTIONS, decode_stream, record_text
@@ -55,5 +56,14 @@ def run(args) -> int:
     for record in decode_stream(data, DIRECTIONS[args.direction]):
         if "error" in record:
             status = 1
+            if record["error"] == "bad_version" and record.get("offset") == 0:
+                print(NOT_A_STREAM_HINT, file=sys.stderr)
         print(json.dumps(record) if args.format == "json" else record_text(record))
     return status
+
+
+#: Said when the very first header is foreign: most often the input is not distcache at all.
+NOT_A_STREAM_HINT = (
+    "hint: the input does not start with a distcache frame header (00 11 xx xx) nor a pcap or "
+    "pcapng magic number; give a raw stream of one direction of a connection, or a capture"
+)

@@ -47,7 +47,8 @@ class InvalidArgument(ValueError):
 
 
 class FlagExit(Exception):
-    """Parsing ended the program: print ``lines`` to stderr and exit with ``status``."""
+    """Parsing ended the program: print ``lines`` (stdout for status 0, else stderr) and exit
+    with ``status``."""
 
     def __init__(self, status: int, lines: Sequence[str]) -> None:
         super().__init__("\n".join(lines))
@@ -239,6 +240,8 @@ def run_parser(command_line: CommandLine, argv: Sequence[str] | None) -> dict[st
     try:
         return command_line.parse(sys.argv[1:] if argv is None else argv)
     except FlagExit as stop:
+        # Asked-for usage (status 0) is output, on stdout; errors go to stderr.
+        stream = sys.stdout if stop.status == 0 else sys.stderr
         for line in stop.lines:
-            print(line, file=sys.stderr)
+            print(line, file=stream)
         return stop.status

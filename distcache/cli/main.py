@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
@@ -30,9 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="distcache protocol tools: decoding, conformance, one-shot operations.",
     )
     parser.add_argument("--version", action="version", version=f"distcache {__version__}")
-    subparsers = parser.add_subparsers(
-        dest="command", metavar="COMMAND", required=True, parser_class=_Parser
-    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(f"{__package__}.{name}").register(subparsers)
     return parser
@@ -40,7 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Unknown words are named before a missing command (argparse reports the latter first).
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if args.command is None:
+        parser.error("a COMMAND is required")
     try:
         return args.handler(args)
     except UsageError as error:
@@ -49,9 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
-        # The reader of our output went away (e.g. `| head`); nothing more to say.
-        sys.stderr.close()
-        return 1
+        # The reader of our output went away (`| head`): it has all it wanted, so this is
+        # success. Point stdout at /dev/null so the interpreter's final flush stays quiet.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import os
 import sys
 
 from ..address import AddressError, parse_address
-from ..client import Client, DistcacheError, Mode
+from ..client import Client, DistcacheError, InvalidRequest, Mode
 from ..wire import Status
 from . import UsageError, read_input
 from .tls_options import TLSSetupError, add_tls_arguments, check_used, files_from
@@ -71,11 +71,22 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--wait",
         metavar="SECONDS",
-        type=float,
+        type=_positive_seconds,
         default=DEFAULT_WAIT_S,
         help=f"give up after this long, connecting included (default {DEFAULT_WAIT_S:g})",
     )
     parser.add_argument("id", metavar="ID", help="the session id")
+
+
+def _positive_seconds(text: str) -> float:
+    """--wait: a number of seconds above zero (zero would give up before connecting)."""
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < seconds < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0 seconds, got {text!r}")
+    return seconds
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -95,6 +106,11 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send any 32-bit --timeout-ms, even one the client library would refuse",
     )
+    parser.add_argument(
+        "--allow-ambiguous",
+        action="store_true",
+        help="store a 1-byte session 01 or 02 even though a GET can never read it back",
+    )
 
 
 def _get_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,7 +124,8 @@ def _get_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _run_add(args) -> int:
     session = _session_of(args)
-    with _client(args, strict_timeouts=not args.any_timeout) as client:
+    options = {"strict_timeouts": not args.any_timeout, "allow_ambiguous": args.allow_ambiguous}
+    with _client(args, **options) as client:
         status = client.add_status(_id_of(args), session, args.timeout_ms)
     if status is Status.OK:
         _say("stored")
@@ -150,12 +167,24 @@ def _run_have(args) -> int:
     return 0 if present else 1
 
 
+#: The command-line flag for each client setting an InvalidRequest names.
+_OVERRIDE_FLAGS = {
+    "strict_timeouts=False": "--any-timeout",
+    "allow_ambiguous=True": "--allow-ambiguous",
+}
+
+
 def _guarded(run):
     """Turn every expected failure into a one-line message and exit status 2."""
 
     def handler(args) -> int:
         try:
             return run(args)
+        except InvalidRequest as error:
+            # Name the flag that overrides the check, not the library's keyword.
+            flag = _OVERRIDE_FLAGS.get(error.override)
+            hint = f" ({flag} sends it anyway)" if flag else ""
+            raise UsageError(error.reason + hint) from None
         except (AddressError, DistcacheError, ValueError) as error:
             raise UsageError(str(error)) from None
 

@@ -84,8 +84,9 @@ def add_call(
         raise InvalidRequest(f"timeout_ms {timeout_ms} does not fit in the 32-bit timeout field")
     if strict_timeouts and not CLIENT_MIN_TIMEOUT_MS < timeout_ms <= MAX_TIMEOUT_MS:
         raise InvalidRequest(
-            f"timeout_ms {timeout_ms} is outside {CLIENT_MIN_TIMEOUT_MS + 1}..{MAX_TIMEOUT_MS} "
-            "(strict timeout checking is on; strict_timeouts=False sends it anyway)"
+            f"the timeout {timeout_ms} ms is outside {CLIENT_MIN_TIMEOUT_MS + 1}..{MAX_TIMEOUT_MS}"
+            " ms, which strict timeout checking refuses",
+            override="strict_timeouts=False",
         )
     size = ADD_PREFIX_SIZE + len(session_id) + len(session)
     if size > MAX_PAYLOAD:
@@ -95,7 +96,8 @@ def add_call(
     if session in AMBIGUOUS_SESSIONS and not allow_ambiguous:
         raise InvalidRequest(
             f"the 1-byte session {session.hex()} could never be read back: a GET reply of that "
-            "byte means a miss or a proxy failure (pass allow_ambiguous=True to store it anyway)"
+            "byte means a miss or a proxy failure",
+            override="allow_ambiguous=True",
         )
     return Call(Operation.ADD, session_id, session, timeout_ms, _add_status)
 

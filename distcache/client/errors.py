@@ -85,3 +85,11 @@ class NoUpstream(UpstreamError):
 
 class InvalidRequest(DistcacheError, ValueError):
     """An argument the protocol cannot carry or the client refuses to send; nothing was sent."""
+
+    def __init__(self, reason: str, override: str | None = None) -> None:
+        hint = f" ({override} sends it anyway)" if override else ""
+        super().__init__(reason + hint)
+        self.reason = reason
+        #: The Client keyword setting that would let the request through, None if none would;
+        #: a command line names its own flag instead.
+        self.override = override
