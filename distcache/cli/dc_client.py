@@ -9,7 +9,12 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - reconnects and idle checks run on precise timers, not a coarse poll;
 - SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
 - with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``.
+- a local client's request that the server would answer by closing the shared connection (an
+  ADD too short for its prefix) closes only that client's connection, and a lost server link
+  is re-established at once (the retry delay applies from the second failure);
+- at ``-maxconns`` the longest idle local connection makes room for a new one;
+- SIGTERM answers the requests already received (up to ``-grace`` seconds) before exiting;
+- extensions: ``-maxinflight``, ``-maxconns``, ``-maxperpeer``, ``-grace``, ``-log-level``.
 """
 
 from __future__ import annotations
@@ -25,14 +30,15 @@ from ..proxy import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_PER_PEER,
     DEFAULT_RETRY_MS,
     MAX_IDLE_MS,
     MAX_RETRY_MS,
-    Proxy,
     ProxySettings,
 )
+from ..proxy.run import serve_until_stopped
 from ..server import bind_listeners, new_event_loop, unix_path_of
-from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, ignore_stop_requests
+from ..server.run import ignore_stop_requests
 from .legacy_flags import (
     SERVICE_FLAGS,
     CommandLine,
@@ -41,6 +47,7 @@ from .legacy_flags import (
     log_level_flag,
     run_parser,
 )
+from .peer_flags import grace_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
 
 __all__ = ["COMMAND_LINE", "main"]
@@ -86,18 +93,21 @@ COMMAND_LINE = CommandLine(
         Flag(
             ("-maxconns",),
             "max_clients",
-            "extension: most local connections; more are accepted and closed",
+            "extension: most local connections; at the cap the longest idle one makes room",
             "num",
             decimal_in(1, 1_000_000),
             DEFAULT_MAX_CLIENTS,
         ),
+        per_peer_flag(DEFAULT_MAX_PER_PEER),
+        grace_flag(),
         log_level_flag(),
     ],
     notes=(
         "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
         "With no server connection every request is answered with an empty reply; requests in\n"
         "flight when the server is lost are answered with the status byte 0x02 (DISCONNECTED).\n"
-        "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0)."
+        "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0), after answering the\n"
+        "requests already received (for up to -grace seconds); a second signal stops it at once."
     ),
 )
 
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return 1
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_serve(settings, sockets, options["killable"]))
+        return runner.run(serve_until_stopped(settings, sockets, killable=options["killable"]))
 
 
 def _settings(options: dict) -> ProxySettings:
@@ -141,6 +151,8 @@ def _settings(options: dict) -> ProxySettings:
         idle_ms=options["idle_ms"],
         max_in_flight=options["max_in_flight"],
         max_clients=options["max_clients"],
+        max_per_peer=options["max_per_peer"],
+        grace=options["grace"],
     )
 
 
@@ -151,22 +163,6 @@ def _listen(options: dict, settings: ProxySettings):
         raise StartupError(f"Error, bad listen address\n  ({error})") from None
     apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))
     return sockets
-
-
-async def _serve(settings: ProxySettings, sockets, killable: bool) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
-        loop.add_signal_handler(signum, stop.set)
-    proxy = Proxy(settings)
-    await proxy.start(sockets)
-    try:
-        await stop.wait()
-    finally:
-        await proxy.close()
-        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
-            loop.remove_signal_handler(signum)
-    return 0
 
 
 if __name__ == "__main__":

@@ -11,7 +11,9 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - a relative ``-pidfile`` is taken relative to the starting directory, also with ``-daemon``;
 - ``-user`` also switches to the user's groups, not only its uid;
 - a UNIX listener refuses to replace anything but a stale socket file;
-- extensions: ``-maxconns``, ``-log-level``, ``-engine``.
+- at ``-maxconns`` the longest idle connection makes room for a new client (the legacy had no cap);
+- extensions: ``-maxconns``, ``-maxperpeer``, ``-idle-timeout``, ``-grace``, ``-log-level``,
+  ``-engine``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..netio import ListenError
 from ..server import (
     DEFAULT_ENGINE_URL,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_PEER,
     EngineError,
     RunOptions,
     bind_listeners,
@@ -42,6 +45,7 @@ from .legacy_flags import (
     log_level_flag,
     run_parser,
 )
+from .peer_flags import grace_flag, idle_timeout_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
 
 __all__ = ["COMMAND_LINE", "main"]
@@ -76,11 +80,14 @@ COMMAND_LINE = CommandLine(
         Flag(
             ("-maxconns",),
             "maxconns",
-            "extension: most clients served at once; more are accepted and closed",
+            "extension: most clients at once; at the cap the longest idle one makes room",
             "num",
             decimal_in(1, 1_000_000),
             DEFAULT_MAX_CONNECTIONS,
         ),
+        per_peer_flag(DEFAULT_MAX_PER_PEER),
+        idle_timeout_flag(),
+        grace_flag(),
         log_level_flag(),
         Flag(
             ("-engine",),
@@ -93,8 +100,9 @@ COMMAND_LINE = CommandLine(
     ],
     notes=(
         "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
-        "SIGTERM and SIGINT always stop the server cleanly (exit status 0); start-up errors\n"
-        "exit with status 1."
+        "SIGTERM and SIGINT always stop the server cleanly (exit status 0): it stops accepting,\n"
+        "answers the requests already received (for up to -grace seconds), then exits; a\n"
+        "second signal stops it at once. Start-up errors exit with status 1."
     ),
 )
 
@@ -136,6 +144,9 @@ def _start(options: SimpleNamespace) -> int:
         progress=options.progress,
         killable=options.killable,
         max_connections=options.maxconns,
+        max_per_peer=options.max_per_peer,
+        idle_timeout=options.idle_timeout,
+        grace=options.grace,
         on_ready=ready,
     )
     return run_server(sockets, store, run_options)

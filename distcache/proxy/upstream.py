@@ -6,8 +6,10 @@ matched by that uid. The link is always in one of three states:
 
 ``DOWN``
     no connection: :meth:`UpstreamLink.submit` answers ``b""`` at once (the local client gets the
-    legacy EMPTY reply); a reconnect is scheduled ``retry`` after the failure, on a timer (not
-    the legacy's coarse poll).
+    legacy EMPTY reply). A link that was up and is lost is reconnected at once (the local
+    clients should not pay a whole retry delay for one cut); a failed attempt, or a second loss
+    within ``retry``, schedules the next attempt ``retry`` later, on a timer (not the legacy's
+    coarse poll), so a server that keeps failing is not hammered.
 ``CONNECTING``
     an attempt is under way: requests wait for its outcome (forwarded, or answered DISCONNECTED if
     it fails), as the legacy did with requests queued to a backend whose connect then failed.
@@ -122,6 +124,7 @@ class UpstreamLink:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._outage_logged = False
+        self._last_quick_retry = float("-inf")  # loop time of the last at-once reconnect
 
     @property
     def in_flight(self) -> int:
@@ -253,14 +256,19 @@ class UpstreamLink:
             connection.transport.close()
         in_flight = self._tracker.drain()
         waiting, self._waiting = self._waiting, deque()
-        # Answered after the state changed: a client's next request now gets EMPTY at once.
+        if not self._closed and self._retry_timer is None:
+            loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+            if event is LinkEvent.LOST and loop.time() - self._last_quick_retry >= self.retry:
+                self._last_quick_retry = loop.time()
+                self._connect_now()  # requests from now on wait for this attempt's outcome
+            else:
+                self._retry_timer = loop.call_later(self.retry, self._connect_now)
+        # Answered after the state changed: a client's next request now waits for the attempt
+        # under way, or gets EMPTY at once while the retry timer runs.
         for entry in in_flight:
             entry.context.answer(DISCONNECTED_REPLY)
         for requester in waiting:
             requester.answer(DISCONNECTED_REPLY)
-        if not self._closed and self._retry_timer is None:
-            loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
-            self._retry_timer = loop.call_later(self.retry, self._connect_now)
 
     async def close(self) -> None:
         """Stop for good: no more attempts; requests in flight are answered DISCONNECTED."""

@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..cache import SessionStore
+from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT
 from .progress import PROGRESS_INTERVAL, ProgressReporter
-from .server import DEFAULT_MAX_CONNECTIONS, Server
+from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Server
 
 __all__ = [
     "RunOptions",
@@ -36,6 +37,12 @@ class RunOptions:
     #: Stop on SIGUSR1/SIGUSR2 as well.
     killable: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Connections from one TCP peer address (0: no limit but max_connections).
+    max_per_peer: int = DEFAULT_MAX_PER_PEER
+    #: Seconds after which a connection with nothing read and no request in progress is closed.
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: Seconds a stop signal leaves for answering the requests already received.
+    grace: float = DEFAULT_GRACE_SECONDS
     #: Called once the server accepts connections (tells a waiting launcher it started).
     on_ready: Callable[[], None] | None = None
 
@@ -71,7 +78,10 @@ def defer_stop_requests(killable: bool) -> None:
 
 
 def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
-    """Serve on ``sockets`` until SIGTERM/SIGINT (or SIGUSR1/2 when killable); return 0."""
+    """Serve on ``sockets`` until SIGTERM/SIGINT (or SIGUSR1/2 when killable); return 0.
+
+    A stop signal stops accepting and lets every connection answer the requests it has received,
+    for up to ``options.grace`` seconds; a second stop signal drops them at once."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_serve(sockets, store, options))
 
@@ -79,13 +89,24 @@ def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOp
 async def _serve(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    server = Server(
+        store,
+        max_connections=options.max_connections,
+        max_per_peer=options.max_per_peer,
+        idle_timeout=options.idle_timeout,
+    )
+
+    def stop_requested() -> None:
+        if stop.is_set():  # the second request: no more grace
+            server.connections.abort_all()
+        stop.set()
+
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_requested)
     for signum in KILLABLE_SIGNALS:
-        loop.add_signal_handler(signum, stop.set if options.killable else _ignore)
+        loop.add_signal_handler(signum, stop_requested if options.killable else _ignore)
     if _early_stop_requests:
         stop.set()
-    server = Server(store, max_connections=options.max_connections)
     await server.start(sockets)
     if options.on_ready is not None:
         options.on_ready()
@@ -96,7 +117,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         progress.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await progress
-        await server.close()
+        await server.close(options.grace)
         for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
             loop.remove_signal_handler(signum)
     return 0

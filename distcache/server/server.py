@@ -7,15 +7,19 @@ import logging
 import socket
 
 from ..cache import SessionStore
+from ..peers import DEFAULT_IDLE_TIMEOUT, ConnectionRegistry
 from .connection import ServerConnection
 from .handler import RequestHandler
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "Server"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PER_PEER", "Server"]
 
 log = logging.getLogger("distcache.server")
 
-#: Connections served at once; further ones are accepted and closed at once.
+#: Connections served at once; at the cap the longest idle one makes room for a new one.
 DEFAULT_MAX_CONNECTIONS = 1024
+#: Connections from one TCP peer address (0: no limit but the global cap): half the default cap,
+#: so that one host can never hold every place; see :mod:`distcache.peers`.
+DEFAULT_MAX_PER_PEER = DEFAULT_MAX_CONNECTIONS // 2
 
 
 class Server:
@@ -25,15 +29,23 @@ class Server:
     """
 
     def __init__(
-        self, store: SessionStore, *, max_connections: int = DEFAULT_MAX_CONNECTIONS
+        self,
+        store: SessionStore,
+        *,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_peer: int = DEFAULT_MAX_PER_PEER,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        self.connections = ConnectionRegistry(
+            log,
+            max_connections=max_connections,
+            max_per_peer=max_per_peer,
+            idle_timeout=idle_timeout,
+        )
         self.store = store
         self.max_connections = max_connections
         self.operations = 0
         self._handler = RequestHandler(store)
-        self._connections: set[ServerConnection] = set()
         self._listeners: list[asyncio.AbstractServer] = []
 
     # -- life cycle -------------------------------------------------------------------------
@@ -47,13 +59,16 @@ class Server:
             else:
                 listener = await loop.create_server(self._new_connection, sock=sock)
             self._listeners.append(listener)
+        self.connections.start(loop)
 
-    async def close(self) -> None:
-        """Stop accepting, drop every connection, and close the engine."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting; let connections answer what they have received for up to ``grace``
+        seconds (:meth:`ConnectionRegistry.drain`), drop the rest, and close the engine."""
         for listener in self._listeners:
             listener.close()
-        for connection in list(self._connections):
-            connection.abort()
+        dropped = await self.connections.drain(grace)
+        if dropped and grace > 0:
+            log.warning("stopped with %d connections still busy after %g s", dropped, grace)
         await self._handler.cancel_calls()
         for listener in self._listeners:
             await listener.wait_closed()
@@ -67,24 +82,16 @@ class Server:
 
     @property
     def connection_count(self) -> int:
-        return len(self._connections)
+        return len(self.connections)
 
     # -- connections (called by ServerConnection) -------------------------------------------
 
     def _new_connection(self) -> ServerConnection:
         return ServerConnection(self, self._handler)
 
-    def admit(self, connection: ServerConnection) -> bool:
-        """Register a new connection, or refuse it when the server is at its connection cap."""
-        if len(self._connections) >= self.max_connections:
-            log.warning(
-                "%s: refused, already serving %d connections (the maximum)",
-                connection.peer,
-                len(self._connections),
-            )
-            return False
-        self._connections.add(connection)
-        return True
+    def admit(self, connection: ServerConnection, key: str | None) -> bool:
+        """Register a new connection, or refuse it (see :class:`ConnectionRegistry`)."""
+        return self.connections.admit(connection, key, connection.peer)
 
     def forget(self, connection: ServerConnection) -> None:
-        self._connections.discard(connection)
+        self.connections.forget(connection)
