@@ -93,6 +93,10 @@ class LocalConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        # Let go of the buffered bytes now: this object and its transport form a cycle that
+        # only the cyclic garbage collector would free.
+        self._decoder = MessageDecoder(receives=Direction.REQUEST)
+        self._batched = []
         self._cancel_idle_timer()
         self._proxy.forget(self)
 
@@ -126,6 +130,7 @@ class LocalConnection(asyncio.Protocol):
                 self._link.submit(self)
         except RemoteProtocolError as error:
             log.warning("local client %d broke the protocol, closing it: %s", self.number, error)
+            error.__traceback__ = None  # (it and the dead decoder would form a cycle)
             finished = True
         finally:
             self._serving = False

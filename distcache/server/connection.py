@@ -45,7 +45,7 @@ __all__ = [
 log = logging.getLogger("distcache.server")
 
 #: Unsent reply bytes above which the connection stops reading requests.
-REPLY_BACKLOG = 256 * 1024
+REPLY_BACKLOG = 64 * 1024
 #: Received, undecoded bytes above which the connection stops reading: two of the largest
 #: messages, so one whole message can always be buffered behind the one being answered.
 INPUT_BACKLOG = 2 * (MAX_PAYLOAD + MAX_FRAMES * HEADER_SIZE)
@@ -97,6 +97,9 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        # The transport and this object refer to each other, so they wait for the cyclic garbage
+        # collector: the buffered bytes are let go now instead.
+        self._decoder = _RELEASED
         self._server.forget(self)
 
     def data_received(self, data: bytes) -> None:
@@ -255,6 +258,9 @@ class ServerConnection(asyncio.Protocol):
             f" ({error.field})" if error.field else "",
             error.detail,
         )
+        # The dead decoder keeps the error, whose traceback keeps the decoder: without this
+        # cycle its buffers are freed with the connection, not at the next garbage collection.
+        error.__traceback__ = None
         self._close_when_answered()
 
     def _close(self, *, abort: bool = False) -> None:
@@ -299,6 +305,10 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = True
         if not self._draining:
             self._serve()  # writing paused: resume_writing carries on
+
+
+#: The decoder of a closed connection (holds nothing; never fed).
+_RELEASED = MessageDecoder(receives=Direction.REQUEST)
 
 
 class _InFlight:
