@@ -1,4 +1,5 @@
-"""The legacy address grammar: ``IP:port``, ``IP:host:port``, ``UNIX:path``, ``FD:r:w``.
+"""The legacy address grammar: ``IP:port``, ``IP:host:port``, ``UNIX:path``, ``FD:r:w``, and
+``TLS:host:port``.
 
 Parsing is pure: no socket is opened and no name is resolved. What an address may be used for
 (listen, connect or both) is decided here, as the legacy parser did.
@@ -15,6 +16,11 @@ Extensions over the legacy grammar (which had no IPv6)::
     IP:[::1]:port  IPv6:[::1]:port   an IPv6 literal, always in brackets
     IPv6:port  IPv6::port            listen only, all IPv6 interfaces
     IPv6:host:port                   a host name resolved to IPv6 addresses only
+    TLS:host:port  TLS:[::1]:port    distcache inside TLS over TCP (host: a name, IPv4 or IPv6)
+    TLS:port                         listen only, TLS on all IPv4 interfaces
+
+A ``TLS:`` address is a TCP address whose ``tls`` field is set: the same host and port forms as
+``IP:``; the certificates come from the program's TLS settings (:mod:`distcache.tls`).
 
 Deliberate differences from the legacy parser:
 
@@ -64,7 +70,7 @@ MAX_UNIX_PATH_BYTES = (108 if sys.platform.startswith("linux") else 104) - 1
 
 AddressKind = Literal["tcp", "unix", "fd"]
 
-_PREFIXES = ("IP", "IPv4", "IPv6", "UNIX", "FD")
+_PREFIXES = ("IP", "IPv4", "IPv6", "UNIX", "FD", "TLS")
 _PREFIX_LIST = ", ".join(p + ":" for p in _PREFIXES)
 # The legacy number parser (strtol-like) skips leading white space and takes one sign.
 _NUMBER = re.compile(r"[ \t\n\v\f\r]*([+-]?[0-9]+)")
@@ -96,6 +102,8 @@ class Address:
     read_fd: int | None = None
     write_fd: int | None = None
     family: socket.AddressFamily | None = None
+    #: TCP carrying TLS (a ``TLS:`` address).
+    tls: bool = False
 
     def __post_init__(self) -> None:
         # Direct construction must not produce an address that cannot be printed and parsed back.
@@ -133,6 +141,8 @@ class Address:
             if self.read_fd == self.write_fd:
                 return f"FD:{self.read_fd}"
             return f"FD:{self.read_fd}:{self.write_fd}"
+        if self.tls:
+            return "TLS:" + _format_tcp(self.host, self.port, self.family).partition(":")[2]
         return _format_tcp(self.host, self.port, self.family)
 
 
@@ -166,8 +176,8 @@ def parse_address(text: str) -> Address:
 def _make(**fields: object) -> Address:
     """Build an Address from fields the parser has already checked (skips re-validation)."""
     address = object.__new__(Address)
-    for name in Address.__dataclass_fields__:
-        object.__setattr__(address, name, fields.get(name))
+    for name, field in Address.__dataclass_fields__.items():
+        object.__setattr__(address, name, fields.get(name, field.default))
     return address
 
 
@@ -189,6 +199,8 @@ def _parse(text: str) -> Address:
         return _parse_unix(body)
     if prefix == "FD":
         return _parse_fd(body)
+    if prefix == "TLS":
+        return _parse_tls(body)
     return _parse_tcp(prefix, body)
 
 
@@ -242,6 +254,12 @@ def _parse_tcp(prefix: str, body: str) -> Address:
         family = socket.AF_INET6 if prefix == "IPv6" else socket.AF_INET
     port = _parse_number(port_text, "port", 0, MAX_PORT)
     return _make(kind="tcp", host=host, port=port, family=family)
+
+
+def _parse_tls(body: str) -> Address:
+    # The host and port forms of IP:; a name may resolve to IPv4 or IPv6 addresses.
+    plain = _parse_tcp("IP", body)
+    return _make(kind="tcp", host=plain.host, port=plain.port, family=plain.family, tls=True)
 
 
 def _split_bracketed(body: str) -> tuple[str, str]:

@@ -4,6 +4,10 @@ Policies carried over from the legacy network layer: TCP listeners set SO_REUSEA
 socket, accepted or connected, has Nagle disabled (TCP_NODELAY). One deliberate difference: a UNIX
 listener only replaces a *stale* socket file (one nobody accepts on); the legacy unlinked whatever
 was at the path, stealing a live server's socket or deleting a regular file.
+
+``TLS:`` addresses: a connection verifies the server against the ``tls`` setting it is given
+(:mod:`distcache.tls`; the system trust store when none) and checks the address's host name; a
+listener needs an ``ssl`` server context.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .address import Address, AddressError, parse_address
+from .tls import HANDSHAKE_TIMEOUT, ClientTLSSetting, client_ssl
 
 __all__ = [
     "ConnectError",
@@ -30,6 +35,7 @@ __all__ = [
     "open_fd_connection",
     "set_unix_owner",
     "start_listener",
+    "tls_connect_options",
 ]
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -79,6 +85,8 @@ async def start_listener(
     arguments (``limit``, ``ssl``, ...) go to asyncio's server.
     """
     address = _as_address(address).require_listen()
+    if address.tls != (server_options.get("ssl") is not None):
+        raise AddressError(f"'{address}': a TLS: address, and only one, needs an ssl context")
     if sock_mode is not None and address.kind != "unix":
         raise AddressError(f"socket permissions apply to UNIX listeners only, not '{address}'")
 
@@ -216,17 +224,38 @@ def _lookup_group(group: str | int) -> int:
         raise KeyError(f"no such group {group!r}") from None
 
 
+def tls_connect_options(
+    address: Address, tls: ClientTLSSetting, timeout: float | None = None
+) -> dict[str, Any]:
+    """asyncio connect arguments for ``address``: for a ``TLS:`` one, the client context, the
+    host name to verify and a handshake time limit; nothing otherwise."""
+    if not address.tls:
+        return {}
+    return {
+        "ssl": client_ssl(tls),
+        "server_hostname": address.host,
+        "ssl_handshake_timeout": timeout or HANDSHAKE_TIMEOUT,
+    }
+
+
 async def open_connection(
-    address: Address | str, *, timeout: float | None, **stream_options: Any
+    address: Address | str,
+    *,
+    timeout: float | None,
+    tls: ClientTLSSetting = None,
+    **stream_options: Any,
 ) -> Streams:
     """Connect to a TCP or UNIX address (or wrap an FD address) within ``timeout`` seconds.
 
-    Raises ConnectError on failure or timeout, AddressError for a listen-only address.
+    A ``TLS:`` address is verified under ``tls`` (see :func:`distcache.tls.client_ssl`); a
+    refused handshake is a ConnectError. Raises ConnectError on failure or timeout, AddressError
+    for a listen-only address.
     """
     address = _as_address(address).require_connect()
     if address.kind == "fd":
         return await open_fd_connection(address)
     if address.kind == "tcp":
+        stream_options.update(tls_connect_options(address, tls, timeout))
         attempt = asyncio.open_connection(
             address.host, address.port, family=address.family or socket.AF_UNSPEC, **stream_options
         )

@@ -6,7 +6,6 @@ Servers come from :mod:`serverproc` (one helper starts them all)."""
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -58,13 +57,19 @@ class DcClient:
         return connect_unix(self.path, timeout)
 
     def wait_accepting(self) -> None:
+        """Until a connection is accepted (the socket file exists from the bind on, but the
+        proxy listens only once it is ready)."""
         deadline = time.monotonic() + START_TIMEOUT
-        while not os.path.exists(self.path):
+        while True:
             if self.process.poll() is not None:
                 raise AssertionError(f"dc_client exited {self.process.returncode}: {self.stderr}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"dc_client never listened: {self.stderr}")
-            time.sleep(0.02)
+            try:
+                self.connect(timeout=1.0).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"dc_client never listened: {self.stderr}") from None
+                time.sleep(0.02)
 
     @property
     def alive(self) -> bool:

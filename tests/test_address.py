@@ -238,6 +238,12 @@ tcp_addresses = st.one_of(
         st.sampled_from([None, INET, INET6]),
     ),
 )
+tls_addresses = st.one_of(
+    st.builds(lambda p: Address("tcp", port=p, family=INET, tls=True), ports),
+    st.builds(lambda h, p: Address("tcp", host=h, port=p, family=INET, tls=True), ipv4, ports),
+    st.builds(lambda h, p: Address("tcp", host=h, port=p, family=INET6, tls=True), ipv6, ports),
+    st.builds(lambda h, p: Address("tcp", host=h, port=p, tls=True), host_names, ports),
+)
 unix_addresses = st.text(
     st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"),
     min_size=1,
@@ -251,7 +257,7 @@ fd_addresses = (
 )
 
 
-@given(st.one_of(tcp_addresses, unix_addresses, fd_addresses))
+@given(st.one_of(tcp_addresses, tls_addresses, unix_addresses, fd_addresses))
 def test_format_then_parse_round_trips(address):
     assert parse_address(str(address)) == address
 
@@ -262,7 +268,9 @@ def test_format_then_parse_round_trips(address):
         st.builds(
             "".join,
             st.lists(
-                st.sampled_from(["IP", "IPv4", "IPv6", "UNIX", "FD", ":", "[", "]", "::1", "0x"])
+                st.sampled_from(
+                    ["IP", "IPv4", "IPv6", "UNIX", "FD", "TLS", ":", "[", "]", "::1", "0x"]
+                )
                 | st.text(string.digits + ".:+- abc%", max_size=6),
                 max_size=8,
             ),

@@ -424,6 +424,7 @@ def test_killable_and_pidfile(tmp_path):
             proxy.process.send_signal(signal.SIGUSR1)
             time.sleep(0.3)
             assert proxy.alive  # not killable: ignored
+        assert not pidfile.exists(), "a clean exit removes the pid file"
         path2 = str(tmp_path / "px2")
         with dc_client(path2, server.listen, "-killable") as proxy:
             time.sleep(0.2)

@@ -15,7 +15,8 @@ import pytest
 from serverproc import connect_to, dc_server, free_port, run_dc_server
 
 from distcache.protocol import NEED_DATA, MessageDecoder, add_request, have_request
-from distcache.server import format_progress
+from distcache.server import bind_listeners, format_progress
+from distcache.server.daemon import remove_pidfile, write_pidfile
 from distcache.server.progress import ProgressReporter
 from distcache.wire import Direction, Status
 
@@ -165,7 +166,39 @@ def test_log_level_can_silence_protocol_errors():
 def test_pidfile_holds_the_pid_without_a_newline(tmp_path):
     pidfile = tmp_path / "dc.pid"
     with dc_server("-pidfile", str(pidfile)) as server:
+        # dc_server() returns once the port accepts: the pid file must be complete by then.
         assert pidfile.read_text() == str(server.pid)
+    assert not pidfile.exists(), "a clean exit removes the pid file"
+    assert list(tmp_path.iterdir()) == [], "no temporary file is left beside it"
+
+
+@pytest.mark.parametrize("listen", ["IP:127.0.0.1:0", "UNIX"])
+def test_bound_listeners_accept_nothing_until_served(tmp_path, listen):
+    """Programs bind, then detach and write the pid file, then serve: until they serve, a client
+    is refused, so whoever sees the port accept can read the pid file."""
+    if listen == "UNIX":
+        listen = f"UNIX:{tmp_path / 'sock'}"
+    [sock] = bind_listeners(listen)
+    try:
+        if sock.family == socket.AF_UNIX:
+            address = f"UNIX:{sock.getsockname()}"
+        else:
+            address = "IP:{}:{}".format(*sock.getsockname()[:2])
+        with pytest.raises(ConnectionRefusedError):
+            connect_to(address).close()
+    finally:
+        sock.close()
+
+
+def test_a_pidfile_naming_another_process_is_left_alone(tmp_path):
+    pidfile = tmp_path / "dc.pid"
+    pidfile.write_text("1")
+    remove_pidfile(str(pidfile))
+    assert pidfile.read_text() == "1"
+    write_pidfile(str(pidfile))
+    assert pidfile.read_text() == str(os.getpid())
+    remove_pidfile(str(pidfile))
+    assert not pidfile.exists()
 
 
 def test_daemon_detaches_and_writes_a_relative_pidfile_from_the_start_directory(tmp_path):
@@ -189,6 +222,7 @@ def test_daemon_detaches_and_writes_a_relative_pidfile_from_the_start_directory(
     while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not os.path.exists(f"/proc/{pid}")
+    assert not (tmp_path / "dc.pid").exists(), "the daemon removes its pid file on a clean exit"
 
 
 def _connect_when_ready(listen: str) -> socket.socket:

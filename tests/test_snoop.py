@@ -22,6 +22,17 @@ from distcache.protocol import NEED_DATA, MessageDecoder, add_request, get_reque
 from distcache.wire import Direction
 
 
+def _accepts(path: str) -> bool:
+    """The socket file appears at the bind; the snooper listens only when it serves. (Read from
+    the kernel's socket table: a probing connection would show up in the snooper's output.)"""
+    with open("/proc/net/unix") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) >= 8 and fields[7] == path and int(fields[3], 16) & 0x10000:
+                return True  # __SO_ACCEPTCON: listening
+    return False
+
+
 @contextlib.contextmanager
 def dc_snoop(tmp_path, upstream: str, *args: str):
     path = str(tmp_path / "snoop")
@@ -33,7 +44,7 @@ def dc_snoop(tmp_path, upstream: str, *args: str):
         stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10
-    while not os.path.exists(path):
+    while not _accepts(path):
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline, "dc_snoop never listened"
         time.sleep(0.02)

@@ -8,10 +8,11 @@ from pathlib import Path
 
 from ..spec.catalogue import DEFAULT_SPEC_BASE
 from . import UsageError
+from .tls_options import TLSSetupError, add_tls_arguments, check_used, files_from
 
 __all__ = ["register"]
 
-PROFILE_CHOICES = ("core", "strict", "robustness", "all")
+PROFILE_CHOICES = ("core", "strict", "robustness", "tls", "all")
 
 
 def register(subparsers) -> None:
@@ -26,12 +27,19 @@ def register(subparsers) -> None:
         ),
     )
     parser.add_argument(
-        "address", nargs="?", metavar="ADDR", help="a running server: IP:host:port or UNIX:path"
+        "address",
+        nargs="?",
+        metavar="ADDR",
+        help="a running server: IP:host:port, UNIX:path or TLS:host:port (see --tls-ca)",
     )
     parser.add_argument(
         "--server-cmd",
         metavar="CMD",
-        help='start the server under test: e.g. "dc_server -listen {listen} -sessions {sessions}"',
+        help=(
+            'start the server under test: e.g. "dc_server -listen {listen} -sessions {sessions}"; '
+            "with {tls_cert}, {tls_key} and {tls_ca} it gets certificates from a throw-away CA "
+            "and {listen} is a TLS: address"
+        ),
     )
     parser.add_argument(
         "--proxy-cmd",
@@ -54,8 +62,13 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--profile",
         choices=PROFILE_CHOICES,
-        help="core, strict (adds SHOULD cases), robustness, or all (default: core, robustness)",
+        help=(
+            "core, strict (adds SHOULD cases), robustness, tls (the TLS cases and core, over "
+            "TLS; without a target the reference server runs with mutual TLS), or all "
+            "(default: core, robustness)"
+        ),
     )
+    add_tls_arguments(parser)
     parser.add_argument(
         "--timeout", type=float, default=1.0, metavar="SECONDS", help="per step (default 1)"
     )
@@ -87,6 +100,8 @@ def _select(cases, args):
         profiles = set(PROFILES)
     elif args.profile == "strict":
         profiles = {"core", "strict"}
+    elif args.profile == "tls":
+        profiles = {"core", "tls"}
     else:
         profiles = {args.profile}
     chosen = [c for c in cases if c.profile in profiles]
@@ -151,22 +166,29 @@ async def _run(args, selected, implementation) -> int:
 
     try:
         proxy = ProxySetup(args.proxy_cmd) if args.proxy_cmd else None
+        files = files_from(args)
         if args.address:
-            server = FixedSetup(args.address)
+            server = FixedSetup(args.address, tls=_target_tls(args.address, files))
+        elif files:
+            raise UsageError("--tls-cert, --tls-key and --tls-ca describe a TLS: ADDR")
         elif args.server_cmd:
             server = CommandSetup(args.server_cmd)
         elif proxy is None:
-            server = InProcessSetup()
+            server = InProcessSetup(tls=args.profile == "tls")
         else:
             server = None
+        tls_target = False
         if server is not None:
-            await server.shared()  # unreachable from the start: a usage-level error
+            shared = await server.shared()  # unreachable from the start: a usage-level error
+            tls_target = shared.address.startswith("TLS:")
     except TargetUnavailable as error:
         raise UsageError(str(error)) from None
     explicit = bool(args.case)
     kinds = ({"server"} if server else set()) | ({"proxy"} if proxy else set())
     if not explicit:
         selected = [c for c in selected if c.target in kinds]
+    if not (explicit or tls_target or args.profile == "tls"):
+        selected = [c for c in selected if c.profile != "tls"]  # they need a TLS: target
     target = " + ".join(
         part
         for part in (
@@ -205,6 +227,24 @@ async def _run(args, selected, implementation) -> int:
     else:
         print(text, end="")
     return report.exit_status
+
+
+def _target_tls(address: str, files):
+    """The client files reaching ``address`` (checked now: bad files are a usage error)."""
+    from ..address import AddressError, parse_address
+    from ..tls import ClientTLS, TLSError
+
+    try:
+        target = parse_address(address)
+    except AddressError as error:
+        raise UsageError(str(error)) from None
+    try:
+        check_used(files, [target], dash="--")
+        if target.tls:
+            ClientTLS(files)
+    except (TLSSetupError, TLSError) as error:
+        raise UsageError(str(error)) from None
+    return files if target.tls else None
 
 
 def _progress(result, done: int, total: int) -> None:

@@ -15,6 +15,8 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - at ``-maxconns`` the longest idle local connection makes room for a new one;
 - SIGTERM answers the requests already received (up to ``-grace`` seconds) before exiting;
 - extensions: ``-maxinflight``, ``-maxconns``, ``-maxperpeer``, ``-grace``, ``-log-level``.
+- extensions: a ``TLS:host:port`` server (and listen address) with ``-tls-cert``, ``-tls-key``
+  and ``-tls-ca``, SIGHUP re-reading those files, ``-allow CIDR`` for a plain TCP listen address.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import sys
 from types import SimpleNamespace
 
 from ..address import AddressError, parse_address
+from ..allowlist import cidr_argument
 from ..netio import ListenError
 from ..proxy import (
     DEFAULT_LISTEN,
@@ -41,6 +44,7 @@ from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.run import ignore_stop_requests
 from .legacy_flags import (
     SERVICE_FLAGS,
+    TLS_FLAGS,
     CommandLine,
     Flag,
     decimal_in,
@@ -49,6 +53,15 @@ from .legacy_flags import (
 )
 from .peer_flags import grace_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
+from .tls_options import (
+    TLSSetupError,
+    allow_list,
+    check_used,
+    client_tls,
+    files_from,
+    reload_on_sighup,
+    server_tls,
+)
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -101,9 +114,20 @@ COMMAND_LINE = CommandLine(
         per_peer_flag(DEFAULT_MAX_PER_PEER),
         grace_flag(),
         log_level_flag(),
+        *TLS_FLAGS,
+        Flag(
+            ("-allow",),
+            "allow",
+            "extension: serve a plain TCP listen address to this network only (CIDR; repeatable)",
+            "cidr",
+            cidr_argument,
+            repeatable=True,
+        ),
     ],
     notes=(
-        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
+        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>, TLS:<host>:<port>.\n"
+        "A TLS: server is verified against -tls-ca (else the system trust store) and its host\n"
+        "name; -tls-cert/-tls-key are presented to it. SIGHUP re-reads the TLS files.\n"
         "With no server connection every request is answered with an empty reply; requests in\n"
         "flight when the server is lost are answered with the status byte 0x02 (DISCONNECTED).\n"
         "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0), after answering the\n"
@@ -126,11 +150,14 @@ def main(argv: list[str] | None = None) -> int:
         )
         sockets = _listen(options, settings)
         become_service(SimpleNamespace(**options))
+        reload = reload_on_sighup([settings.tls, settings.listen_tls])
     except StartupError as error:
         print(error, file=sys.stderr)
         return 1
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(serve_until_stopped(settings, sockets, killable=options["killable"]))
+        return runner.run(
+            serve_until_stopped(settings, sockets, killable=options["killable"], reload=reload)
+        )
 
 
 def _settings(options: dict) -> ProxySettings:
@@ -144,9 +171,20 @@ def _settings(options: dict) -> ProxySettings:
         server = parse_address(options["server"]).require_connect()
     except AddressError as error:
         raise StartupError(f"Error, internal initialisation problems\n  ({error})") from None
+    files = files_from(options)
+    try:
+        check_used(files, [listen, server])
+        tls = client_tls(files, [server])
+        listen_tls = server_tls(files, [listen])
+        allow = allow_list(options["allow"], [listen])
+    except TLSSetupError as error:
+        raise StartupError(f"Error, {error}") from None
     return ProxySettings(
         listen=listen,
         server=server,
+        tls=tls,
+        listen_tls=listen_tls,
+        allow=allow,
         retry_ms=options["retry_ms"],
         idle_ms=options["idle_ms"],
         max_in_flight=options["max_in_flight"],
@@ -158,7 +196,7 @@ def _settings(options: dict) -> ProxySettings:
 
 def _listen(options: dict, settings: ProxySettings):
     try:
-        sockets = bind_listeners(settings.listen)
+        sockets = bind_listeners(settings.listen, tls=settings.listen_tls, allow=settings.allow)
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, bad listen address\n  ({error})") from None
     apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))

@@ -14,6 +14,9 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - at ``-maxconns`` the longest idle connection makes room for a new client (the legacy had no cap);
 - extensions: ``-maxconns``, ``-maxperpeer``, ``-idle-timeout``, ``-grace``, ``-log-level``,
   ``-engine``.
+- extensions: several ``-listen`` at once, ``TLS:host:port`` listeners with ``-tls-cert``,
+  ``-tls-key`` and ``-tls-ca`` (mutual TLS), SIGHUP re-reading those files, and ``-allow CIDR``
+  for plain TCP listeners.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import sys
 from types import SimpleNamespace
 
 from ..address import AddressError, parse_address
+from ..allowlist import AllowList, cidr_argument
 from ..netio import ListenError
 from ..server import (
     DEFAULT_ENGINE_URL,
@@ -31,14 +35,17 @@ from ..server import (
     EngineError,
     RunOptions,
     bind_listeners,
+    close_listeners,
     open_engine,
     run_server,
     unix_path_of,
 )
 from ..server.run import defer_stop_requests
+from ..tls import ServerTLS
 from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
 from .legacy_flags import (
     SERVICE_FLAGS,
+    TLS_FLAGS,
     CommandLine,
     Flag,
     decimal_in,
@@ -47,6 +54,14 @@ from .legacy_flags import (
 )
 from .peer_flags import grace_flag, idle_timeout_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
+from .tls_options import (
+    TLSSetupError,
+    allow_list,
+    check_used,
+    files_from,
+    reload_on_sighup,
+    server_tls,
+)
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -59,7 +74,13 @@ COMMAND_LINE = CommandLine(
     summary="distcache session cache server.",
     doubled_dash=True,  # the legacy dc_server's error lines read "Error, --sessions ..."
     flags=[
-        Flag(("-listen",), "listen", "where to accept clients (required)", "address"),
+        Flag(
+            ("-listen",),
+            "listen",
+            "where to accept clients (required; extension: give it several times)",
+            "address",
+            repeatable=True,
+        ),
         Flag(
             ("-sessions",),
             "sessions",
@@ -97,12 +118,23 @@ COMMAND_LINE = CommandLine(
             str,
             DEFAULT_ENGINE_URL,
         ),
+        *TLS_FLAGS,
+        Flag(
+            ("-allow",),
+            "allow",
+            "extension: serve plain TCP clients from this network only (CIDR; repeatable)",
+            "cidr",
+            cidr_argument,
+            repeatable=True,
+        ),
     ],
     notes=(
-        "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.\n"
+        "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>,\n"
+        "TLS:<host>:<port> (needs -tls-cert and -tls-key; -tls-ca requires client certificates).\n"
         "SIGTERM and SIGINT always stop the server cleanly (exit status 0): it stops accepting,\n"
         "answers the requests already received (for up to -grace seconds), then exits; a\n"
-        "second signal stops it at once. Start-up errors exit with status 1."
+        "second signal stops it at once. Start-up errors exit with status 1. SIGHUP re-reads\n"
+        "the TLS files (connections stay open)."
     ),
 )
 
@@ -112,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(values, int):
         return values
     options = SimpleNamespace(**values)
-    if options.listen is None:
+    if not options.listen:
         print("Error, must provide -listen", file=sys.stderr)
         return 1
     defer_stop_requests(options.killable)
@@ -133,10 +165,14 @@ def _start(options: SimpleNamespace) -> int:
         store = open_engine(options.engine, options.sessions)
     except EngineError as error:
         raise StartupError(f"Error, {error}") from None
-    try:
-        sockets = bind_listeners(parse_address(options.listen))
-    except (AddressError, ListenError) as error:
-        raise StartupError(f"Error, can't listen on '{options.listen}'\nError, {error}") from None
+    tls, allow = _transport_settings(options)
+    sockets = []
+    for text in options.listen:
+        try:
+            sockets += bind_listeners(parse_address(text), tls=tls, allow=allow)
+        except (AddressError, ListenError) as error:
+            close_listeners(sockets)
+            raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None
     apply_socket_file_settings(options, unix_path_of(sockets))
     # The launcher exits once the daemon serves: scripts may read the pid file at once.
     ready = become_service(options, wait_until_ready=True)
@@ -148,8 +184,25 @@ def _start(options: SimpleNamespace) -> int:
         idle_timeout=options.idle_timeout,
         grace=options.grace,
         on_ready=ready,
+        on_reload=reload_on_sighup([tls]),
     )
     return run_server(sockets, store, run_options)
+
+
+def _transport_settings(options: SimpleNamespace) -> tuple[ServerTLS | None, AllowList | None]:
+    """The TLS and allow-list of the -listen addresses, checked before anything is bound."""
+    listen = []
+    for text in options.listen:
+        try:
+            listen.append(parse_address(text).require_listen())
+        except AddressError as error:
+            raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None
+    files = files_from(options)
+    try:
+        check_used(files, listen)
+        return server_tls(files, listen), allow_list(options.allow, listen)
+    except TLSSetupError as error:
+        raise StartupError(f"Error, {error}") from None
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from ..netio import ListenError
 from ..server import bind_listeners, new_event_loop
 from ..server.run import STOP_SIGNALS
 from ..snoop import FORMATS, PcapRecorder, Snooper
-from .legacy_flags import CommandLine, Flag, run_parser
+from .legacy_flags import TLS_FLAGS, CommandLine, Flag, run_parser
+from .tls_options import TLSSetupError, check_used, client_tls, files_from, server_tls
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -42,8 +43,13 @@ COMMAND_LINE = CommandLine(
         Flag(("-log",), "log", "extension: append the log to this file (default stdout)", "file"),
         Flag(("-format",), "format", "extension: text or json", "format", _format, "text"),
         Flag(("-pcap",), "pcap", "extension: also write the relayed traffic as pcap", "file"),
+        *TLS_FLAGS,
     ],
-    notes="Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>.",
+    notes=(
+        "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>, TLS:<host>:<port>.\n"
+        "TLS on either side: the log and the pcap hold the decrypted distcache stream. The same\n"
+        "-tls-cert/-tls-key serve a TLS: -listen and are presented to a TLS: -server."
+    ),
 )
 
 
@@ -63,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 listen = parse_address(options["listen"]).require_listen()
                 server = parse_address(options["server"]).require_connect()
-                sockets = bind_listeners(listen)
-            except (AddressError, ListenError) as error:
+                tls_files = files_from(options)
+                check_used(tls_files, [listen, server])
+                tls = client_tls(tls_files, [server])
+                sockets = bind_listeners(listen, tls=server_tls(tls_files, [listen]))
+            except (AddressError, ListenError, TLSSetupError) as error:
                 raise StartupError(f"Error, {error}") from None
             try:
                 out = (
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         pcap = None
         if pcap_file is not None:
             pcap = PcapRecorder(pcap_file, server.port if server.kind == "tcp" else None)
-        snooper = Snooper(server, emit, pcap)
+        snooper = Snooper(server, emit, pcap, tls=tls)
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
             return runner.run(_serve(snooper, sockets))
 

@@ -10,7 +10,9 @@ The legacy flags, defaults, output lines (all on stderr) and exit statuses (0 al
   it expected a miss);
 - extensions: ``-clients N`` concurrent connections, ``-seed N`` reproducible runs, a live progress
   bar when stderr is a terminal, and a latency report on stdout at the end (redis-benchmark
-  conventions; ``-csv`` or ``-json`` for machines).
+  conventions; ``-csv`` or ``-json`` for machines);
+- extension: a ``TLS:host:port`` address, verified with ``-tls-ca`` (else the system trust
+  store), presenting ``-tls-cert``/``-tls-key``.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from ..loadtest import (
     new_rng,
     random_steps,
 )
-from .legacy_flags import CommandLine, Flag, FlagExit, decimal_in, run_parser
+from ..tls import ClientTLS
+from .legacy_flags import TLS_FLAGS, CommandLine, Flag, FlagExit, decimal_in, run_parser
+from .tls_options import TLSSetupError, check_used, client_tls, files_from
 
 __all__ = ["COMMAND_LINE", "main"]
 
@@ -148,6 +152,7 @@ COMMAND_LINE = CommandLine(
         ),
         Flag(("-csv",), "csv", "extension: latency report as CSV"),
         Flag(("-json",), "json", "extension: latency report as JSON"),
+        *TLS_FLAGS,
     ],
     notes="Progress and results go to stderr; the latency report goes to stdout.",
 )
@@ -174,7 +179,10 @@ async def _run(options: dict) -> int:
     if options["timevar"] >= options["timeout"]:
         _info("Error, -timevar must be strictly smaller than -timeout")
         return 1
-    if not await _can_create_context(options["connect"], options["persistent"]):
+    tls = _tls(options)
+    if tls is False or not await _can_create_context(
+        options["connect"], options["persistent"], tls
+    ):
         return 1
     sessions = options["sessions"]
     ops = options["ops"] if options["ops"] is not None else 10 * sessions * sessions
@@ -189,6 +197,7 @@ async def _run(options: dict) -> int:
         clients=options["clients"],
         persistent=options["persistent"],
         on_progress=progress,
+        tls=tls,
     )
     try:
         await test.run()
@@ -210,13 +219,28 @@ async def _run(options: dict) -> int:
     return 0
 
 
-async def _can_create_context(address: str, persistent: bool) -> bool:
+def _tls(options: dict) -> ClientTLS | bool | None:
+    """The TLS of a TLS: -connect address; False (after a one-line error) if it cannot be used."""
+    try:
+        address = [parse_address(options["connect"])]
+    except AddressError:
+        return None  # reported as the legacy did, by the context check
+    files = files_from(options)
+    try:
+        check_used(files, address)
+        return client_tls(files, address)
+    except TLSSetupError as error:
+        _info(f"Error, {error}")
+        return False
+
+
+async def _can_create_context(address: str, persistent: bool, tls: ClientTLS | None) -> bool:
     """The legacy DC_CTX constructor's checks: a connectable address, and for a persistent
     context a connection that opens."""
     try:
         parse_address(address).require_connect()
         if persistent:
-            client = AsyncClient(address, Mode.PERSISTENT)
+            client = AsyncClient(address, Mode.PERSISTENT, tls=tls)
             await client.open()
             await client.close()
     except (AddressError, DistcacheError) as error:

@@ -24,6 +24,7 @@ __all__ = [
     "HELP_WORDS",
     "LOG_LEVELS",
     "SERVICE_FLAGS",
+    "TLS_FLAGS",
     "CommandLine",
     "Flag",
     "FlagExit",
@@ -64,6 +65,8 @@ class Flag:
     default: Any = None
     #: When set, giving the flag twice prints this line before the invalid-argument error.
     repeat_error: str | None = None
+    #: The flag may be given several times; its value is the list of arguments, in order.
+    repeatable: bool = False
 
 
 def decimal_in(low: int, high: int) -> Callable[[str], int]:
@@ -126,6 +129,25 @@ SERVICE_FLAGS: tuple[Flag, ...] = (
 )
 
 
+#: TLS settings (extensions) of every program: they apply to its ``TLS:`` addresses.
+TLS_FLAGS: tuple[Flag, ...] = (
+    Flag(
+        ("-tls-cert",),
+        "tls_cert",
+        "extension: PEM certificate (chain) presented on TLS: addresses",
+        "file",
+    ),
+    Flag(("-tls-key",), "tls_key", "extension: PEM private key of -tls-cert", "file"),
+    Flag(
+        ("-tls-ca",),
+        "tls_ca",
+        "extension: PEM CA that peer certificates must chain to; a TLS listener then requires"
+        " client certificates",
+        "file",
+    ),
+)
+
+
 @dataclass
 class CommandLine:
     """The flags of one program and its usage text."""
@@ -145,6 +167,7 @@ class CommandLine:
         lines = [f"Usage: {self.program} [options]", self.summary, "", "Options:"]
         for flag in self.flags:
             words = ", ".join(flag.names) + (f" <{flag.metavar}>" if flag.metavar else "")
+            words += " ..." if flag.repeatable else ""
             default = f" (default {flag.default})" if flag.default not in (None, False) else ""
             lines.append(f"  {words:<26} {flag.help}{default}")
         lines.append(f"  {', '.join(HELP_WORDS):<26} print this usage and exit")
@@ -157,7 +180,10 @@ class CommandLine:
 
     def parse(self, argv: Sequence[str]) -> dict[str, Any]:
         """Values by ``dest`` (defaults filled in); raises FlagExit for usage and errors."""
-        values = {flag.dest: flag.default for flag in self.flags}
+        values = {
+            flag.dest: list(flag.default or ()) if flag.repeatable else flag.default
+            for flag in self.flags
+        }
         seen: set[str] = set()
         words = list(argv)
         index = 0
@@ -180,7 +206,10 @@ class CommandLine:
             if flag.dest in seen and flag.repeat_error:
                 raise self._error(flag.repeat_error, f"Error, {shown} given an invalid argument")
             try:
-                values[flag.dest] = flag.convert(text)
+                if flag.repeatable:
+                    values[flag.dest].append(flag.convert(text))
+                else:
+                    values[flag.dest] = flag.convert(text)
             except ValueError as error:
                 # The legacy line stays exact (scripts match it); the reason follows on its own.
                 reason = [f"  ({error})"] if str(error) else []

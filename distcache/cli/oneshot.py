@@ -11,10 +11,11 @@ import argparse
 import os
 import sys
 
-from ..address import AddressError
+from ..address import AddressError, parse_address
 from ..client import Client, DistcacheError, Mode
 from ..wire import Status
 from . import UsageError, read_input
+from .tls_options import TLSSetupError, add_tls_arguments, check_used, files_from
 
 #: Environment variable giving the default ``--server``.
 SERVER_ENV = "DISTCACHE_SERVER"
@@ -46,6 +47,7 @@ def register(subparsers) -> None:
             "hit, 1 miss or refusal, 2 error.",
         )
         _common_arguments(parser)
+        add_tls_arguments(parser)
         if build is not None:
             build(parser)
         parser.set_defaults(handler=_HANDLERS[name])
@@ -58,7 +60,10 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ADDR",
         default=default,
         required=default is None,
-        help=f"server address, e.g. IP:127.0.0.1:9001 or UNIX:/path (default: ${SERVER_ENV})",
+        help=(
+            "server address, e.g. IP:127.0.0.1:9001, UNIX:/path or TLS:cache.example:9001 "
+            f"(default: ${SERVER_ENV})"
+        ),
     )
     parser.add_argument(
         "--hex", action="store_true", help="ids and sessions are given (and printed) as hex"
@@ -172,7 +177,12 @@ _HANDLERS = {
 
 
 def _client(args, **options) -> Client:
-    return Client(args.server, Mode.TEMPORARY, timeout=args.wait, **options)
+    files = files_from(args)
+    try:
+        check_used(files, [parse_address(args.server)], dash="--")
+    except TLSSetupError as error:
+        raise UsageError(str(error)) from None
+    return Client(args.server, Mode.TEMPORARY, timeout=args.wait, tls=files or None, **options)
 
 
 def _bytes_of(text: str, what: str, as_hex: bool) -> bytes:

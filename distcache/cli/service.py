@@ -7,12 +7,13 @@ and the change of user, in the legacy order and with the legacy messages. Failur
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Callable
 
 from ..netio import ListenError, set_unix_owner
-from ..server.daemon import become_user, detach, write_pidfile
+from ..server.daemon import become_user, detach, remove_pidfile, write_pidfile
 
 __all__ = ["StartupError", "apply_socket_file_settings", "become_service"]
 
@@ -50,7 +51,9 @@ def become_service(options, *, wait_until_ready: bool = False) -> Callable[[], N
     """-daemon, -pidfile, -user, in that order. Returns the daemon's "ready" callback, if any.
 
     A relative pid file path is resolved against the starting directory before detaching (the
-    legacy resolved it against ``/``, where the daemon had moved).
+    legacy resolved it against ``/``, where the daemon had moved). The listeners are bound but
+    not yet listening (see ``bind_listeners``), so the pid file exists before the first client
+    can connect; it is removed again on a clean exit.
     """
     pidfile = os.path.abspath(options.pidfile) if options.pidfile else None
     ready = None
@@ -64,6 +67,7 @@ def become_service(options, *, wait_until_ready: bool = False) -> Callable[[], N
             write_pidfile(pidfile)
         except OSError:
             raise StartupError(f"Error, couldn't open 'pidfile' at '{options.pidfile}'.") from None
+        atexit.register(remove_pidfile, pidfile)
     if options.user:
         try:
             become_user(options.user)

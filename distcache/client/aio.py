@@ -9,6 +9,7 @@ from typing import Any
 
 from ..address import Address
 from ..netio import ConnectError, open_connection
+from ..tls import ClientTLSSetting
 from ..wire import Status
 from .calls import Call
 from .connection import ClientConnection, UidCounter
@@ -74,9 +75,10 @@ class AsyncClient(SettingsView):
         strict_timeouts: bool = True,
         allow_ambiguous: bool = False,
         legacy_get_semantics: bool = False,
+        tls: ClientTLSSetting = None,
     ) -> None:
         self._settings = Settings.build(
-            address, mode, timeout, strict_timeouts, allow_ambiguous, legacy_get_semantics
+            address, mode, timeout, strict_timeouts, allow_ambiguous, legacy_get_semantics, tls
         )
         if isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int):
             raise TypeError(f"max_in_flight must be an int, not {type(max_in_flight).__name__}")
@@ -211,7 +213,9 @@ class AsyncClient(SettingsView):
 
     async def _connect(self) -> _Link:
         try:
-            reader, writer = await open_connection(self.address, timeout=None)
+            reader, writer = await open_connection(
+                self.address, timeout=None, tls=self._settings.tls
+            )
         except ConnectError as error:
             raise ConnectionFailed(str(error)) from None
         link = _Link(reader, writer, ClientConnection(self._uids))

@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from ..address import Address
+from ..tls import ClientTLSSetting
 from ..wire import Status
 from .calls import Call
 from .connection import ClientConnection, UidCounter
@@ -46,6 +47,12 @@ class Client(SettingsView):
     ``timeout``: seconds each operation may take, connecting included (None: forever).
     ``strict_timeouts``, ``allow_ambiguous``: ADD validation, see :meth:`add_status`.
     ``legacy_get_semantics``: GET replies shorter than 5 bytes are misses, as in the legacy.
+    ``tls``: for a ``TLS:`` address, how the server is verified and what certificate this client
+    presents: an ``ssl.SSLContext``, :class:`~distcache.tls.TLSFiles` (read at once: bad files
+    raise TLSError), or None to verify against the system's trust store without a certificate.
+    The server's certificate and host name are always checked; a refused handshake is
+    ConnectionFailed (with TLS 1.3 a refused client certificate may show as ConnectionLost at the
+    first reply instead).
 
     Every operation may raise TransportError (ConnectionFailed, ConnectionLost, OperationTimeout),
     ProtocolViolation, UpstreamDisconnected or NoUpstream (a proxy answered), and InvalidRequest
@@ -62,9 +69,10 @@ class Client(SettingsView):
         strict_timeouts: bool = True,
         allow_ambiguous: bool = False,
         legacy_get_semantics: bool = False,
+        tls: ClientTLSSetting = None,
     ) -> None:
         self._settings = Settings.build(
-            address, mode, timeout, strict_timeouts, allow_ambiguous, legacy_get_semantics
+            address, mode, timeout, strict_timeouts, allow_ambiguous, legacy_get_semantics, tls
         )
         self._uids = UidCounter()
         self._link: _Link | None = None
@@ -146,7 +154,9 @@ class Client(SettingsView):
         return None if timeout is None else time.monotonic() + timeout
 
     def _open(self, deadline: float | None) -> _Link:
-        return _Link(open_socket(self.address, deadline), ClientConnection(self._uids))
+        return _Link(
+            open_socket(self.address, deadline, self._settings.tls), ClientConnection(self._uids)
+        )
 
     def _run(self, call: Call, *, keep_last_get: bool = False) -> Any:
         if not keep_last_get:

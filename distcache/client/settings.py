@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from ..address import Address, parse_address
+from ..tls import ClientTLSSetting, check_client_setting
 from .calls import Call, add_call, get_call, have_call, remove_call
 from .modes import Mode, check_mode
 
@@ -44,6 +45,7 @@ class Settings:
     strict_timeouts: bool
     allow_ambiguous: bool
     legacy_get_semantics: bool
+    tls: ClientTLSSetting = None
 
     @classmethod
     def build(
@@ -54,6 +56,7 @@ class Settings:
         strict_timeouts: bool,
         allow_ambiguous: bool,
         legacy_get_semantics: bool,
+        tls: object = None,
     ) -> Settings:
         return cls(
             connect_target(address),
@@ -62,6 +65,7 @@ class Settings:
             bool(strict_timeouts),
             bool(allow_ambiguous),
             bool(legacy_get_semantics),
+            check_client_setting(tls),
         )
 
     def add(self, session_id: bytes, session: bytes, timeout_ms: int) -> Call:

@@ -11,6 +11,7 @@ import socket
 import time
 
 from ..address import Address
+from ..tls import ClientTLSSetting, client_ssl
 from .errors import ConnectionFailed, OperationTimeout
 
 
@@ -23,8 +24,13 @@ def _remaining(deadline: float | None) -> float | None:
     return left
 
 
-def open_socket(address: Address, deadline: float | None) -> socket.socket:
-    """A connected blocking socket for ``address``; ConnectionFailed or OperationTimeout if not."""
+def open_socket(
+    address: Address, deadline: float | None, tls: ClientTLSSetting = None
+) -> socket.socket:
+    """A connected blocking socket for ``address``; ConnectionFailed or OperationTimeout if not.
+
+    A ``TLS:`` address gets a completed, verified handshake (under ``tls``) before it is returned.
+    """
     if address.kind == "unix":
         return _connect(socket.AF_UNIX, address.path, address, deadline)
     if address.kind == "fd":
@@ -43,7 +49,7 @@ def open_socket(address: Address, deadline: float | None) -> socket.socket:
             failure = error
             continue
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return sock
+        return _handshake(sock, address, deadline, tls) if address.tls else sock
     assert failure is not None  # getaddrinfo never returns an empty list
     raise failure
 
@@ -65,6 +71,24 @@ def _connect(family: int, sockaddr, address: Address, deadline: float | None) ->
         sock.close()
         raise
     return sock
+
+
+def _handshake(
+    sock: socket.socket, address: Address, deadline: float | None, tls: ClientTLSSetting
+) -> socket.socket:
+    try:
+        sock.settimeout(_remaining(deadline))
+        wrapped = client_ssl(tls).wrap_socket(sock, server_hostname=address.host)
+    except TimeoutError:
+        sock.close()
+        raise OperationTimeout(f"the TLS handshake with '{address}' timed out") from None
+    except OSError as error:  # ssl.SSLError and ssl.CertificateError among them
+        sock.close()
+        raise ConnectionFailed(f"TLS handshake with '{address}' failed: {error}") from None
+    except BaseException:
+        sock.close()
+        raise
+    return wrapped
 
 
 def _inherited(address: Address) -> socket.socket:

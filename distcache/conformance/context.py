@@ -71,12 +71,22 @@ class CaseContext:
     def target_exited(self) -> bool:
         return self.instance is not None and self.instance.exit_status() is not None
 
-    async def connect(self, address: str | None = None) -> Probe:
-        """A new connection to the target (or to ``address``), logged as connection #n."""
+    @property
+    def tls(self):
+        """How the target is reached over TLS (client files), None for a plain target."""
+        return None if self.instance is None else self.instance.tls
+
+    async def connect(self, address: str | None = None, *, tls=None) -> Probe:
+        """A new connection to the target (or to ``address``), logged as connection #n.
+
+        The target is reached with its own TLS files; ``tls`` replaces them (a case presenting
+        another certificate)."""
         conn = self._connections
         self._connections += 1
+        if tls is None and address is None:
+            tls = self.tls
         probe = await Probe.open(
-            address or self.address, timeout=self.timeout, log=self.log, conn=conn
+            address or self.address, timeout=self.timeout, log=self.log, conn=conn, tls=tls
         )
         self._probes.append(probe)
         return probe

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from ..address import Address
 from ..netio import open_connection
 from ..protocol import NEED_DATA, MessageDecoder, RemoteProtocolError, Response
+from ..tls import ClientTLSSetting
 from ..wire import Direction
 
 __all__ = ["EOF", "RESET", "TIMEOUT", "Probe", "ProbeError", "WireEntry", "WireLog"]
@@ -114,13 +115,26 @@ class Probe:
 
     @classmethod
     async def open(
-        cls, address: Address | str, *, timeout: float, log: WireLog | None = None, conn: int = 0
+        cls,
+        address: Address | str,
+        *,
+        timeout: float,
+        log: WireLog | None = None,
+        conn: int = 0,
+        tls: ClientTLSSetting = None,
     ) -> Probe:
-        """Connect; raises :class:`distcache.netio.ConnectError` when the target is unreachable."""
-        reader, writer = await open_connection(address, timeout=timeout, limit=1 << 20)
+        """Connect (a ``TLS:`` address under ``tls``); raises
+        :class:`distcache.netio.ConnectError` when the target is unreachable or refuses."""
+        reader, writer = await open_connection(address, timeout=timeout, limit=1 << 20, tls=tls)
         log = log if log is not None else WireLog()
         log.event(conn, "connected")
         return cls(reader, writer, log, conn)
+
+    @property
+    def tls_version(self) -> str | None:
+        """The negotiated TLS version (``"TLSv1.3"``), None on a plain connection."""
+        ssl_object = self._writer.get_extra_info("ssl_object")
+        return None if ssl_object is None else ssl_object.version()
 
     # -- writing ----------------------------------------------------------------------------
 
@@ -138,6 +152,11 @@ class Probe:
             self.log.event(self.conn, f"write failed: {error.__class__.__name__}")
             return False
         return True
+
+    @property
+    def can_half_close(self) -> bool:
+        """Whether this connection can shut down only its sending side (TLS cannot)."""
+        return self._writer.can_write_eof()
 
     def half_close(self) -> None:
         """Shut down our sending side (the peer reads end-of-file) and keep reading."""

@@ -26,7 +26,8 @@ __all__ = [
 ]
 
 #: Profiles, in the order a default run plays them (robustness last: it may crash the target).
-PROFILES = ("core", "strict", "robustness")
+#: ``tls`` holds the cases of distcache over TLS (they need a TLS: target).
+PROFILES = ("core", "strict", "tls", "robustness")
 LEVELS = ("MUST", "SHOULD")
 #: What a case may need from the target setup. ``sessions:N`` asks for a fresh target with a
 #: cache of N sessions (it implies ``fresh``).

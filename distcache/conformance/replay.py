@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ..address import Address
 from ..netio import ConnectError
+from ..tls import ClientTLSSetting
 from .probe import Probe, ProbeError, WireLog
 from .vectors import (
     Expect,
@@ -70,16 +71,18 @@ async def replay(
     *,
     step_timeout: float = DEFAULT_STEP_TIMEOUT,
     log: WireLog | None = None,
+    tls: ClientTLSSetting = None,
 ) -> ReplayResult:
     """Play ``vector`` against the target at ``address``; never raises for target behaviour.
 
     ``log``: record into this wire log (e.g. a conformance case's) instead of a new one.
+    ``tls``: how a ``TLS:`` target is reached (the stream inside TLS is replayed unchanged).
     """
     result = ReplayResult(vector.id, wire=log if log is not None else WireLog())
     log = result.wire
     conn = 0
     try:
-        probe = await Probe.open(address, timeout=step_timeout, log=log, conn=conn)
+        probe = await Probe.open(address, timeout=step_timeout, log=log, conn=conn, tls=tls)
     except (ConnectError, OSError) as error:
         result.fail(0, "a connection", "", f"cannot connect: {error}")
         return result
@@ -116,7 +119,9 @@ async def replay(
                 await probe.aclose()
                 conn += 1
                 try:
-                    probe = await Probe.open(address, timeout=step_timeout, log=log, conn=conn)
+                    probe = await Probe.open(
+                        address, timeout=step_timeout, log=log, conn=conn, tls=tls
+                    )
                 except (ConnectError, OSError) as error:
                     result.fail(index, "a new connection", "", f"cannot reconnect: {error}")
                     return result

@@ -7,6 +7,11 @@
 * :class:`InProcessSetup` — the reference server, started inside the runner's event loop.
 * :class:`ProxySetup` — a proxy started from ``--proxy-cmd`` in front of an upstream the runner
   plays (or a reference server).
+
+A ``TLS:`` target is reached with the client files the setup is given (``--tls-cert``,
+``--tls-key``, ``--tls-ca``); a target the runner starts itself gets the certificates of a
+throw-away CA (:class:`~distcache.conformance.pki.RunPKI`): ``{tls_cert}``, ``{tls_key}`` and
+``{tls_ca}`` in ``--server-cmd``, which then listens on ``TLS:127.0.0.1:port``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from dataclasses import dataclass, field
 
 from ..address import AddressError, parse_address
 from ..netio import ConnectError, open_connection
+from ..tls import TLSFiles
+from .pki import RunPKI
 from .registry import Unsupported
 
 __all__ = [
@@ -117,6 +124,10 @@ class Instance:
     server: object | None = None  # an in-process server
     stderr_path: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: How a ``TLS:`` target is reached: the client's certificate, key and the target's CA.
+    tls: TLSFiles | None = None
+    #: The throw-away CA that issued the target's certificates, when the runner made them.
+    pki: RunPKI | None = None
 
     def exit_status(self) -> int | None:
         """The process's exit status once it has exited (None while running or not a process)."""
@@ -132,7 +143,7 @@ class Instance:
 
     async def reachable(self, timeout: float) -> bool:
         try:
-            _, writer = await open_connection(self.address, timeout=timeout)
+            _, writer = await open_connection(self.address, timeout=timeout, tls=self.tls)
         except (ConnectError, OSError):
             return False
         writer.close()
@@ -199,7 +210,7 @@ def _command(template: str, values: dict[str, str], option: str) -> list[str]:
         ) from None
 
 
-async def _spawn(argv: list[str], address: str, what: str) -> Instance:
+async def _spawn(argv: list[str], address: str, what: str, **tls) -> Instance:
     handle, stderr_path = tempfile.mkstemp(prefix="distcache-conformance-", suffix=".log")
     try:
         process = await asyncio.create_subprocess_exec(
@@ -213,7 +224,7 @@ async def _spawn(argv: list[str], address: str, what: str) -> Instance:
         raise TargetUnavailable(f"cannot start {what} '{argv[0]}': {error.strerror}") from None
     finally:
         os.close(handle)
-    instance = Instance(address, process=process, stderr_path=stderr_path)
+    instance = Instance(address, process=process, stderr_path=stderr_path, **tls)
     await _wait_until_accepting(instance, what)
     return instance
 
@@ -301,7 +312,7 @@ class FixedSetup(ServerSetup):
 
     capabilities = frozenset()
 
-    def __init__(self, address: str):
+    def __init__(self, address: str, tls: TLSFiles | None = None):
         super().__init__()
         try:
             parse_address(address).require_connect()
@@ -309,16 +320,18 @@ class FixedSetup(ServerSetup):
             raise TargetUnavailable(str(error)) from None
         self.address = address
         self.description = address
+        self.tls = tls
 
     async def _start(self, sessions: int | None) -> Instance:
-        instance = Instance(self.address)
+        instance = Instance(self.address, tls=self.tls)
         if not await instance.reachable(2.0):
             raise TargetUnavailable(f"cannot connect to '{self.address}'")
         return instance
 
 
 class CommandSetup(ServerSetup):
-    """Servers started from a command template with ``{listen}`` and ``{sessions}``."""
+    """Servers started from a command template with ``{listen}`` and ``{sessions}`` (and, for a
+    TLS server, ``{tls_cert}``, ``{tls_key}``, ``{tls_ca}``: it then listens on a TLS address)."""
 
     capabilities = frozenset({"fresh", "restart", "process"})
 
@@ -328,11 +341,26 @@ class CommandSetup(ServerSetup):
         self.description = template
         if "{listen}" not in template:
             raise TargetUnavailable("--server-cmd must contain {listen}")
+        uses_tls = any(f"{{{name}}}" in template for name in ("tls_cert", "tls_key", "tls_ca"))
+        self.pki = _run_pki() if uses_tls else None
 
     async def _start(self, sessions: int | None) -> Instance:
         address = free_tcp_address()
         values = {"listen": address, "sessions": str(sessions or DEFAULT_SESSIONS)}
-        return await _spawn(_command(self.template, values, "--server-cmd"), address, "server")
+        if self.pki is None:
+            return await _spawn(_command(self.template, values, "--server-cmd"), address, "server")
+        address = "TLS:" + address.partition(":")[2]
+        values.update(self.pki.placeholders(), listen=address)
+        argv = _command(self.template, values, "--server-cmd")
+        # Without {tls_ca} the server does not require client certificates: present none.
+        mutual = "{tls_ca}" in self.template
+        tls = self.pki.client_files if mutual else TLSFiles(ca=self.pki.ca)
+        return await _spawn(argv, address, "server", tls=tls, pki=self.pki)
+
+    async def close(self) -> None:
+        await super().close()
+        if self.pki is not None:
+            self.pki.close()
 
 
 def reference_server():
@@ -352,8 +380,11 @@ class InProcessSetup(ServerSetup):
     capabilities = frozenset({"fresh", "restart"})
     description = "reference server (in-process)"
 
-    def __init__(self) -> None:
+    def __init__(self, *, tls: bool = False) -> None:
         super().__init__()
+        self.pki = _run_pki() if tls else None
+        if tls:
+            self.description = "reference server (in-process, mutual TLS)"
         if reference_server() is None:
             raise TargetUnavailable("the reference server is not available in this installation")
         # The server logs every protocol error the suite provokes on purpose; keep the report clean.
@@ -365,9 +396,29 @@ class InProcessSetup(ServerSetup):
     async def _start(self, sessions: int | None) -> Instance:
         server_class, store_class, bind = reference_server()
         server = server_class(store_class(sessions or DEFAULT_SESSIONS))
-        await server.start(bind("IP:127.0.0.1:0"))
+        if self.pki is None:
+            await server.start(bind("IP:127.0.0.1:0"))
+            port = server.sockets[0].getsockname()[1]
+            return Instance(f"IP:127.0.0.1:{port}", server=server)
+        from ..tls import ServerTLS
+
+        await server.start(bind("TLS:127.0.0.1:0", tls=ServerTLS(self.pki.server_files)))
         port = server.sockets[0].getsockname()[1]
-        return Instance(f"IP:127.0.0.1:{port}", server=server)
+        return Instance(
+            f"TLS:127.0.0.1:{port}", server=server, tls=self.pki.client_files, pki=self.pki
+        )
+
+    async def close(self) -> None:
+        await super().close()
+        if self.pki is not None:
+            self.pki.close()
+
+
+def _run_pki() -> RunPKI:
+    try:
+        return RunPKI()
+    except ImportError:
+        raise TargetUnavailable("the TLS profile needs trustme (pip install trustme)") from None
 
 
 class ProxySetup:

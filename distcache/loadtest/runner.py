@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..client import AsyncClient, DistcacheError, Mode
+from ..tls import ClientTLSSetting
 from ..wire import Operation, Status
 from .model import Presence, SampleSession, SessionModel, Step
 
@@ -57,25 +58,34 @@ class LoadTest:
     on_progress: Callable[[int], None] = lambda done: None
     timings: Timings = field(default_factory=Timings)
     succeeded: int = 0
+    #: How a ``TLS:`` address is verified (see :class:`~distcache.client.AsyncClient`).
+    tls: ClientTLSSetting = None
 
     async def run(self) -> None:
         """Run every step; raises TestFailure at the first failed check."""
         self._locks = [asyncio.Lock() for _ in self.model.sessions]
         mode = Mode.PERSISTENT if self.persistent else Mode.TEMPORARY
-        connections = [AsyncClient(self.address, mode) for _ in range(self.clients)]
+        connections = [AsyncClient(self.address, mode, tls=self.tls) for _ in range(self.clients)]
         self.timings.started = time.perf_counter()
+        # The failure is raised after the except* blocks, never from inside one: before 3.11.4,
+        # an exception raised there came out wrapped in an ExceptionGroup (CPython gh-103590).
+        failure: TestFailure | None = None
         try:
             async with asyncio.TaskGroup() as group:
                 for client in connections:
                     group.create_task(self._client(client))
         except* TestFailure as failures:
-            raise failures.exceptions[0] from None
+            failure = failures.exceptions[0]
         except* DistcacheError as errors:
-            raise TestFailure("Error, transaction failure", str(errors.exceptions[0])) from None
+            failure = failure or TestFailure(
+                "Error, transaction failure", str(errors.exceptions[0])
+            )
         finally:
             self.timings.finished = time.perf_counter()
             for client in connections:
                 await client.close()
+        if failure is not None:
+            raise failure
 
     async def _client(self, client: AsyncClient) -> None:
         await client.open()

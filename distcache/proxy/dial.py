@@ -14,7 +14,8 @@ import socket
 from collections.abc import Callable
 
 from ..address import Address
-from ..netio import ConnectError, open_fd_connection
+from ..netio import ConnectError, open_fd_connection, tls_connect_options
+from ..tls import ClientTLSSetting
 
 __all__ = ["dial"]
 
@@ -23,9 +24,14 @@ _pumps: set[asyncio.Task] = set()  # strong references: the loop keeps only weak
 
 
 async def dial(
-    address: Address, protocol_factory: Callable[[], asyncio.Protocol], *, timeout: float
+    address: Address,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    *,
+    timeout: float,
+    tls: ClientTLSSetting = None,
 ) -> asyncio.Transport:
-    """Connect within ``timeout`` seconds; the protocol's callbacks run from then on."""
+    """Connect within ``timeout`` seconds (a ``TLS:`` address verified under ``tls``); the
+    protocol's callbacks run from then on."""
     loop = asyncio.get_running_loop()
     try:
         async with asyncio.timeout(timeout):
@@ -35,6 +41,7 @@ async def dial(
                     address.host,
                     address.port,
                     family=address.family or socket.AF_UNSPEC,
+                    **tls_connect_options(address, tls, timeout),
                 )
                 # Requests are small and each waits for its reply: never hold one back.
                 sock = transport.get_extra_info("socket")

@@ -10,8 +10,10 @@ import socket
 from dataclasses import dataclass
 
 from ..address import Address
+from ..allowlist import AllowList
 from ..peers import DEFAULT_GRACE_SECONDS, ConnectionRegistry
-from ..server.listeners import BACKLOG, bind_listeners
+from ..server.listeners import BACKLOG, bind_listeners, serve_listener
+from ..tls import ClientTLSSetting, ServerTLS
 from .local import LocalConnection
 from .upstream import UpstreamLink
 
@@ -40,6 +42,12 @@ class ProxySettings:
     max_per_peer: int = DEFAULT_MAX_PER_PEER
     #: Seconds a stop leaves local connections to get the answers to what they sent.
     grace: float = DEFAULT_GRACE_SECONDS
+    #: How a ``TLS:`` server is verified and which certificate the proxy presents to it.
+    tls: ClientTLSSetting = None
+    #: The certificate of a ``TLS:`` listen address (and the CA its clients must chain to).
+    listen_tls: ServerTLS | None = None
+    #: The clients a plain TCP listen address serves (None: everyone).
+    allow: AllowList | None = None
 
 
 class Proxy:
@@ -48,7 +56,10 @@ class Proxy:
     def __init__(self, settings: ProxySettings) -> None:
         self.settings = settings
         self.link = UpstreamLink(
-            settings.server, retry_ms=settings.retry_ms, max_in_flight=settings.max_in_flight
+            settings.server,
+            retry_ms=settings.retry_ms,
+            max_in_flight=settings.max_in_flight,
+            tls=settings.tls,
         )
         self._listeners: list[asyncio.Server] = []
         # The proxy's idle timeout is the legacy -idle, kept per connection (LocalConnection).
@@ -69,28 +80,27 @@ class Proxy:
         if address.kind != "tcp" or not self._listeners:
             return str(address)
         host, port = self._listeners[0].sockets[0].getsockname()[:2]
-        return f"IP:[{host}]:{port}" if ":" in host else f"IP:{host}:{port}"
+        prefix = "TLS" if address.tls else "IP"
+        return f"{prefix}:[{host}]:{port}" if ":" in host else f"{prefix}:{host}:{port}"
 
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve on already bound ``sockets`` (bound here from the settings when None; raises
         ListenError/AddressError), and make the first upstream attempt."""
-        self.loop = loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()
         if sockets is None:
-            sockets = bind_listeners(self.settings.listen)
+            settings = self.settings
+            sockets = bind_listeners(settings.listen, tls=settings.listen_tls, allow=settings.allow)
         for sock in sockets:
-            if sock.family == socket.AF_UNIX:
-                create = loop.create_unix_server
-            else:
-                create = loop.create_server
+            sock.listen(BACKLOG)  # now, so that clients wait in the backlog (see below)
             self._listeners.append(
-                await create(
-                    lambda: LocalConnection(self), sock=sock, backlog=BACKLOG, start_serving=False
+                await serve_listener(
+                    sock, lambda: LocalConnection(self), backlog=BACKLOG, start_serving=False
                 )
             )
         # Clients wait in the backlog until the first attempt has an outcome, so the first
         # requests are forwarded, or answered EMPTY, never caught by the attempt in progress.
         self.link.start()
-        self.connections.start(loop)
+        self.connections.start(self.loop)
         await self.link.settled()
         for listener in self._listeners:
             await listener.start_serving()

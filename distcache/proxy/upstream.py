@@ -46,6 +46,7 @@ from ..protocol import (
     RequestTracker,
     encode_request,
 )
+from ..tls import ClientTLSSetting
 from ..wire import Direction, Status
 from .dial import dial
 
@@ -106,8 +107,17 @@ class Requester(Protocol):
 class UpstreamLink:
     """Forwards requests over one connection to ``address``; see the module doc string."""
 
-    def __init__(self, address: Address, *, retry_ms: int, max_in_flight: int) -> None:
+    def __init__(
+        self,
+        address: Address,
+        *,
+        retry_ms: int,
+        max_in_flight: int,
+        tls: ClientTLSSetting = None,
+    ) -> None:
         self.address = address
+        #: How a ``TLS:`` server is verified (a ClientTLS's reloads apply to the next connect).
+        self.tls = tls
         self.retry = retry_ms / 1000
         self.max_in_flight = max_in_flight
         self.state = LinkState.DOWN
@@ -214,7 +224,12 @@ class UpstreamLink:
 
     async def _connect(self) -> None:
         try:
-            await dial(self.address, lambda: _UpstreamConnection(self), timeout=CONNECT_TIMEOUT)
+            await dial(
+                self.address,
+                lambda: _UpstreamConnection(self),
+                timeout=CONNECT_TIMEOUT,
+                tls=self.tls,
+            )
         except (ConnectError, OSError) as error:
             if not self._outage_logged:
                 log.warning(

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import sys
 from collections.abc import Callable
 
-__all__ = ["become_user", "detach", "write_pidfile"]
+__all__ = ["become_user", "detach", "remove_pidfile", "write_pidfile"]
 
 
 def detach(*, wait_until_ready: bool = False) -> Callable[[], None]:
@@ -53,9 +54,30 @@ def _nothing() -> None:
 
 
 def write_pidfile(path: str) -> None:
-    """Write this process's pid in decimal, without a trailing newline (as the legacy did)."""
-    with open(path, "w", encoding="ascii") as pidfile:
-        pidfile.write(str(os.getpid()))
+    """Write this process's pid in decimal, without a trailing newline (as the legacy did).
+
+    The file is written beside its final name and renamed into place, so that a reader never
+    sees it empty or half written.
+    """
+    temporary = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(temporary, "w", encoding="ascii") as pidfile:
+            pidfile.write(str(os.getpid()))
+        os.replace(temporary, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def remove_pidfile(path: str) -> None:
+    """Remove the pid file if it still names this process (a forked child, or a newer instance
+    that took the file over, leaves it alone)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(path, encoding="ascii") as pidfile:
+            if int(pidfile.read().strip()) != os.getpid():
+                return
+        os.unlink(path)
 
 
 def become_user(name: str) -> None:

@@ -45,6 +45,8 @@ class RunOptions:
     grace: float = DEFAULT_GRACE_SECONDS
     #: Called once the server accepts connections (tells a waiting launcher it started).
     on_ready: Callable[[], None] | None = None
+    #: Called on SIGHUP (re-reads the TLS files); None leaves SIGHUP as it was.
+    on_reload: Callable[[], None] | None = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -69,8 +71,8 @@ _early_stop_requests: list[int] = []
 def defer_stop_requests(killable: bool) -> None:
     """Until the server's event loop takes over, remember stop requests instead of losing them.
 
-    The listening sockets accept connections before the loop runs, so a client (or a test) may
-    already signal the server; the request is honoured as soon as the loop starts.
+    A supervisor (or a test) may signal the server while it is still starting; the request is
+    honoured as soon as the loop starts.
     """
     ignore_stop_requests()
     for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
@@ -105,6 +107,8 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         loop.add_signal_handler(signum, stop_requested)
     for signum in KILLABLE_SIGNALS:
         loop.add_signal_handler(signum, stop_requested if options.killable else _ignore)
+    if options.on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, options.on_reload)
     if _early_stop_requests:
         stop.set()
     await server.start(sockets)
@@ -118,7 +122,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         with contextlib.suppress(asyncio.CancelledError):
             await progress
         await server.close(options.grace)
-        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
+        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0
 

@@ -10,6 +10,7 @@ from ..cache import SessionStore
 from ..peers import DEFAULT_IDLE_TIMEOUT, ConnectionRegistry
 from .connection import ServerConnection
 from .handler import RequestHandler
+from .listeners import serve_listener
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PER_PEER", "Server"]
 
@@ -51,15 +52,10 @@ class Server:
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self, sockets: list[socket.socket]) -> None:
-        """Start accepting on already bound, listening sockets (see ``bind_listeners``)."""
-        loop = asyncio.get_running_loop()
+        """Listen and accept on already bound sockets (see ``bind_listeners``)."""
         for sock in sockets:
-            if sock.family == socket.AF_UNIX:
-                listener = await loop.create_unix_server(self._new_connection, sock=sock)
-            else:
-                listener = await loop.create_server(self._new_connection, sock=sock)
-            self._listeners.append(listener)
-        self.connections.start(loop)
+            self._listeners.append(await serve_listener(sock, self._new_connection))
+        self.connections.start(asyncio.get_running_loop())
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop accepting; let connections answer what they have received for up to ``grace``

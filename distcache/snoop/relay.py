@@ -16,6 +16,8 @@ import time
 
 from ..address import Address
 from ..netio import ConnectError, open_connection
+from ..server.listeners import BACKLOG, listener_options
+from ..tls import ClientTLSSetting
 from ..wire import Direction
 from .observer import ConnectionObserver, Emit
 from .pcap import PcapRecorder
@@ -30,8 +32,17 @@ _READ_SIZE = 1 << 16
 class Snooper:
     """Relays clients accepted on ``start(sockets)`` to ``server``, reporting through ``emit``."""
 
-    def __init__(self, server: Address, emit: Emit, pcap: PcapRecorder | None = None) -> None:
+    def __init__(
+        self,
+        server: Address,
+        emit: Emit,
+        pcap: PcapRecorder | None = None,
+        *,
+        tls: ClientTLSSetting = None,
+    ) -> None:
         self.server = server
+        #: How a ``TLS:`` server is verified (the relayed bytes are the decrypted stream).
+        self.tls = tls
         self._emit = emit
         self._pcap = pcap
         self._listeners: list[asyncio.Server] = []
@@ -43,7 +54,9 @@ class Snooper:
             start = (
                 asyncio.start_unix_server if sock.family == socket.AF_UNIX else asyncio.start_server
             )
-            self._listeners.append(await start(self._accept, sock=sock))
+            self._listeners.append(
+                await start(self._accept, sock=sock, backlog=BACKLOG, **listener_options(sock))
+            )
 
     async def close(self) -> None:
         for listener in self._listeners:
@@ -61,7 +74,9 @@ class Snooper:
         observer = ConnectionObserver(number, self._emit)
         try:
             try:
-                up_reader, up_writer = await open_connection(self.server, timeout=CONNECT_TIMEOUT)
+                up_reader, up_writer = await open_connection(
+                    self.server, timeout=CONNECT_TIMEOUT, tls=self.tls
+                )
             except ConnectError as error:
                 observer.event("upstream_failed", reason=str(error))
                 writer.close()

@@ -1,6 +1,6 @@
 """The built-in conformance cases. Importing this package registers them all."""
 
-from . import cache, connections, framing, limits, operations, proxy, robustness, vectors
+from . import cache, connections, framing, limits, operations, proxy, robustness, tls, vectors
 
 __all__ = [
     "cache",
@@ -10,5 +10,6 @@ __all__ = [
     "operations",
     "proxy",
     "robustness",
+    "tls",
     "vectors",
 ]

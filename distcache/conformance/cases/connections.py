@@ -7,7 +7,7 @@ import asyncio
 from ...protocol import get_request, have_request, remove_request
 from ...wire import Operation, Status
 from ..probe import ProbeError
-from ..registry import case
+from ..registry import Unsupported, case
 from ._frames import frame
 
 
@@ -46,6 +46,8 @@ async def pipelined_large_replies(t):
 )
 async def half_close(t):
     probe = await t.connect()
+    if not probe.can_half_close:
+        raise Unsupported("a TLS connection cannot shut down only its sending side")
     sid = t.new_id()
     await t.stored(probe, sid, b"kept")
     uid_get, uid_have = t.uid(), t.uid()

@@ -46,10 +46,10 @@ def _make_run(plan: VectorPlan):
                 upstream = await t.reference_upstream(vector.sessions)
             else:
                 upstream = t.absent_upstream()
-            address = await t.start_proxy(upstream, **vector.proxy_timers)
+            address, tls = await t.start_proxy(upstream, **vector.proxy_timers), None
         else:
-            address = t.address
-        result = await replay(vector, address, step_timeout=t.timeout, log=t.log)
+            address, tls = t.address, t.tls
+        result = await replay(vector, address, step_timeout=t.timeout, log=t.log, tls=tls)
         if not result.passed:
             source = "reference recording" if plan.replaced else "legacy recording"
             t.fail(f"{result.mismatch.describe()} ({source})")
