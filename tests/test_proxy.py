@@ -260,15 +260,31 @@ def test_misbehaving_server_is_dropped_and_reconnected(loop_thread, tmp_path, mi
 
     upstream = ScriptedUpstream(loop_thread, script)
     path = str(tmp_path / "px")
+    with dc_client(path, upstream.start(), "-retry", "150") as proxy:
+        sock = proxy.connect()
+        reply = ask(sock, have_request(9, b"x"))
+        assert (reply.request_uid, reply.payload) == (9, DISCONNECTED)
+        assert ask(sock, have_request(10, b"x")).payload == EMPTY  # dropped, not yet retried
+        time.sleep(0.4)
+        assert ask(sock, have_request(11, b"x")).payload == b"\x00"
+        assert proxy.alive
+    upstream.stop()
+    assert "server" in proxy.stderr  # the drop was logged
+
+
+def test_a_lost_link_is_reconnected_at_once_not_after_the_retry_delay(loop_thread, tmp_path):
+    def script(request, number):
+        return CLOSE if number == 1 else request.respond(b"\x00")
+
+    upstream = ScriptedUpstream(loop_thread, script)
+    path = str(tmp_path / "px")
     with dc_client(path, upstream.start(), "-retry", "60000") as proxy:
         sock = proxy.connect()
         reply = ask(sock, have_request(9, b"x"))
         assert (reply.request_uid, reply.payload) == (9, DISCONNECTED)
-        # Reconnected at once, not after the 60 s retry delay.
-        assert ask(sock, have_request(10, b"x")).payload == b"\x00"
+        assert ask(sock, have_request(10, b"x")).payload == b"\x00"  # not EMPTY for 60 s
         assert proxy.alive
     upstream.stop()
-    assert "server" in proxy.stderr  # the drop was logged
 
 
 def test_in_flight_requests_answered_disconnected_when_server_drops(loop_thread, tmp_path):

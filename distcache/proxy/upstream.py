@@ -6,9 +6,9 @@ matched by that uid. The link is always in one of three states:
 
 ``DOWN``
     no connection: :meth:`UpstreamLink.submit` answers ``b""`` at once (the local client gets the
-    legacy EMPTY reply). A link that was up and is lost is reconnected at once (the local
-    clients should not pay a whole retry delay for one cut); a failed attempt, or a second loss
-    within ``retry``, schedules the next attempt ``retry`` later, on a timer (not the legacy's
+    legacy EMPTY reply). A link that was up and is lost (end of stream, socket error) is
+    reconnected at once (the local clients should not pay a whole retry delay for one cut); a
+    failed attempt, a server that broke the protocol, or a second loss within ``retry`` schedules the next attempt ``retry`` later, on a timer (not the legacy's
     coarse poll), so a server that keeps failing is not hammered.
 ``CONNECTING``
     an attempt is under way: requests wait for its outcome (forwarded, or answered DISCONNECTED if
@@ -195,7 +195,7 @@ class UpstreamLink:
                     break  # the usual end of a read: spare the decoder a fruitless call
         except RemoteProtocolError as error:
             log.warning("server broke the protocol, dropping its connection: %s", error)
-            self._went_down(LinkEvent.LOST)
+            self._went_down(LinkEvent.LOST, quick_retry=False)  # a broken server waits ``retry``
             return
         self._flush()  # requests the replies released (waiting or pipelined) leave now
 
@@ -262,7 +262,7 @@ class UpstreamLink:
         log.warning("lost the server connection: %s", reason or "connection closed")
         self._went_down(LinkEvent.LOST)
 
-    def _went_down(self, event: LinkEvent) -> None:
+    def _went_down(self, event: LinkEvent, *, quick_retry: bool = True) -> None:
         """Answer everything in flight or waiting with DISCONNECTED; schedule the next attempt."""
         self._move(event)
         connection, self._connection = self._connection, None
@@ -273,7 +273,11 @@ class UpstreamLink:
         waiting, self._waiting = self._waiting, deque()
         if not self._closed and self._retry_timer is None:
             loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
-            if event is LinkEvent.LOST and loop.time() - self._last_quick_retry >= self.retry:
+            if (
+                quick_retry
+                and event is LinkEvent.LOST
+                and loop.time() - self._last_quick_retry >= self.retry
+            ):
                 self._last_quick_retry = loop.time()
                 self._connect_now()  # requests from now on wait for this attempt's outcome
             else:

@@ -1,6 +1,17 @@
 """The built-in conformance cases. Importing this package registers them all."""
 
-from . import cache, connections, framing, limits, operations, proxy, robustness, tls, vectors
+from . import (
+    cache,
+    connections,
+    framing,
+    limits,
+    operations,
+    peers,
+    proxy,
+    robustness,
+    tls,
+    vectors,
+)
 
 __all__ = [
     "cache",
@@ -8,6 +19,7 @@ __all__ = [
     "framing",
     "limits",
     "operations",
+    "peers",
     "proxy",
     "robustness",
     "tls",
