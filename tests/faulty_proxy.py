@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 import sys
 
+from distcache.proxy.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
+
 from distcache.cli import dc_client
 from distcache.conformance.coverage import load_coverage
 from distcache.protocol import Outstanding, RemoteProtocolError, RequestTracker
 from distcache.proxy import local
 from distcache.proxy.local import LocalConnection
 from distcache.proxy.proxy import Proxy
-from distcache.proxy.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
 
 #: Every fault, with what it does (from the mutation table).
 FAULTS = {f.name: f.does for f in load_coverage().faults if f.target == "proxy"}

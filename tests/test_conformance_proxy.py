@@ -21,6 +21,7 @@ from distcache.conformance.vectors import (
     ExpectTargetDies,
     Reconnect,
     Send,
+    Sleep,
 )
 
 DC_CLIENT = f"{shlex.quote(sys.executable)} -m distcache.cli.dc_client"
@@ -66,8 +67,9 @@ def test_recording_spells_out_the_safe_behaviour(vector):
     legacy, steps = LEGACY[vector.id], vector.steps
     kinds = [type(step) for step in steps]
     assert not vector.flags and ExpectTargetDies not in kinds
-    if ExpectClose in kinds:
-        assert kinds[kinds.index(ExpectClose) :] == [ExpectClose, Reconnect, Send, Expect]
+    if ExpectClose in kinds:  # (a pause the legacy recording kept may stay)
+        after = [kind for kind in kinds[kinds.index(ExpectClose) :] if kind is not Sleep]
+        assert after == [ExpectClose, Reconnect, Send, Expect]
     if legacy.expects_death:
         assert kinds[-1] is Expect
     if "flood" in legacy.title:

@@ -272,6 +272,21 @@ def test_misbehaving_server_is_dropped_and_reconnected(loop_thread, tmp_path, mi
     assert "server" in proxy.stderr  # the drop was logged
 
 
+def test_a_lost_link_is_reconnected_at_once_not_after_the_retry_delay(loop_thread, tmp_path):
+    def script(request, number):
+        return CLOSE if number == 1 else request.respond(b"\x00")
+
+    upstream = ScriptedUpstream(loop_thread, script)
+    path = str(tmp_path / "px")
+    with dc_client(path, upstream.start(), "-retry", "60000") as proxy:
+        sock = proxy.connect()
+        reply = ask(sock, have_request(9, b"x"))
+        assert (reply.request_uid, reply.payload) == (9, DISCONNECTED)
+        assert ask(sock, have_request(10, b"x")).payload == b"\x00"  # not EMPTY for 60 s
+        assert proxy.alive
+    upstream.stop()
+
+
 def test_in_flight_requests_answered_disconnected_when_server_drops(loop_thread, tmp_path):
     def script(request, number):
         if request.payload == b"drop":
@@ -329,19 +344,20 @@ def test_in_flight_bound_makes_requests_wait(loop_thread, tmp_path):
     assert len(upstream.requests) == 12
 
 
-def test_excess_local_connections_are_accepted_then_closed(tmp_path):
+def test_at_the_connection_cap_the_longest_idle_local_connection_makes_room(tmp_path):
     path = str(tmp_path / "px")
     with dc_server() as server, dc_client(path, server.listen, "-maxconns", "3") as proxy:
         kept = [proxy.connect() for _ in range(3)]
-        for sock in kept:
+        for sock in kept:  # kept[0] is now the longest idle
             assert ask(sock, have_request(1, b"k")).payload == b"\x01"
+            time.sleep(0.05)
         extra = proxy.connect()
-        extra.settimeout(3)
-        assert extra.recv(10) == b""
-        kept[0].close()
-        time.sleep(0.1)
-        assert ask(proxy.connect(), have_request(2, b"k")).payload == b"\x01"
-    assert "maximum (3)" in proxy.stderr
+        assert ask(extra, have_request(2, b"k")).payload == b"\x01"
+        kept[0].settimeout(3)
+        assert kept[0].recv(10) == b""
+        for sock in kept[1:]:
+            assert ask(sock, have_request(3, b"k")).payload == b"\x01"
+    assert "closing the longest idle one" in proxy.stderr
 
 
 # -- timers -------------------------------------------------------------------------------------

@@ -10,7 +10,13 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
 - SIGTERM and SIGINT stop it cleanly (exit 0) and remove its UNIX socket file;
 - with ``-daemon`` a relative ``-pidfile`` is taken relative to the starting directory;
 - a start-up line (listener, server, limits) at INFO, the default threshold;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-log-level``, ``-workers``, ``-log``, ``-metrics``;
+- a local client's request that the server would answer by closing the shared connection (an
+  ADD too short for its prefix) closes only that client's connection, and a lost server link
+  is re-established at once (the retry delay applies from the second failure);
+- at ``-maxconns`` the longest idle local connection makes room for a new one;
+- SIGTERM answers the requests already received (up to ``-grace`` seconds) before exiting;
+- extensions: ``-maxinflight``, ``-maxconns``, ``-maxperpeer``, ``-grace``, ``-log-level``,
+  ``-workers``, ``-log``, ``-metrics``;
 - extensions: a ``TLS:host:port`` server (and listen address) with ``-tls-cert``, ``-tls-key``
   and ``-tls-ca``, SIGHUP re-reading those files, ``-allow CIDR`` for a plain TCP listen address.
 """
@@ -34,15 +40,17 @@ from ..proxy import (
     DEFAULT_LISTEN,
     DEFAULT_MAX_CLIENTS,
     DEFAULT_MAX_IN_FLIGHT,
+    DEFAULT_MAX_PER_PEER,
     DEFAULT_RETRY_MS,
     MAX_IDLE_MS,
     MAX_RETRY_MS,
     Proxy,
     ProxySettings,
 )
+from ..proxy.run import serve_until_stopped
 from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.listeners import BACKLOG, close_listeners_but, listeners_per_worker
-from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, describe_socket, ignore_stop_requests
+from ..server.run import describe_socket, ignore_stop_requests
 from ..workers import Supervisor, WorkerSpec
 from .legacy_flags import (
     SERVICE_FLAGS,
@@ -61,6 +69,7 @@ from .monitoring import (
     start_logging,
     with_log_reopening,
 )
+from .peer_flags import grace_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
 from .tls_options import (
     TLSSetupError,
@@ -117,11 +126,13 @@ COMMAND_LINE = CommandLine(
         Flag(
             ("-maxconns",),
             "max_clients",
-            "extension: most local connections; more are accepted and closed",
+            "extension: most local connections; at the cap the longest idle one makes room",
             "num",
             decimal_in(1, 1_000_000),
             DEFAULT_MAX_CLIENTS,
         ),
+        per_peer_flag(DEFAULT_MAX_PER_PEER),
+        grace_flag(),
         log_level_flag(),
         LOG_FLAG,
         METRICS_FLAG,
@@ -142,7 +153,8 @@ COMMAND_LINE = CommandLine(
         "name; -tls-cert/-tls-key are presented to it. SIGHUP re-reads the TLS files.\n"
         "With no server connection every request is answered with an empty reply; requests in\n"
         "flight when the server is lost are answered with the status byte 0x02 (DISCONNECTED).\n"
-        "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0).\n"
+        "SIGTERM and SIGINT always stop the proxy cleanly (exit status 0), after answering the\n"
+        "requests already received (for up to -grace seconds); a second signal stops it at once.\n"
         "With -workers N, N processes serve the listener, each with its own server connection,\n"
         "under a parent that replaces a worker that dies and forwards the stop signals."
     ),
@@ -174,7 +186,15 @@ def _run_proxy(
 ) -> int:
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(
-            _serve(settings, sockets, killable, reload, metrics_sockets, worker=worker)
+            serve_until_stopped(
+                settings,
+                sockets,
+                killable=killable,
+                reload=reload,
+                around=lambda proxy: _metrics(proxy, metrics_sockets) if metrics_sockets else None,
+                on_started=lambda proxy: log.info("%s", _startup_line(proxy, metrics_sockets)),
+                remove_socket_file=not worker,
+            )
         )
 
 
@@ -238,6 +258,8 @@ def _settings(options: dict) -> ProxySettings:
         idle_ms=options["idle_ms"],
         max_in_flight=options["max_in_flight"],
         max_clients=options["max_clients"],
+        max_per_peer=options["max_per_peer"],
+        grace=options["grace"],
     )
 
 
@@ -261,31 +283,6 @@ def _listen(options: dict, settings: ProxySettings):
         raise StartupError(f"Error, bad listen address\n  ({error}){hint}") from None
     apply_socket_file_settings(SimpleNamespace(**options), unix_path_of(sockets))
     return sockets
-
-
-async def _serve(
-    settings: ProxySettings, sockets, killable: bool, reload, metrics_sockets=(), *, worker=False
-) -> int:
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
-        loop.add_signal_handler(signum, stop.set)
-    if reload is not None:
-        loop.add_signal_handler(signal.SIGHUP, reload)
-    proxy = Proxy(settings)
-    async with contextlib.AsyncExitStack() as cleanup:
-        # Metrics first: once the proxy listens (what launchers and tests wait for), they answer.
-        if metrics_sockets:
-            await cleanup.enter_async_context(_metrics(proxy, metrics_sockets))
-        await proxy.start(sockets)
-        log.info("%s", _startup_line(proxy, metrics_sockets))
-        try:
-            await stop.wait()
-        finally:
-            await proxy.close(remove_socket_file=not worker)
-        for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
-            loop.remove_signal_handler(signum)
-    return 0
 
 
 @contextlib.asynccontextmanager

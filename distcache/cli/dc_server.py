@@ -12,7 +12,9 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - ``-user`` also switches to the user's groups, not only its uid;
 - a UNIX listener refuses to replace anything but a stale socket file;
 - a start-up line (listeners, engine, capacity) at INFO, the default threshold;
-- extensions: ``-maxconns``, ``-log-level``, ``-engine``, ``-workers``, ``-log``, ``-metrics``;
+- at ``-maxconns`` the longest idle connection makes room for a new client (the legacy had no cap);
+- extensions: ``-maxconns``, ``-maxperpeer``, ``-idle-timeout``, ``-grace``, ``-log-level``,
+  ``-engine``, ``-workers``, ``-log``, ``-metrics``;
 - extensions: several ``-listen`` at once, ``TLS:host:port`` listeners with ``-tls-cert``,
   ``-tls-key`` and ``-tls-ca`` (mutual TLS), SIGHUP re-reading those files, and ``-allow CIDR``
   for plain TCP listeners.
@@ -29,6 +31,7 @@ from ..netio import ListenError
 from ..server import (
     DEFAULT_ENGINE_URL,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PER_PEER,
     EngineError,
     RunOptions,
     bind_listeners,
@@ -58,6 +61,7 @@ from .monitoring import (
     start_logging,
     with_log_reopening,
 )
+from .peer_flags import grace_flag, idle_timeout_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
 from .tls_options import (
     TLSSetupError,
@@ -106,11 +110,14 @@ COMMAND_LINE = CommandLine(
         Flag(
             ("-maxconns",),
             "maxconns",
-            "extension: most clients served at once; more are accepted and closed",
+            "extension: most clients at once; at the cap the longest idle one makes room",
             "num",
             decimal_in(1, 1_000_000),
             DEFAULT_MAX_CONNECTIONS,
         ),
+        per_peer_flag(DEFAULT_MAX_PER_PEER),
+        idle_timeout_flag(),
+        grace_flag(),
         log_level_flag(),
         Flag(
             ("-engine",),
@@ -136,8 +143,10 @@ COMMAND_LINE = CommandLine(
     notes=(
         "Addresses: IP:<port>, IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>,\n"
         "TLS:<host>:<port> (needs -tls-cert and -tls-key; -tls-ca requires client certificates).\n"
-        "SIGTERM and SIGINT always stop the server cleanly (exit status 0); start-up errors\n"
-        "exit with status 1. SIGHUP re-reads the TLS files (connections stay open).\n"
+        "SIGTERM and SIGINT always stop the server cleanly (exit status 0): it stops accepting,\n"
+        "answers the requests already received (for up to -grace seconds), then exits; a\n"
+        "second signal stops it at once. Start-up errors exit with status 1. SIGHUP re-reads\n"
+        "the TLS files (connections stay open).\n"
         "With -workers N, N processes serve the clients under a parent that replaces a worker\n"
         "that dies; with the memory engine one more process owns the cache."
     ),
@@ -184,6 +193,9 @@ def _start(options: SimpleNamespace) -> int:
         progress=options.progress,
         killable=options.killable,
         max_connections=options.maxconns,
+        max_per_peer=options.max_per_peer,
+        idle_timeout=options.idle_timeout,
+        grace=options.grace,
         on_ready=ready,
         metrics_sockets=tuple(metrics_sockets),
         on_reload=with_log_reopening(reload_on_sighup([tls])),

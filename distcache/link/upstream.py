@@ -11,8 +11,10 @@ matched by that uid. The link is always in one of three states:
 
 ``DOWN``
     no connection: :meth:`UpstreamLink.submit` answers ``b""`` at once (the local client gets the
-    legacy EMPTY reply); a reconnect is scheduled ``retry`` after the failure, on a timer (not
-    the legacy's coarse poll).
+    legacy EMPTY reply). A link that was up and is lost (end of stream, socket error) is
+    reconnected at once (the local clients should not pay a whole retry delay for one cut); a
+    failed attempt, a server that broke the protocol, or a second loss within ``retry`` schedules the next attempt ``retry`` later, on a timer (not the legacy's
+    coarse poll), so a server that keeps failing is not hammered.
 ``CONNECTING``
     an attempt is under way: requests wait for its outcome (forwarded, or answered DISCONNECTED if
     it fails), as the legacy did with requests queued to a backend whose connect then failed.
@@ -139,6 +141,7 @@ class UpstreamLink:
         self._retry_timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._outage_logged = False
+        self._last_quick_retry = float("-inf")  # loop time of the last at-once reconnect
 
     @property
     def in_flight(self) -> int:
@@ -199,7 +202,7 @@ class UpstreamLink:
                     break  # the usual end of a read: spare the decoder a fruitless call
         except RemoteProtocolError as error:
             self.log.warning("server broke the protocol, dropping its connection: %s", error)
-            self._went_down(LinkEvent.LOST)
+            self._went_down(LinkEvent.LOST, quick_retry=False)  # a broken server waits ``retry``
             return
         self._flush()  # requests the replies released (waiting or pipelined) leave now
 
@@ -266,7 +269,7 @@ class UpstreamLink:
         self.log.warning("lost the server connection: %s", reason or "connection closed")
         self._went_down(LinkEvent.LOST)
 
-    def _went_down(self, event: LinkEvent) -> None:
+    def _went_down(self, event: LinkEvent, *, quick_retry: bool = True) -> None:
         """Answer everything in flight or waiting with DISCONNECTED; schedule the next attempt."""
         self._move(event)
         connection, self._connection = self._connection, None
@@ -275,14 +278,23 @@ class UpstreamLink:
             connection.transport.close()
         in_flight = self._tracker.drain()
         waiting, self._waiting = self._waiting, deque()
-        # Answered after the state changed: a client's next request now gets EMPTY at once.
+        if not self._closed and self._retry_timer is None:
+            loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
+            if (
+                quick_retry
+                and event is LinkEvent.LOST
+                and loop.time() - self._last_quick_retry >= self.retry
+            ):
+                self._last_quick_retry = loop.time()
+                self._connect_now()  # requests from now on wait for this attempt's outcome
+            else:
+                self._retry_timer = loop.call_later(self.retry, self._connect_now)
+        # Answered after the state changed: a client's next request now waits for the attempt
+        # under way, or gets EMPTY at once while the retry timer runs.
         for entry in in_flight:
             entry.context.answer(DISCONNECTED_REPLY)
         for requester in waiting:
             requester.answer(DISCONNECTED_REPLY)
-        if not self._closed and self._retry_timer is None:
-            loop: asyncio.AbstractEventLoop = self._loop  # type: ignore[assignment]
-            self._retry_timer = loop.call_later(self.retry, self._connect_now)
 
     async def close(self) -> None:
         """Stop for good: no more attempts; requests in flight are answered DISCONNECTED."""

@@ -141,6 +141,8 @@ class MessageDecoder:
                     if available >= MIN_BYTES_EXAMINED:
                         self._reject_partial_header(available)
                     if not self._eof:
+                        if self._frames:
+                            self._release_consumed()
                         return NEED_DATA  # the usual end of a read
                     return self._at_end_of_input(available)
                 header = decode_header(buf, pos)
@@ -155,6 +157,8 @@ class MessageDecoder:
                     self._reject_size(pos, data_len)
                 end = pos + HEADER_SIZE + data_len
                 if len(buf) < end:
+                    if self._frames:
+                        self._release_consumed()
                     return self._at_end_of_input(available)
                 data = buf[pos + HEADER_SIZE : end]
                 self._pos = end
@@ -202,6 +206,15 @@ class MessageDecoder:
             offset=self._base + pos + FIELD_OFFSET["data_len"],
             field="data_len",
         )
+
+    def _release_consumed(self) -> None:
+        """Drop the frames already copied into ``_parts`` from the buffer: a message waiting for
+        its next frames must not hold its bytes twice (ROBUST-8)."""
+        pos = self._pos
+        if pos:
+            self._buf = self._buf[pos:]
+            self._base += pos
+            self._pos = 0
 
     def _start_message(self, pos, is_response, uid, operation, level):
         self._msg_offset = self._base + pos

@@ -15,6 +15,7 @@ from ..wire.limits import (
 )
 from ..wire.schema import AddRequest, fields_of
 from .errors import LocalProtocolError, RemoteProtocolError
+from .events import Request
 from .framing import encode_request
 
 # The fixed prefix of an ADD payload (timeout_ms, id_len), taken from the schema's field formats.
@@ -53,10 +54,7 @@ def check_add_fields(payload: bytes) -> tuple[int, bytes, bytes] | Status:
     servers build several times faster than an :class:`AddArgs`."""
     size = len(payload)
     if size < ADD_PREFIX_SIZE:
-        raise RemoteProtocolError(
-            "add_payload_too_short",
-            f"ADD payload of {size} bytes cannot hold its {ADD_PREFIX_SIZE}-byte prefix",
-        )
+        raise _add_too_short(size)
     timeout_ms, id_len = _unpack_add_prefix(payload)
     if timeout_ms > MAX_TIMEOUT_MS:
         return Status.ADD_TIMEOUT_RANGE
@@ -70,6 +68,26 @@ def check_add_fields(payload: bytes) -> tuple[int, bytes, bytes] | Status:
         return Status.ADD_DATA_RANGE
     end = ADD_PREFIX_SIZE + id_len
     return timeout_ms, payload[ADD_PREFIX_SIZE:end], payload[end:]
+
+
+def _add_too_short(size: int) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        "add_payload_too_short",
+        f"ADD payload of {size} bytes cannot hold its {ADD_PREFIX_SIZE}-byte prefix",
+    )
+
+
+def check_forwardable(request: Request) -> None:
+    """Raise the :class:`RemoteProtocolError` for which a server would close the connection on
+    this whole, well-framed request (the decoder has applied every framing rule before).
+
+    A proxy calls it before forwarding, so that one local client's error closes that client's
+    connection and never the link that every other client shares (PROXY-14). The rules are
+    those of :func:`check_add_fields`: an ADD payload shorter than its fixed prefix (the other
+    ADD checks are answered with a status and keep the connection).
+    """
+    if request.operation is Operation.ADD and len(request.payload) < ADD_PREFIX_SIZE:
+        raise _add_too_short(len(request.payload))
 
 
 def add_payload(session_id: bytes, session: bytes, timeout_ms: int) -> bytes:

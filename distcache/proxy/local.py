@@ -22,7 +22,15 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError, Request
+from ..peers import peer_key
+from ..protocol import (
+    NEED_DATA,
+    Closed,
+    MessageDecoder,
+    RemoteProtocolError,
+    Request,
+    check_forwardable,
+)
 from ..server.connection import INPUT_BACKLOG
 from ..wire import Direction
 
@@ -49,7 +57,9 @@ class LocalConnection(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused = False
         self._eof = False
+        self._stopping = False  # the proxy stops: read nothing more, answer what was received
         self._closing = False
+        self.last_active = 0.0  # loop time of the last read (the policies of distcache.peers)
         self._idle_deadline = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -57,7 +67,8 @@ class LocalConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
-        number = self._proxy.admit(self)
+        self.last_active = self._proxy.loop.time()
+        number = self._proxy.admit(self, peer_key(transport.get_extra_info("peername")))
         if number is None:
             self._closing = True
             transport.close()  # accepted then closed at once, as the legacy did
@@ -69,6 +80,7 @@ class LocalConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if not self._closing:
+            self.last_active = self._proxy.loop.time()
             self._decoder.receive_data(data)
             self._serve()
 
@@ -81,6 +93,10 @@ class LocalConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        # Let go of the buffered bytes now: this object and its transport form a cycle that
+        # only the cyclic garbage collector would free.
+        self._decoder = MessageDecoder(receives=Direction.REQUEST)
+        self._batched = []
         self._cancel_idle_timer()
         self._proxy.forget(self)
 
@@ -103,15 +119,19 @@ class LocalConnection(asyncio.Protocol):
             while self.request is None and not (self._writing_paused or self._closing):
                 event = decoder.next_event()
                 if event is NEED_DATA:
+                    finished = self._stopping  # every request received is answered
                     break
                 if type(event) is Closed:
                     finished = True
                     break
+                # What the server would answer by closing the shared link closes this one only.
+                check_forwardable(event)
                 self.request = event
                 self._link.submit(self)
         except RemoteProtocolError as error:
             self._proxy.protocol_errors[error.reason] += 1
             log.warning("local client %d broke the protocol, closing it: %s", self.number, error)
+            error.__traceback__ = None  # (it and the dead decoder would form a cycle)
             finished = True
         finally:
             self._serving = False
@@ -143,7 +163,7 @@ class LocalConnection(asyncio.Protocol):
             self._idle_deadline = self._proxy.loop.time() + self._idle
 
     def _update_reading(self) -> None:
-        if self._closing:
+        if self._closing or self._stopping:
             return
         wanted = not self._writing_paused and self._decoder.buffered <= INPUT_BACKLOG
         if wanted == self._reading_paused:
@@ -162,6 +182,38 @@ class LocalConnection(asyncio.Protocol):
         self._closing = True
         self._cancel_idle_timer()
         self._transport.close()
+
+    # -- the policies of distcache.peers ----------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        return self.request is not None
+
+    def reclaim(self) -> None:
+        if self._transport.get_write_buffer_size():
+            self._abort()  # a client that does not read must not keep its place
+        else:
+            self.close()
+
+    def finish(self) -> None:
+        """Proxy stop: read nothing more, answer the whole requests received, then close."""
+        if self._closing or self._stopping:
+            return
+        self._stopping = True
+        if not self._reading_paused:
+            self._transport.pause_reading()
+            self._reading_paused = True
+        if self.request is None:
+            self._serve()  # else answer() carries on
+
+    def abort(self) -> None:
+        self._abort()
+
+    def _abort(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._cancel_idle_timer()
+            self._transport.abort()
 
     def _arm_idle_timer(self) -> None:
         self._idle_timer = self._proxy.loop.call_at(self._idle_deadline, self._idle_check)

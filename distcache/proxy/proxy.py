@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..address import Address
 from ..allowlist import AllowList
 from ..link import UpstreamLink
+from ..peers import DEFAULT_GRACE_SECONDS, ConnectionRegistry
 from ..server.listeners import BACKLOG, bind_listeners, serve_listener
 from ..tls import ClientTLSSetting, ServerTLS
 from .local import LocalConnection
@@ -27,6 +28,8 @@ MAX_IDLE_MS = 3_600_000
 #: The legacy's fixed limits, made adjustable here.
 DEFAULT_MAX_IN_FLIGHT = 512
 DEFAULT_MAX_CLIENTS = 1024
+#: Local connections from one TCP peer address (a UNIX listener's peers are not counted).
+DEFAULT_MAX_PER_PEER = DEFAULT_MAX_CLIENTS // 2
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,9 @@ class ProxySettings:
     idle_ms: int = 0
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_clients: int = DEFAULT_MAX_CLIENTS
+    max_per_peer: int = DEFAULT_MAX_PER_PEER
+    #: Seconds a stop leaves local connections to get the answers to what they sent.
+    grace: float = DEFAULT_GRACE_SECONDS
     #: How a ``TLS:`` server is verified and which certificate the proxy presents to it.
     tls: ClientTLSSetting = None
     #: The certificate of a ``TLS:`` listen address (and the CA its clients must chain to).
@@ -57,10 +63,12 @@ class Proxy:
             tls=settings.tls,
         )
         self._listeners: list[asyncio.Server] = []
-        self._connections: set[LocalConnection] = set()
+        # The proxy's idle timeout is the legacy -idle, kept per connection (LocalConnection).
+        self.connections = ConnectionRegistry(
+            log, max_connections=settings.max_clients, max_per_peer=settings.max_per_peer
+        )
         self._accepted = 0
         # Read by the metrics (distcache.monitoring.metrics).
-        self.refused = 0  # local connections refused at the cap
         self.protocol_errors: collections.Counter[str] = collections.Counter()  # by reason
         self.loop: asyncio.AbstractEventLoop | None = None
 
@@ -70,9 +78,14 @@ class Proxy:
         return self._accepted
 
     @property
+    def refused(self) -> int:
+        """Local connections refused (every one busy at the cap, or over a peer's limit)."""
+        return self.connections.refused
+
+    @property
     def clients(self) -> int:
         """Local connections being served."""
-        return len(self._connections)
+        return len(self.connections)
 
     def listen_address(self) -> str:
         """The address actually listened on (the real port when the settings said port 0)."""
@@ -100,28 +113,25 @@ class Proxy:
         # Clients wait in the backlog until the first attempt has an outcome, so the first
         # requests are forwarded, or answered EMPTY, never caught by the attempt in progress.
         self.link.start()
+        self.connections.start(self.loop)
         await self.link.settled()
         for listener in self._listeners:
             await listener.start_serving()
 
-    def admit(self, connection: LocalConnection) -> int | None:
-        """Register a new local connection and return its number, or None when at the limit."""
-        limit = self.settings.max_clients
-        if len(self._connections) >= limit:
-            self.refused += 1
-            log.warning(
-                "rejected new client connection already at maximum (%d) - dropping it", limit
-            )
-            return None
-        self._connections.add(connection)
+    def admit(self, connection: LocalConnection, key: str | None) -> int | None:
+        """Register a new local connection and return its number, or None when refused (see
+        :class:`~distcache.peers.ConnectionRegistry`)."""
         self._accepted += 1
+        if not self.connections.admit(connection, key, f"local client {self._accepted}"):
+            return None
         return self._accepted
 
     def forget(self, connection: LocalConnection) -> None:
-        self._connections.discard(connection)
+        self.connections.forget(connection)
 
-    async def close(self, *, remove_socket_file: bool = True) -> None:
-        """Stop listening, drop every local connection and the upstream link.
+    async def close(self, grace: float = 0.0, *, remove_socket_file: bool = True) -> None:
+        """Stop listening; let local connections get the answers to the requests they sent for
+        up to ``grace`` seconds, then drop the rest and the upstream link.
 
         A worker of ``dc_client -workers N`` leaves the UNIX socket file to its supervisor: the
         other workers still serve on it."""
@@ -130,6 +140,7 @@ class Proxy:
         if remove_socket_file and self._listeners and self.settings.listen.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self.settings.listen.path)
-        for connection in list(self._connections):
-            connection.close()
+        dropped = await self.connections.drain(grace)
+        if dropped and grace > 0:
+            log.warning("stopped with %d local connections still busy after %g s", dropped, grace)
         await self.link.close()

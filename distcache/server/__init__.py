@@ -11,11 +11,12 @@ from .handler import RequestHandler
 from .listeners import bind_listeners, close_listeners, unix_path_of
 from .progress import ProgressReporter, format_progress
 from .run import RunOptions, new_event_loop, run_server
-from .server import DEFAULT_MAX_CONNECTIONS, Server
+from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Server
 
 __all__ = [
     "DEFAULT_ENGINE_URL",
     "DEFAULT_MAX_CONNECTIONS",
+    "DEFAULT_MAX_PER_PEER",
     "INPUT_BACKLOG",
     "REPLY_BACKLOG",
     "EngineError",

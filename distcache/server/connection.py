@@ -25,6 +25,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
+from ..peers import peer_key
 from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError
 from ..wire import HEADER_SIZE, MAX_FRAMES, MAX_PAYLOAD, Direction
 
@@ -44,7 +45,7 @@ __all__ = [
 log = logging.getLogger("distcache.server")
 
 #: Unsent reply bytes above which the connection stops reading requests.
-REPLY_BACKLOG = 256 * 1024
+REPLY_BACKLOG = 64 * 1024
 #: Received, undecoded bytes above which the connection stops reading: two of the largest
 #: messages, so one whole message can always be buffered behind the one being answered.
 INPUT_BACKLOG = 2 * (MAX_PAYLOAD + MAX_FRAMES * HEADER_SIZE)
@@ -76,7 +77,9 @@ class ServerConnection(asyncio.Protocol):
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._in_flight_bytes = 0  # their request payloads
         self._draining = False  # no more requests: close once the ones in flight are answered
+        self._stopping = False  # the server stops: read nothing more, answer what was received
         self._closing = False
+        self.last_active = 0.0  # loop time of the last read (the idle policies' clock)
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -85,7 +88,8 @@ class ServerConnection(asyncio.Protocol):
         # Kept: asyncio.get_running_loop() costs a getpid() system call on CPython 3.11.
         self._loop = asyncio.get_running_loop()
         self.peer = _describe_peer(transport)
-        if not self._server.admit(self):
+        self.last_active = self._loop.time()
+        if not self._server.admit(self, peer_key(transport.get_extra_info("peername"))):
             self._closing = True
             transport.abort()
             return
@@ -93,11 +97,15 @@ class ServerConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        # The transport and this object refer to each other, so they wait for the cyclic garbage
+        # collector: the buffered bytes are let go now instead.
+        self._decoder = _RELEASED
         self._server.forget(self)
 
     def data_received(self, data: bytes) -> None:
         if self._closing or self._draining:
             return
+        self.last_active = self._loop.time()  # type: ignore[union-attr]
         self._decoder.receive_data(data)
         self._serve()
 
@@ -136,6 +144,9 @@ class ServerConnection(asyncio.Protocol):
                 event = next_event()
                 if event is NEED_DATA:
                     self._write(replies)
+                    if self._stopping:  # every request received is answered
+                        self._close_when_answered()
+                        return
                     # The decoder now holds less than one message (it checks every limit on the
                     # header), so it is under INPUT_BACKLOG: only paused reading may need a change.
                     if self._reading_paused:
@@ -214,7 +225,7 @@ class ServerConnection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         transport = self._transport
-        if transport is None or self._closing or self._draining:
+        if transport is None or self._closing or self._draining or self._stopping:
             return
         wanted = not self._writing_paused and self._decoder.buffered <= INPUT_BACKLOG
         if wanted == self._reading_paused:
@@ -248,6 +259,9 @@ class ServerConnection(asyncio.Protocol):
             f" ({error.field})" if error.field else "",
             error.detail,
         )
+        # The dead decoder keeps the error, whose traceback keeps the decoder: without this
+        # cycle its buffers are freed with the connection, not at the next garbage collection.
+        error.__traceback__ = None
         self._close_when_answered()
 
     def _close(self, *, abort: bool = False) -> None:
@@ -269,6 +283,33 @@ class ServerConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection now (server shutdown)."""
         self._close(abort=True)
+
+    # -- the policies of distcache.peers ----------------------------------------------------
+
+    @property
+    def busy(self) -> bool:
+        """A request is at the engine (a reply waiting for a peer that does not read is not)."""
+        return bool(self._in_flight)
+
+    def reclaim(self) -> None:
+        """Close an idle connection (idle timeout, or room for a new one at the cap)."""
+        transport = self._transport
+        self._close(abort=transport is None or bool(transport.get_write_buffer_size()))
+
+    def finish(self) -> None:
+        """Server stop: read nothing more, answer the whole requests received, then close."""
+        if self._closing or self._stopping:
+            return
+        self._stopping = True
+        if not self._reading_paused:
+            self._transport.pause_reading()  # type: ignore[union-attr]
+            self._reading_paused = True
+        if not self._draining:
+            self._serve()  # writing paused: resume_writing carries on
+
+
+#: The decoder of a closed connection (holds nothing; never fed).
+_RELEASED = MessageDecoder(receives=Direction.REQUEST)
 
 
 class _InFlight:

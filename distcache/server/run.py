@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..cache import MemoryStore, SessionStore
+from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT
 from .handler import RequestHandler
 from .progress import PROGRESS_INTERVAL, ProgressReporter
-from .server import DEFAULT_MAX_CONNECTIONS, Server
+from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Server
 
 __all__ = [
     "RunOptions",
@@ -42,6 +43,12 @@ class RunOptions:
     #: Stop on SIGUSR1/SIGUSR2 as well.
     killable: bool = False
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    #: Connections from one TCP peer address (0: no limit but max_connections).
+    max_per_peer: int = DEFAULT_MAX_PER_PEER
+    #: Seconds after which a connection with nothing read and no request in progress is closed.
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    #: Seconds a stop signal leaves for answering the requests already received.
+    grace: float = DEFAULT_GRACE_SECONDS
     #: Called once the server accepts connections (tells a waiting launcher it started).
     on_ready: Callable[[], None] | None = None
     #: Bound sockets to serve Prometheus metrics on (none: no metrics listener).
@@ -88,7 +95,10 @@ def stop_requested_early() -> bool:
 
 
 def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
-    """Serve on ``sockets`` until SIGTERM/SIGINT (or SIGUSR1/2 when killable); return 0."""
+    """Serve on ``sockets`` until SIGTERM/SIGINT (or SIGUSR1/2 when killable); return 0.
+
+    A stop signal stops accepting and lets every connection answer the requests it has received,
+    for up to ``options.grace`` seconds; a second stop signal drops them at once."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(_serve(sockets, store, options))
 
@@ -96,15 +106,27 @@ def run_server(sockets: list[socket.socket], store: SessionStore, options: RunOp
 async def _serve(sockets: list[socket.socket], store: SessionStore, options: RunOptions) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    server = Server(
+        store,
+        max_connections=options.max_connections,
+        max_per_peer=options.max_per_peer,
+        idle_timeout=options.idle_timeout,
+        handler=options.handler,
+    )
+
+    def stop_requested() -> None:
+        if stop.is_set():  # the second request: no more grace
+            server.connections.abort_all()
+        stop.set()
+
     for signum in STOP_SIGNALS:
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, stop_requested)
     for signum in KILLABLE_SIGNALS:
-        loop.add_signal_handler(signum, stop.set if options.killable else _ignore)
+        loop.add_signal_handler(signum, stop_requested if options.killable else _ignore)
     if options.on_reload is not None:
         loop.add_signal_handler(signal.SIGHUP, options.on_reload)
     if _early_stop_requests:
         stop.set()
-    server = Server(store, max_connections=options.max_connections, handler=options.handler)
     # Metrics first: once the cache listens (what launchers and tests wait for), they answer too.
     metrics = await _serve_metrics(server, options)
     await server.start(sockets)
@@ -120,7 +142,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
             await progress
         if metrics is not None:
             await metrics.close()
-        await server.close()
+        await server.close(options.grace)
         for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 0

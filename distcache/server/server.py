@@ -8,16 +8,20 @@ import logging
 import socket
 
 from ..cache import SessionStore
+from ..peers import DEFAULT_IDLE_TIMEOUT, ConnectionRegistry
 from .connection import ServerConnection
 from .handler import RequestHandler
 from .listeners import serve_listener
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "Server"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PER_PEER", "Server"]
 
 log = logging.getLogger("distcache.server")
 
-#: Connections served at once; further ones are accepted and closed at once.
+#: Connections served at once; at the cap the longest idle one makes room for a new one.
 DEFAULT_MAX_CONNECTIONS = 1024
+#: Connections from one TCP peer address (0: no limit but the global cap): half the default cap,
+#: so that one host can never hold every place; see :mod:`distcache.peers`.
+DEFAULT_MAX_PER_PEER = DEFAULT_MAX_CONNECTIONS // 2
 
 
 class Server:
@@ -31,20 +35,24 @@ class Server:
         store: SessionStore,
         *,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_per_peer: int = DEFAULT_MAX_PER_PEER,
+        idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         handler: RequestHandler | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
+        self.connections = ConnectionRegistry(
+            log,
+            max_connections=max_connections,
+            max_per_peer=max_per_peer,
+            idle_timeout=idle_timeout,
+        )
         self.store = store
         self.max_connections = max_connections
         self.operations = 0
         # Read by the metrics (distcache.monitoring.metrics): plain counters, no cost per request.
         self.accepted = 0  # connections admitted since start
-        self.refused = 0  # connections refused at the cap
         self.protocol_errors: collections.Counter[str] = collections.Counter()  # by reason
         # A worker of ``dc_server -workers N`` answers through its engine owner instead.
         self._handler = RequestHandler(store) if handler is None else handler
-        self._connections: set[ServerConnection] = set()
         self._listeners: list[asyncio.AbstractServer] = []
 
     # -- life cycle -------------------------------------------------------------------------
@@ -53,13 +61,16 @@ class Server:
         """Listen and accept on already bound sockets (see ``bind_listeners``)."""
         for sock in sockets:
             self._listeners.append(await serve_listener(sock, self._new_connection))
+        self.connections.start(asyncio.get_running_loop())
 
-    async def close(self) -> None:
-        """Stop accepting, drop every connection, and close the engine."""
+    async def close(self, grace: float = 0.0) -> None:
+        """Stop accepting; let connections answer what they have received for up to ``grace``
+        seconds (:meth:`ConnectionRegistry.drain`), drop the rest, and close the engine."""
         for listener in self._listeners:
             listener.close()
-        for connection in list(self._connections):
-            connection.abort()
+        dropped = await self.connections.drain(grace)
+        if dropped and grace > 0:
+            log.warning("stopped with %d connections still busy after %g s", dropped, grace)
         await self._handler.cancel_calls()
         for listener in self._listeners:
             await listener.wait_closed()
@@ -78,26 +89,23 @@ class Server:
 
     @property
     def connection_count(self) -> int:
-        return len(self._connections)
+        return len(self.connections)
 
     # -- connections (called by ServerConnection) -------------------------------------------
 
     def _new_connection(self) -> ServerConnection:
         return ServerConnection(self, self._handler)
 
-    def admit(self, connection: ServerConnection) -> bool:
-        """Register a new connection, or refuse it when the server is at its connection cap."""
-        if len(self._connections) >= self.max_connections:
-            self.refused += 1
-            log.warning(
-                "%s: refused, already serving %d connections (the maximum)",
-                connection.peer,
-                len(self._connections),
-            )
-            return False
-        self._connections.add(connection)
-        self.accepted += 1
-        return True
+    def admit(self, connection: ServerConnection, key: str | None) -> bool:
+        """Register a new connection, or refuse it (see :class:`ConnectionRegistry`)."""
+        admitted = self.connections.admit(connection, key, connection.peer)
+        self.accepted += admitted
+        return admitted
+
+    @property
+    def refused(self) -> int:
+        """Connections refused (at the cap with every connection busy, or over a peer's limit)."""
+        return self.connections.refused
 
     def forget(self, connection: ServerConnection) -> None:
-        self._connections.discard(connection)
+        self.connections.forget(connection)
