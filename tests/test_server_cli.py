@@ -372,3 +372,24 @@ def test_a_slow_count_is_not_repeated_until_it_has_paid_for_itself():
     assert lines[1] is not None and "total sessions =     1  (=  0)" in lines[1]
     assert lines[2] is None  # no count was due and no multiple of 10 crossed
     assert lines[3] is not None and "total sessions =     2" in lines[3]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_min_timeout_raises_short_add_timeouts(workers):
+    """-min-timeout: the opt-in floor for clients that send too short a timeout (Apache's
+    mod_socache_dc sends the millisecond-of-the-second field, 0..999)."""
+    with dc_server("-min-timeout", "60000", "-workers", workers) as floored, dc_server() as plain:
+        for server in (floored, plain):
+            sock = server.connect()
+            assert ask(sock, add_request(1, b"short-lived", b"session", 200)) == OK
+            sock.close()
+        time.sleep(0.5)
+        floored_sock, plain_sock = floored.connect(), plain.connect()
+        assert ask(floored_sock, have_request(2, b"short-lived")) == OK, "the floor kept it"
+        assert ask(plain_sock, have_request(2, b"short-lived")) == NOTOK, "expired without it"
+
+
+def test_min_timeout_is_range_checked():
+    result = run_dc_server("-listen", "IP:127.0.0.1:1", "-min-timeout", "604800001")
+    assert result.returncode == 1
+    assert "min-timeout" in result.stderr

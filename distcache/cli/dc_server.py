@@ -13,8 +13,8 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - a UNIX listener refuses to replace anything but a stale socket file;
 - a start-up line (listeners, engine, capacity) at INFO, the default threshold;
 - at ``-maxconns`` the longest idle connection makes room for a new client (the legacy had no cap);
-- extensions: ``-maxconns``, ``-maxperpeer``, ``-idle-timeout``, ``-grace``, ``-log-level``,
-  ``-engine``, ``-workers``, ``-log``, ``-metrics``;
+- extensions: ``-maxconns``, ``-maxperpeer``, ``-idle-timeout``, ``-grace``, ``-min-timeout``,
+  ``-log-level``, ``-engine``, ``-workers``, ``-log``, ``-metrics``;
 - extensions: several ``-listen`` at once, ``TLS:host:port`` listeners with ``-tls-cert``,
   ``-tls-key`` and ``-tls-ca`` (mutual TLS), SIGHUP re-reading those files, and ``-allow CIDR``
   for plain TCP listeners.
@@ -43,7 +43,12 @@ from ..server import (
 from ..server.run import defer_stop_requests
 from ..server.workers import run_workers
 from ..tls import ServerTLS
-from ..wire import DEFAULT_CACHE_SESSIONS, MAX_CACHE_SESSIONS, MIN_CACHE_SESSIONS
+from ..wire import (
+    DEFAULT_CACHE_SESSIONS,
+    MAX_CACHE_SESSIONS,
+    MAX_TIMEOUT_MS,
+    MIN_CACHE_SESSIONS,
+)
 from .legacy_flags import (
     SERVICE_FLAGS,
     TLS_FLAGS,
@@ -118,6 +123,14 @@ COMMAND_LINE = CommandLine(
         per_peer_flag(DEFAULT_MAX_PER_PEER),
         idle_timeout_flag(),
         grace_flag(),
+        Flag(
+            ("-min-timeout",),
+            "min_timeout",
+            "extension: raise shorter ADD timeouts to this many milliseconds (0: off)",
+            "ms",
+            decimal_in(0, MAX_TIMEOUT_MS),
+            0,
+        ),
         log_level_flag(),
         Flag(
             ("-engine",),
@@ -196,6 +209,7 @@ def _start(options: SimpleNamespace) -> int:
         max_per_peer=options.max_per_peer,
         idle_timeout=options.idle_timeout,
         grace=options.grace,
+        min_timeout_ms=options.min_timeout,
         on_ready=ready,
         metrics_sockets=tuple(metrics_sockets),
         on_reload=with_log_reopening(reload_on_sighup([tls])),

@@ -95,10 +95,21 @@ class RequestHandler:
     ``RemoteProtocolError`` for an ADD payload too short to check; callers close the connection.
     """
 
-    __slots__ = ("_submit", "_sync_calls", "_tasks", "in_order", "outcomes", "store", "sync_core")
+    __slots__ = (
+        "_submit",
+        "_sync_calls",
+        "_tasks",
+        "in_order",
+        "min_timeout_ms",
+        "outcomes",
+        "store",
+        "sync_core",
+    )
 
-    def __init__(self, store: SessionStore) -> None:
+    def __init__(self, store: SessionStore, *, min_timeout_ms: int = 0) -> None:
         self.store = store
+        #: ADD timeouts below this are raised to it (``dc_server -min-timeout``; 0: off).
+        self.min_timeout_ms = min_timeout_ms
         # Exactly the memory engine: a subclass may override the async methods it must go through.
         self.sync_core = store.cache if type(store) is MemoryStore else None
         # The engine's own callback core if it has one, else a task per call.
@@ -129,6 +140,8 @@ class RequestHandler:
                 self.outcomes[checked] += 1  # ADD is operation 0: its slots start at 0
                 return encode_status(request.request_uid, _ADD, checked)
             timeout_ms, session_id, session = checked
+            if timeout_ms < self.min_timeout_ms:
+                timeout_ms = self.min_timeout_ms
             result = call(session_id, session, timeout_ms)
             self.outcomes[0 if result is _STORED else _DUPLICATE_SLOT] += 1
             return reply(request, result)
@@ -152,7 +165,7 @@ class RequestHandler:
                 self.outcomes[checked] += 1
                 return request.respond_status(checked)
             timeout_ms, session_id, session = checked
-            args: tuple = (session_id, session, timeout_ms)
+            args: tuple = (session_id, session, max(timeout_ms, self.min_timeout_ms))
         else:
             args = (request.payload,)
 

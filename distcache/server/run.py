@@ -57,6 +57,8 @@ class RunOptions:
     on_reload: Callable[[], None] | None = None
     #: Answers the requests instead of a handler on the store (a worker's OwnerRelay).
     handler: RequestHandler | None = None
+    #: ADD timeouts below this many milliseconds are raised to it (0: off; see -min-timeout).
+    min_timeout_ms: int = 0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -112,6 +114,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         max_per_peer=options.max_per_peer,
         idle_timeout=options.idle_timeout,
         handler=options.handler,
+        min_timeout_ms=options.min_timeout_ms,
     )
 
     def stop_requested() -> None:

@@ -38,6 +38,7 @@ class Server:
         max_per_peer: int = DEFAULT_MAX_PER_PEER,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         handler: RequestHandler | None = None,
+        min_timeout_ms: int = 0,
     ) -> None:
         self.connections = ConnectionRegistry(
             log,
@@ -52,7 +53,9 @@ class Server:
         self.accepted = 0  # connections admitted since start
         self.protocol_errors: collections.Counter[str] = collections.Counter()  # by reason
         # A worker of ``dc_server -workers N`` answers through its engine owner instead.
-        self._handler = RequestHandler(store) if handler is None else handler
+        self._handler = (
+            RequestHandler(store, min_timeout_ms=min_timeout_ms) if handler is None else handler
+        )
         self._listeners: list[asyncio.AbstractServer] = []
 
     # -- life cycle -------------------------------------------------------------------------
