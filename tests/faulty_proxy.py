@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from distcache.proxy.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
+from distcache.link.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
 
 from distcache.cli import dc_client
 from distcache.conformance.coverage import load_coverage

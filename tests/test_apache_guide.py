@@ -26,7 +26,9 @@ def test_every_unit_command_line_parses(program, args):
     module = importlib.import_module(f"distcache.cli.{program}")
     options = module.COMMAND_LINE.parse(args)
     assert not options.get("daemon"), "under systemd the programs stay in the foreground"
-    parse_address(options["listen"]).require_listen()
+    listens = options["listen"]  # dc_server takes several -listen
+    for listen in listens if isinstance(listens, list) else [listens]:
+        parse_address(listen).require_listen()
     if program == "dc_client":
         parse_address(options["server"]).require_connect()
 

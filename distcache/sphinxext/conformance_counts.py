@@ -38,7 +38,11 @@ def sample_lines(
     for slug, count in by_section.items():
         lines += ["", f"{section_title(slug)} ({count} PASS)"]
     total = sum(by_section.values())
-    lines += ["", f"summary: {total} PASS ({total} cases, {seconds:.1f} s)"]
+    lines += [
+        "",
+        f"summary: {total} PASS ({total} cases, {seconds:.1f} s)",
+        "verdict: PASSED (exit status 0)",
+    ]
     return lines
 
 
