@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import sys
 
-from distcache.link.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
-
 from distcache.cli import dc_client
 from distcache.conformance.coverage import load_coverage
+from distcache.link.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
 from distcache.protocol import Outstanding, RemoteProtocolError, RequestTracker
 from distcache.proxy import local
 from distcache.proxy.local import LocalConnection
