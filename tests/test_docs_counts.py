@@ -13,7 +13,7 @@ GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
 
 def test_the_sample_counts_the_cases_a_default_run_selects():
     expected = sum(c.profile in DEFAULT_PROFILES and c.target == "server" for c in all_cases())
-    summary = sample_lines("distcache conformance", "x", 1.0)[-1]
+    summary = sample_lines("distcache conformance", "x", 1.0)[-2]
     assert summary == f"summary: {expected} PASS ({expected} cases, 1.0 s)"
 
 

@@ -132,7 +132,8 @@ def _version() -> str:
 
 def test_connections_refused_at_the_cap_are_counted():
     metrics = f"127.0.0.1:{free_port()}"
-    with dc_server("-maxconns", "1", "-metrics", metrics) as server:
+    # At -maxconns an idle connection would make room (ROBUST-5); a peer's own limit refuses.
+    with dc_server("-maxconns", "8", "-maxperpeer", "1", "-metrics", metrics) as server:
         # The start-up probe of the test helper must be gone before the one slot is taken.
         wait_until(lambda: value(scrape(metrics), "distcache_current_connections") == 0)
         held = server.connect()
