@@ -16,7 +16,29 @@ import sys
 import pytest
 
 _UNSHARE = ["unshare", "-rn", "--mount", "--pid", "--fork"]
-_PROLOGUE = "set -u\nmount -t tmpfs tmpfs /tmp\nip link set lo up\n"
+# The empty /tmp keeps what this interpreter and checkout need from the real one (a virtual
+# environment or a clone may live there): each such top-level entry is bound back in, reached
+# through a descriptor opened on the real /tmp before it was covered.
+_PROLOGUE = """set -u
+exec 3</tmp
+mount -t tmpfs tmpfs /tmp
+for keep in ${KEEP_TMP:-}; do
+  mkdir -p "/tmp/$keep" && mount --no-canonicalize --bind "/proc/self/fd/3/$keep" "/tmp/$keep"
+done
+exec 3<&-
+ip link set lo up
+"""
+
+
+def _kept_from_tmp() -> str:
+    """The top-level entries of /tmp that this interpreter, its packages or the checkout use."""
+    roots = {sys.prefix, sys.base_prefix, os.path.dirname(os.path.dirname(__file__)), *sys.path}
+    kept = set()
+    for root in roots:
+        parts = os.path.realpath(root or ".").split(os.sep)
+        if len(parts) > 2 and parts[1] == "tmp":
+            kept.add(parts[2])
+    return " ".join(sorted(kept))
 
 
 @functools.cache
@@ -39,7 +61,7 @@ needs_namespaces = pytest.mark.skipif(
 
 def run_in_namespace(script: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run ``script`` with bash; ``$PYTHON`` is this interpreter (the checkout is on its path)."""
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable, "KEEP_TMP": _kept_from_tmp()}
     return subprocess.run(
         [*_UNSHARE, "bash", "-c", _PROLOGUE + script],
         capture_output=True,

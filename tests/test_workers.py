@@ -41,7 +41,9 @@ def wait_for(predicate, timeout: float = TIMEOUT, what: str = "the condition"):
 
 def started(stderr: str) -> dict[str, int]:
     """The pid each supervised child was last started with, by label ("worker 2", ...)."""
-    return {m[1]: int(m[2]) for m in re.finditer(r"INFO [\w.]+: (.+?) started \(pid (\d+)\)", stderr)}
+    return {
+        m[1]: int(m[2]) for m in re.finditer(r"INFO [\w.]+: (.+?) started \(pid (\d+)\)", stderr)
+    }
 
 
 def children(pid: int) -> set[int]:
