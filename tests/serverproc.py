@@ -17,7 +17,9 @@ from collections.abc import Iterator
 
 from distcache.cache import MemoryStore
 from distcache.conformance.targets import free_tcp_address
+from distcache.protocol import NEED_DATA, MessageDecoder
 from distcache.server import Server, bind_listeners, new_event_loop
+from distcache.wire import Direction
 
 START_TIMEOUT = 10.0
 
@@ -156,6 +158,17 @@ def run_program(name: str, *args: str, timeout: float = START_TIMEOUT):
 def run_dc_server(*args: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess:
     """Run ``dc_server`` to completion (for flag errors, -h) and capture its output."""
     return run_program("dc_server", *args, timeout=timeout)
+
+
+def ask(sock: socket.socket, request: bytes) -> bytes:
+    """Send one request and return the payload of its reply (failing if the server closes)."""
+    sock.sendall(request)
+    decoder = MessageDecoder(receives=Direction.RESPONSE)
+    while (event := decoder.next_event()) is NEED_DATA:
+        chunk = sock.recv(65536)
+        assert chunk, "closed without an answer"
+        decoder.receive_data(chunk)
+    return event.payload
 
 
 def recv_exactly(sock: socket.socket, size: int) -> bytes:

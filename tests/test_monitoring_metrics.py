@@ -11,27 +11,15 @@ import urllib.request
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from proxyproc import dc_client
-from serverproc import dc_server, free_port
+from serverproc import ask, dc_server, free_port
 
 from distcache.protocol import (
-    NEED_DATA,
-    MessageDecoder,
     add_request,
     get_request,
     have_request,
     remove_request,
 )
-from distcache.wire import Direction, Status
-
-
-def ask(sock: socket.socket, request: bytes) -> bytes:
-    sock.sendall(request)
-    decoder = MessageDecoder(receives=Direction.RESPONSE)
-    while (event := decoder.next_event()) is NEED_DATA:
-        chunk = sock.recv(65536)
-        assert chunk, "closed without an answer"
-        decoder.receive_data(chunk)
-    return event.payload
+from distcache.wire import Status
 
 
 def scrape(address: str) -> dict[tuple[str, frozenset], float]:

@@ -12,26 +12,16 @@ import stat
 import time
 
 import pytest
-from serverproc import connect_to, dc_server, free_port, run_dc_server
+from serverproc import ask, connect_to, dc_server, free_port, run_dc_server
 
-from distcache.protocol import NEED_DATA, MessageDecoder, add_request, have_request
+from distcache.protocol import add_request, have_request
 from distcache.server import bind_listeners, format_progress
 from distcache.server.daemon import remove_pidfile, write_pidfile
 from distcache.server.progress import ProgressReporter
-from distcache.wire import Direction, Status
+from distcache.wire import Status
 
 OK = bytes([Status.OK])
 NOTOK = bytes([Status.NOTOK])
-
-
-def ask(sock: socket.socket, request: bytes) -> bytes:
-    sock.sendall(request)
-    decoder = MessageDecoder(receives=Direction.RESPONSE)
-    while (event := decoder.next_event()) is NEED_DATA:
-        chunk = sock.recv(65536)
-        assert chunk, "closed without an answer"
-        decoder.receive_data(chunk)
-    return event.payload
 
 
 # -- command line ------------------------------------------------------------------------------
