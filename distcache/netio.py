@@ -21,7 +21,8 @@ import pwd
 import re
 import socket
 import stat
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .address import Address, AddressError, parse_address
@@ -37,10 +38,26 @@ __all__ = [
     "set_unix_owner",
     "start_listener",
     "tls_connect_options",
+    "write_chunks",
 ]
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 ClientConnected = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None] | None]
+
+
+#: CPython 3.12.0-3.12.8 and 3.13.0-3.13.1: the stock selector transport's writelines() never
+#: pauses the protocol at its high-water mark (CPython gh-127655), so a peer that does not read
+#: would make the process buffer without limit. There the chunks are joined into one write().
+_RUNNING = sys.version_info[:3]
+_WRITELINES_SKIPS_PAUSE = (3, 12) <= _RUNNING < (3, 12, 9) or (3, 13) <= _RUNNING < (3, 13, 2)
+
+
+def write_chunks(transport: asyncio.WriteTransport, chunks: Sequence[bytes]) -> None:
+    """Write several buffers in one call, with the transport's flow control (pause_writing)."""
+    if _WRITELINES_SKIPS_PAUSE:
+        transport.write(b"".join(chunks))
+    else:
+        transport.writelines(chunks)
 
 
 class ConnectError(OSError):

@@ -26,6 +26,7 @@ from distcache.netio import (
     open_fd_connection,
     set_unix_owner,
     start_listener,
+    write_chunks,
 )
 
 IO_DEADLINE = 10.0  # seconds; only guards against a hung test, never measured
@@ -103,6 +104,57 @@ def test_tcp_listen_and_connect_with_nodelay_on_both_ends(loop):
     runner = uvloop.run if loop == "uvloop" else asyncio.run
     result = runner(asyncio.wait_for(_nodelay_scenario(), IO_DEADLINE))
     assert result == (True, b"hello", True, True)
+
+
+class _Flow(asyncio.Protocol):
+    """Counts how often the transport asks it to stop writing."""
+
+    def __init__(self) -> None:
+        self.pauses = 0
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=64 * 1024)
+
+    def pause_writing(self) -> None:
+        self.pauses += 1
+
+
+async def _write_chunks_to_a_peer_that_never_reads() -> tuple[int, int]:
+    loop = asyncio.get_running_loop()
+    ours, theirs = socket.socketpair()
+    theirs.setblocking(False)
+    try:
+        transport, flow = await loop.connect_accepted_socket(_Flow, ours)
+        chunk = b"x" * 32 * 1024
+        for _ in range(64):  # 8 MiB in all: far past the kernel's buffers and the high mark
+            write_chunks(transport, [chunk, chunk, chunk, chunk])
+            if flow.pauses:
+                break
+        buffered = transport.get_write_buffer_size()
+        transport.abort()
+        return flow.pauses, buffered
+    finally:
+        theirs.close()
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        "asyncio",
+        pytest.param(
+            "uvloop", marks=pytest.mark.skipif(uvloop is None, reason="uvloop is not installed")
+        ),
+    ],
+)
+def test_write_chunks_pauses_the_writer_at_the_high_water_mark(loop):
+    """Back-pressure of several replies in one call (on CPython 3.12.0-3.12.8 and 3.13.0-3.13.1
+    the stock transport's writelines() never paused: the server and proxy buffered replies to a
+    peer that never reads without limit)."""
+    runner = uvloop.run if loop == "uvloop" else asyncio.run
+    pauses, buffered = runner(asyncio.wait_for(_write_chunks_to_a_peer_that_never_reads(), 10))
+    assert pauses == 1
+    assert buffered < 1024 * 1024  # stopped at the first pause, not after all 8 MiB
 
 
 def test_all_interfaces_form_listens_on_ipv4_any():

@@ -41,7 +41,7 @@ from collections import deque
 from typing import Protocol
 
 from ..address import Address
-from ..netio import ConnectError
+from ..netio import ConnectError, write_chunks
 from ..protocol import (
     NEED_DATA,
     Closed,
@@ -181,7 +181,7 @@ class UpstreamLink:
         outbox = self._outbox
         if outbox:
             self._outbox = []
-            self._connection.transport.writelines(outbox)
+            write_chunks(self._connection.transport, outbox)
 
     def _replies_received(self, connection: _UpstreamConnection, data: bytes) -> None:
         if connection is not self._connection:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+from ..netio import write_chunks
 from ..peers import peer_key
 from ..protocol import (
     NEED_DATA,
@@ -136,7 +137,7 @@ class LocalConnection(asyncio.Protocol):
         finally:
             self._serving = False
         if batched:  # answered locally (link down): pipelined replies leave in one write
-            self._transport.writelines(batched)
+            write_chunks(self._transport, batched)
             batched.clear()
         if finished:
             self.close()

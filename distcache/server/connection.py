@@ -25,6 +25,7 @@ import collections
 import logging
 from typing import TYPE_CHECKING
 
+from ..netio import write_chunks
 from ..peers import peer_key
 from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError
 from ..wire import HEADER_SIZE, MAX_FRAMES, MAX_PAYLOAD, Direction
@@ -191,7 +192,7 @@ class ServerConnection(asyncio.Protocol):
             if len(replies) == 1:
                 self._transport.write(replies[0])  # type: ignore[union-attr]
             else:
-                self._transport.writelines(replies)  # type: ignore[union-attr]
+                write_chunks(self._transport, replies)  # type: ignore[arg-type]
 
     def _answered(self) -> None:
         """A request in flight got its outcome: write every reply now in order, then go on."""
