@@ -299,15 +299,24 @@ def test_progress_line_format():
     assert format_progress(9, 2, 0, -4).endswith("total sessions =     0  (-  4)")
 
 
+def _wait_for_progress(server, text: str, timeout: float = 10.0) -> None:
+    """Wait until a progress line containing ``text`` is printed (the line's timing is the
+    server's; only a hung test is guarded against)."""
+    deadline = time.monotonic() + timeout
+    while not any(text in line for line in _after_startup(server.stderr)):
+        assert time.monotonic() < deadline, server.stderr
+        time.sleep(0.05)
+
+
 def test_progress_is_printed_when_sessions_change_and_on_multiples():
     with dc_server("-progress", "5") as server:
         sock = server.connect()
         for n in range(3):
             assert ask(sock, add_request(n, b"id%d" % n, b"x", 60_000)) == OK
-        time.sleep(1.3)
+        _wait_for_progress(server, "total sessions =     3")
         for n in range(3, 6):
             assert ask(sock, have_request(n, b"nothing")) == NOTOK
-        time.sleep(0.8)
+        _wait_for_progress(server, "total operations =       6")
         server.stop()
         lines = _after_startup(server.stderr)
     assert lines, "no progress line"
