@@ -65,7 +65,15 @@ def register(subparsers) -> None:
             "(e.g. 40000-40999; default: below the kernel's automatic range)"
         ),
     )
-    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help=(
+            "list the cases (with the grades each can give, when it is UNSUPPORTED, and the "
+            "behaviours it accepts; with --implementation-profile, which give XFAIL) and the "
+            "coverage matrix, and exit"
+        ),
+    )
     parser.add_argument(
         "--case",
         action="append",
@@ -138,8 +146,9 @@ def _select(cases, args):
     return chosen
 
 
-def _list(cases) -> int:
+def _list(cases, implementation) -> int:
     from ..conformance.coverage import CoverageError, load_coverage
+    from ..conformance.possible import possible_grades
 
     try:
         coverage = load_coverage()
@@ -148,9 +157,13 @@ def _list(cases) -> int:
     for case in cases:
         needs = ",".join(sorted(case.needs)) or "-"
         proved = ",".join(f.name for f in coverage.proving(case.id)) or "-"
+        possible = possible_grades(case, implementation)
+        grades = ",".join(g.value for g in possible.grades)
+        outcomes = " | ".join(possible.outcomes) or "-"
         print(
             f"{case.id}\t{','.join(case.requirements)}\t{case.level}\t{case.profile}\t"
-            f"{case.target}\t{needs}\t{case.title}\t{proved}"
+            f"{case.target}\t{needs}\t{case.title}\t{proved}\t{grades}\t"
+            f"{possible.when() or '-'}\t{outcomes}"
         )
     print()
     print_matrix(cases, coverage)
@@ -194,18 +207,18 @@ def run(args) -> int:
         cases = all_cases()
     except VectorFormatError as error:
         raise UsageError(f"conformance data: {error}") from None
-    if args.list:
-        return _list(cases)
-    if args.record:
-        from ..conformance.record import record_reference_vectors
-
-        return record_reference_vectors(Path(args.record), timeout=args.timeout)
     implementation = None
     if args.implementation_profile:
         try:
             implementation = load_profile(args.implementation_profile)
         except ProfileError as error:
             raise UsageError(str(error)) from None
+    if args.list:
+        return _list(cases, implementation)
+    if args.record:
+        from ..conformance.record import record_reference_vectors
+
+        return record_reference_vectors(Path(args.record), timeout=args.timeout)
     selected = _select(cases, args)
     return _run_until_stopped(args, selected, implementation)
 
