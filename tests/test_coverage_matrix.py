@@ -10,6 +10,7 @@ import tomllib
 
 import faulty_proxy
 import faulty_servers
+import faulty_tls_servers
 import pytest
 
 from distcache import conformance_data_path
@@ -51,7 +52,11 @@ def test_the_mutation_table_names_real_switches_cases_and_requirements():
     names = [f.name for f in coverage.faults]
     assert len(names) == len(set(names))
     for fault in coverage.faults:
-        switches = faulty_servers.FAULTS if fault.target == "server" else faulty_proxy.PATCHES
+        switches = {
+            "server": faulty_servers.FAULTS,
+            "proxy": faulty_proxy.PATCHES,
+            "tls-server": faulty_tls_servers.FAULTS,
+        }[fault.target]
         assert fault.name in switches, fault.name
         assert fault.breaks in requirements, fault
         for case_id in fault.cases:

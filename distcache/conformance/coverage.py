@@ -32,6 +32,8 @@ COVERAGE_FORMAT = "distcache-coverage/1"
 COVERAGE_NAME = "coverage.toml"
 #: Requirement kinds a conformance case can check: the others are programs, APIs or internals.
 WIRE_KINDS = ("wire", "wire-proxy")
+#: What a fault switches: the faulty server, the faulty proxy, or the faulty TLS server.
+TARGETS = ("server", "proxy", "tls-server")
 
 
 class CoverageError(ValueError):
@@ -40,7 +42,8 @@ class CoverageError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """One switch of the faulty server (or proxy), the requirement it breaks, the cases it fails."""
+    """One switch of the faulty server (proxy, TLS server), the requirement it breaks, and the
+    cases that fail on it."""
 
     name: str
     target: str
@@ -110,7 +113,7 @@ def read_coverage(path: Path) -> Coverage:
             )
         except (KeyError, TypeError) as error:
             raise CoverageError(f"{path.name}: a fault lacks {error}") from None
-        if fault.target not in ("server", "proxy") or not fault.cases or not fault.does.strip():
+        if fault.target not in TARGETS or not fault.cases or not fault.does.strip():
             raise CoverageError(
                 f"{path.name}: fault {fault.name}: bad target, no description or no cases"
             )
