@@ -56,6 +56,8 @@ def test_each_case_lists_the_grades_it_can_give_and_when():
     assert "UNSUPPORTED" not in rows["ADD-5/add-over-expired"]["grades"]
     assert "without --proxy-cmd" in rows["PROXY-1/uid-rewriting"]["when"]
     assert "{idle_ms}" in rows["vector/proxy-errors-014"]["when"]
+    bound = rows["PROXY-9/requests-beyond-the-bound-wait"]
+    assert "{max_in_flight}" in bound["when"] and "NON-STRICT" in bound["grades"]
     assert "TLS:" in rows["TLS-4/no-client-certificate-refused"]["when"]
     assert "client certificates" in rows["TLS-4/no-client-certificate-refused"]["when"]
     assert "over TLS" in rows["CONN-4/half-close-delivers-replies"]["when"]

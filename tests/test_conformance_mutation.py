@@ -10,6 +10,7 @@ table costs about as much as its slowest few runs.
 from __future__ import annotations
 
 import json
+import queue
 import shlex
 import subprocess
 import sys
@@ -32,6 +33,10 @@ TLS_FLAGS = " -tls-cert {tls_cert} -tls-key {tls_key} -tls-ca {tls_ca}"
 #: Runs at once: each is a runner process plus the faulty servers it starts.
 PARALLEL_RUNS = 4
 HANG_GUARD = 240
+#: One port range per run at a time (below the kernel's automatic range, as the runner's own).
+PORT_RANGES: queue.Queue[str] = queue.Queue()
+for _slot in range(PARALLEL_RUNS):
+    PORT_RANGES.put(f"{21000 + 2000 * _slot}-{21000 + 2000 * _slot + 1999}")
 #: The first test waits for every run (the module's fixture plays them all side by side).
 pytestmark = pytest.mark.timeout(900)
 
@@ -46,15 +51,26 @@ def _command(target: str, fault_name: str | None) -> list[str]:
         command = FAULTY_TLS + " -listen {listen} -sessions {sessions}" + TLS_FLAGS + switch
         return ["--server-cmd", command]
     template = " -listen {listen} -server {upstream} -retry {retry_ms} -idle {idle_ms}"
+    template += " -maxinflight {max_in_flight}"
     return ["--proxy-cmd", FAULTY_PROXY + switch + template]
 
 
 def _run(target: str, fault_name: str | None, cases: tuple[str, ...]) -> dict:
+    # Runs side by side draw their ports from ranges of their own: a target that lost a port to
+    # another run's target would be reached through that one, and its grades would be the other's.
+    ports = PORT_RANGES.get()
+    try:
+        return _run_in(target, fault_name, cases, ports)
+    finally:
+        PORT_RANGES.put(ports)
+
+
+def _run_in(target: str, fault_name: str | None, cases: tuple[str, ...], ports: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         output = Path(tmp) / "report.json"
         args = [sys.executable, "-m", "distcache", "conformance", *_command(target, fault_name)]
         args += [a for case_id in cases for a in ("--case", case_id)]
-        args += ["--format", "json", "--output", str(output), "--jobs", "4"]
+        args += ["--format", "json", "--output", str(output), "--jobs", "4", "--ports", ports]
         done = subprocess.run(args, capture_output=True, text=True, timeout=HANG_GUARD)
         if not output.exists():
             return {"error": done.stderr, "results": []}

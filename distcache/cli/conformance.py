@@ -52,9 +52,10 @@ def register(subparsers) -> None:
         help=(
             "test a proxy, started per case from this template: where it listens as for "
             "--server-cmd, its upstream as {upstream} (or {upstream_host} and {upstream_port}), "
-            "{retry_ms} and {idle_ms} optional (cases that need an idle limit are UNSUPPORTED "
-            'without {idle_ms}); e.g. "dc_client -listen {listen} -server {upstream} '
-            '-retry {retry_ms} -idle {idle_ms}"'
+            "{retry_ms}, {idle_ms} and {max_in_flight} optional (cases that need an idle limit "
+            "or a bound on requests in flight are UNSUPPORTED without them); e.g. "
+            '"dc_client -listen {listen} -server {upstream} -retry {retry_ms} -idle {idle_ms} '
+            '-maxinflight {max_in_flight}"'
         ),
     )
     parser.add_argument(

@@ -308,3 +308,77 @@ async def proxy_pipelining(t):
     if first.payload != big:
         t.fail("the large reply changed")
     t.check_header(await t.response(probe), uids[1], Operation.HAVE)
+
+
+#: The bound the PROXY-9 case gives the proxy, and how many clients ask at once beyond it.
+IN_FLIGHT_BOUND = 4
+BEYOND_THE_BOUND = 4
+
+
+@case(
+    id="PROXY-9/requests-beyond-the-bound-wait",
+    requirements=["PROXY-9"],
+    level="SHOULD",
+    profile="strict",
+    target="proxy",
+    needs=_PROXY,
+    title=(
+        f"with {{max_in_flight}} = {IN_FLIGHT_BOUND}, no more than {IN_FLIGHT_BOUND} requests are "
+        "in flight on an upstream link; the others wait and are forwarded as replies free places"
+    ),
+    steps=2 * (IN_FLIGHT_BOUND + BEYOND_THE_BOUND) + 4,
+    unsupported_when=("without {max_in_flight} in --proxy-cmd",),
+)
+async def bounded_in_flight(t):
+    upstream = await t.upstream()
+    await t.start_proxy(upstream.address, max_in_flight=IN_FLIGHT_BOUND)
+    warm = await t.connect()  # one round trip first: the upstream link is up
+    await _round_trip(t, upstream, warm, Operation.HAVE, lambda u: have_request(u, b"w"), b"\x01")
+    clients = []
+    for number in range(IN_FLIGHT_BOUND + BEYOND_THE_BOUND):
+        probe, uid, sid = await t.connect(), t.uid(), f"bound-{number}".encode()
+        await probe.send(get_request(uid, sid))
+        clients.append((probe, uid, sid))
+    # 1. Nothing answers upstream: the proxy forwards up to its bound, then stops. A margin of
+    #    one step only lets a slow proxy hide a fault; it never invents one.
+    held: dict[object, list] = {}
+    while True:
+        try:
+            link, request = await upstream.next_request(t.timeout)
+        except TimeoutError:
+            break
+        held.setdefault(link, []).append(request)
+        if len(held[link]) > IN_FLIGHT_BOUND:
+            t.fail(
+                f"{len(held[link])} requests in flight at once on one upstream link, told "
+                f"-maxinflight {IN_FLIGHT_BOUND} through {{max_in_flight}}"
+            )
+    if not held:
+        t.fail("no request was forwarded upstream")
+    # 2. Each reply frees a place: every request that waited is forwarded in its turn.
+    answered = 0
+    while answered < len(clients):
+        for link, requests in held.items():
+            for request in requests:
+                link.reply(request, b"upstream:" + request.payload)
+                answered += 1
+        held = {}
+        if answered < len(clients):
+            link, request = await _waiting_forwarded(t, upstream, answered, len(clients))
+            held[link] = [request]
+    for probe, uid, sid in clients:
+        reply = await t.response(probe)
+        t.check_header(reply, uid, Operation.GET)
+        if reply.payload != b"upstream:" + sid:
+            got = reply.payload[:16].hex() or "an empty reply"
+            t.fail(f"a request beyond the bound was answered with {got}, not forwarded")
+
+
+async def _waiting_forwarded(t, upstream, answered: int, total: int):
+    try:
+        return await upstream.next_request(t.timeout)
+    except TimeoutError:
+        t.fail(
+            f"after {answered} replies upstream, {total - answered} requests that waited for "
+            "a place were never forwarded"
+        )
