@@ -183,6 +183,8 @@ def print_matrix(cases, coverage) -> None:
             detail = f"{len(row.cases)}\t{len(row.proved)}"
         elif row.status == "elsewhere":
             detail = f"0\t-\t{row.elsewhere}"
+        elif row.status == "program":
+            detail = f"0\t-\tprogram tests: {' '.join(row.program_tests)}"
         else:
             detail = "0\t-"
         if row.status == "gap":
