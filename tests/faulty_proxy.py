@@ -150,6 +150,18 @@ def _excess_answered_empty() -> None:
     UpstreamLink.submit = impatient
 
 
+def _late_reply_to_another() -> None:
+    undelivered: list[bytes] = []
+
+    def answer(self, payload):
+        if self._closing or self._eof:  # the client has left: kept instead of discarded
+            undelivered.append(payload)
+            return
+        _answer(self, undelivered.pop(0) if undelivered else payload)
+
+    LocalConnection.answer = answer
+
+
 PATCHES = {
     "uid_not_restored": _upstream_uid_kept,
     "empty_as_disconnected": lambda: setattr(
@@ -165,6 +177,7 @@ PATCHES = {
     "unknown_uid_ignored": _unknown_uid_ignored,
     "large_reply_closes": _large_reply_closes,
     "late_reply_crashes": _late_reply_crashes,
+    "late_reply_to_another": _late_reply_to_another,
     "unbounded_in_flight": _unbounded_in_flight,
     "excess_answered_empty": _excess_answered_empty,
     "long_replies_cut": lambda: setattr(
