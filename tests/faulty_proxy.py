@@ -14,7 +14,7 @@ import sys
 
 from distcache.cli import dc_client
 from distcache.conformance.coverage import load_coverage
-from distcache.link.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, UpstreamLink
+from distcache.link.upstream import DISCONNECTED_REPLY, EMPTY_REPLY, LinkState, UpstreamLink
 from distcache.protocol import Outstanding, RemoteProtocolError, RequestTracker
 from distcache.proxy import local
 from distcache.proxy.local import LocalConnection
@@ -128,6 +128,40 @@ def _late_reply_crashes() -> None:
     LocalConnection.answer = answer
 
 
+def _unbounded_in_flight() -> None:
+    init = UpstreamLink.__init__
+
+    def unbounded(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        self.max_in_flight = 1 << 30  # -maxinflight accepted and ignored
+
+    UpstreamLink.__init__ = unbounded
+
+
+def _excess_answered_empty() -> None:
+    submit = UpstreamLink.submit
+
+    def impatient(self, requester):
+        if self.state is LinkState.UP and self.in_flight >= self.max_in_flight:
+            requester.answer(EMPTY_REPLY)  # as if there were no upstream
+        else:
+            submit(self, requester)
+
+    UpstreamLink.submit = impatient
+
+
+def _late_reply_to_another() -> None:
+    undelivered: list[bytes] = []
+
+    def answer(self, payload):
+        if self._closing or self._eof:  # the client has left: kept instead of discarded
+            undelivered.append(payload)
+            return
+        _answer(self, undelivered.pop(0) if undelivered else payload)
+
+    LocalConnection.answer = answer
+
+
 PATCHES = {
     "uid_not_restored": _upstream_uid_kept,
     "empty_as_disconnected": lambda: setattr(
@@ -143,6 +177,9 @@ PATCHES = {
     "unknown_uid_ignored": _unknown_uid_ignored,
     "large_reply_closes": _large_reply_closes,
     "late_reply_crashes": _late_reply_crashes,
+    "late_reply_to_another": _late_reply_to_another,
+    "unbounded_in_flight": _unbounded_in_flight,
+    "excess_answered_empty": _excess_answered_empty,
     "long_replies_cut": lambda: setattr(
         LocalConnection, "answer", lambda self, payload: _answer(self, payload[:16384])
     ),

@@ -86,9 +86,8 @@ def test_the_recorder_reproduces_the_shipped_files(tmp_path):
 
 
 def test_whole_proxy_part_passes_dc_client_with_an_idle_limit(tmp_path):
-    code, report = json_report(
-        "--proxy-cmd", PROXY_CMD + " -idle {idle_ms}", "--profile", "all", tmp_path=tmp_path
-    )
+    command = PROXY_CMD + " -idle {idle_ms} -maxinflight {max_in_flight}"
+    code, report = json_report("--proxy-cmd", command, "--profile", "all", tmp_path=tmp_path)
     bad = [(r["id"], r["grade"], r["detail"]) for r in report["results"] if r["grade"] != "PASS"]
     assert code == 0 and not bad, bad
     ids = {r["id"] for r in report["results"]}
@@ -105,6 +104,13 @@ def test_without_idle_ms_only_the_idle_vectors_are_unsupported(tmp_path):
     assert all("{idle_ms}" in results[i]["detail"] for i in unsupported)
     assert {r["grade"] for i, r in results.items() if i not in unsupported} == {"PASS"}
     assert code == 3  # incomplete: two cases could not run
+
+
+def test_without_max_in_flight_the_bound_case_is_unsupported(tmp_path):
+    code, report = json_report("--proxy-cmd", PROXY_CMD, "--case", "PROXY-9", tmp_path=tmp_path)
+    [result] = report["results"]
+    assert result["grade"] == "UNSUPPORTED" and "{max_in_flight}" in result["detail"]
+    assert code == 3
 
 
 # A server standing in for a proxy (it ignores the upstream) is transparent enough for these

@@ -225,6 +225,14 @@ def test_reports_in_all_three_formats_parse(tmp_path):
     root = ET.parse(junit).getroot()
     assert root.tag == "testsuites" and root.get("failures") == "1"
     assert root.findall(".//failure")
+    assert (root.get("verdict"), root.get("exit_status")) == ("failed", "1")
+    cases = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.find("properties")}
+        for case in root.iter("testcase")
+    }
+    assert cases["ADD-2/check-order-and-codes"]["grade"] == "FAIL"
+    assert cases["ADD-2/check-order-and-codes"]["blamed"] == "ADD-2"
+    assert {c["grade"] for c in cases.values()} == {"FAIL", "PASS"}
     assert "ADD-2 (MUST)" in done.stdout  # the terminal summary quotes the requirement
     text = conformance(*args)
     assert "FAIL" in text.stdout and "#req-add-2" in text.stdout

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,19 @@ def test_a_running_server_gets_a_real_verdict_twice_in_a_row(running_independent
         assert report["not_run"] == grades["UNSUPPORTED"]
         expected = ("incomplete", 3) if report["not_run"] else ("passed", 0)
         assert (report["verdict"], code) == expected
+        # What --list announces is what a run gives: no case is UNSUPPORTED unannounced.
+        unannounced = [
+            r["id"] for r in report["results"] if r["grade"] not in announced_grades(r["id"])
+        ]
+        assert not unannounced, unannounced
+
+
+def announced_grades(case_id: str) -> set[str]:
+    from distcache.conformance.possible import possible_grades
+    from distcache.conformance.registry import all_cases
+
+    [case] = [c for c in all_cases() if c.id == case_id]
+    return {g.value for g in possible_grades(case).grades}
 
 
 def test_an_incomplete_run_says_so_and_exits_3(running_independent_server, tmp_path):
@@ -201,6 +215,25 @@ def test_an_incomplete_run_says_so_and_exits_3(running_independent_server, tmp_p
     )
     assert code == 3 and report["verdict"] == "incomplete" and report["not_run"] >= 1
     assert "INCOMPLETE: " in done.stdout and "verdict: INCOMPLETE (exit status 3)" in done.stdout
+    # The JUnit report carries the same verdict, and each case its grade.
+    junit = tmp_path / "report.xml"
+    command = [sys.executable, "-m", "distcache", "conformance", running_independent_server]
+    command += ["--case", "CACHE-5", "--format", "junit", "--output", str(junit)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD)
+    root = ET.parse(junit).getroot()
+    assert done.returncode == 3
+    assert (root.get("verdict"), root.get("exit_status")) == ("incomplete", "3")
+    for suite in root.iter("testsuite"):
+        run = {p.get("name"): p.get("value") for p in suite.find("properties")}
+        assert run["verdict"] == "incomplete" and run["complete"] == "false"
+        assert run["not_run"] == str(report["not_run"])
+        assert "verdict: INCOMPLETE (exit status 3)" in run["verdict_line"]
+    grades = {
+        case.get("name"): {p.get("name"): p.get("value") for p in case.find("properties")}["grade"]
+        for case in root.iter("testcase")
+    }
+    assert grades == {r["id"]: r["grade"] for r in report["results"]}
+    assert "UNSUPPORTED" in grades.values()
 
 
 def test_eviction_order_is_judged_on_a_running_server_too(tmp_path):

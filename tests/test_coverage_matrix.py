@@ -4,12 +4,15 @@ cases that blame the requirement their vector pins, and the matrix in ``--list``
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tomllib
+from pathlib import Path
 
 import faulty_proxy
 import faulty_servers
+import faulty_tls_servers
 import pytest
 
 from distcache import conformance_data_path
@@ -51,7 +54,11 @@ def test_the_mutation_table_names_real_switches_cases_and_requirements():
     names = [f.name for f in coverage.faults]
     assert len(names) == len(set(names))
     for fault in coverage.faults:
-        switches = faulty_servers.FAULTS if fault.target == "server" else faulty_proxy.PATCHES
+        switches = {
+            "server": faulty_servers.FAULTS,
+            "proxy": faulty_proxy.PATCHES,
+            "tls-server": faulty_tls_servers.FAULTS,
+        }[fault.target]
         assert fault.name in switches, fault.name
         assert fault.breaks in requirements, fault
         for case_id in fault.cases:
@@ -61,6 +68,27 @@ def test_the_mutation_table_names_real_switches_cases_and_requirements():
     assert set(faulty_proxy.PATCHES) == proxy_faults  # no switch without a row in the table
     for requirement_id in coverage.elsewhere:
         assert requirements[requirement_id].kind in WIRE_KINDS, requirement_id
+
+
+def test_every_requirement_about_a_program_is_checked_against_that_program():
+    """Each requirement of kind cli names tests that run the program (coverage.toml's
+    [programs]); each test named there exists, so the map cannot point at nothing."""
+    coverage = load_coverage()
+    requirements = {r.id: r for r in load_requirements()}
+    missing = [
+        r.id for r in requirements.values() if r.kind == "cli" and r.id not in coverage.programs
+    ]
+    assert not missing, f"program requirements without a test of the program: {missing}"
+    root = Path(__file__).parent.parent
+    for requirement_id, tests in coverage.programs.items():
+        assert requirement_id in requirements, requirement_id
+        for test in tests:
+            path, _, name = test.partition("::")
+            source = (root / path).read_text()
+            assert re.search(rf"^(async )?def {name}\(", source, re.MULTILINE), test
+    rows = {row.requirement.id: row for row in coverage_matrix()}
+    assert rows["SRV-2"].status == "program" and rows["SRV-2"].program_tests
+    assert rows["CTX-1"].status == "not-wire"  # the client library's: tested, not a program
 
 
 def test_every_vector_case_blames_the_requirement_its_vector_pins():
@@ -87,9 +115,10 @@ def test_list_prints_the_faults_per_case_and_the_matrix():
     assert done.returncode == 0
     lines = done.stdout.splitlines()
     by_id = {line.split("\t")[0]: line.split("\t") for line in lines if line}
-    assert by_id["GET-1/get-keeps-expiry"][-1] == "get_refreshes_expiry,ignore_expiry"
+    assert by_id["GET-1/get-keeps-expiry"][7] == "get_refreshes_expiry,ignore_expiry"
     assert by_id["FRAME-1"][1:4] == ["MUST", "wire", "tested"]
     assert by_id["FRAME-8"][3] == "elsewhere"
+    assert by_id["SRV-3"][3] == "program" and "test_killable_stops_on_sigusr" in by_id["SRV-3"][6]
     assert lines[-1].startswith("# gaps: ") and "MUST" not in lines[-1]
 
 
@@ -136,6 +165,8 @@ _FAULT = (
         ),
         ('format = "distcache-coverage/1"\n' + _FAULT + _FAULT, "listed twice"),
         ('format = "distcache-coverage/1"\n[elsewhere]\n"FRAME-8" = ""\n', "[elsewhere]"),
+        ('format = "distcache-coverage/1"\n[programs]\n"SRV-1" = ["x.py"]\n', "[programs]"),
+        ('format = "distcache-coverage/1"\n[programs]\n"SRV-1" = []\n', "[programs]"),
         ("format = ", "coverage.toml"),
     ],
 )

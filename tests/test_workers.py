@@ -335,7 +335,7 @@ def test_dc_server_workers_4_passes_the_whole_suite_and_every_vector(tmp_path) -
 
 def test_dc_client_workers_4_passes_the_proxy_suite() -> None:
     command = f"{PYTHON} -m distcache.cli.dc_client -listen {{listen}} -server {{upstream}}"
-    command += " -retry {retry_ms} -idle {idle_ms} -workers 4"
+    command += " -retry {retry_ms} -idle {idle_ms} -maxinflight {max_in_flight} -workers 4"
     done = _conformance("--proxy-cmd", command, "--profile", "all")
     summary = done.stdout.strip().splitlines()[-1]
     assert done.returncode == 0 and "FAIL" not in summary, done.stdout[-3000:]

@@ -52,9 +52,10 @@ def register(subparsers) -> None:
         help=(
             "test a proxy, started per case from this template: where it listens as for "
             "--server-cmd, its upstream as {upstream} (or {upstream_host} and {upstream_port}), "
-            "{retry_ms} and {idle_ms} optional (cases that need an idle limit are UNSUPPORTED "
-            'without {idle_ms}); e.g. "dc_client -listen {listen} -server {upstream} '
-            '-retry {retry_ms} -idle {idle_ms}"'
+            "{retry_ms}, {idle_ms} and {max_in_flight} optional (cases that need an idle limit "
+            "or a bound on requests in flight are UNSUPPORTED without them); e.g. "
+            '"dc_client -listen {listen} -server {upstream} -retry {retry_ms} -idle {idle_ms} '
+            '-maxinflight {max_in_flight}"'
         ),
     )
     parser.add_argument(
@@ -65,7 +66,15 @@ def register(subparsers) -> None:
             "(e.g. 40000-40999; default: below the kernel's automatic range)"
         ),
     )
-    parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument(
+        "--list",
+        action="store_true",
+        help=(
+            "list the cases (with the grades each can give, when it is UNSUPPORTED, and the "
+            "behaviours it accepts; with --implementation-profile, which give XFAIL) and the "
+            "coverage matrix, and exit"
+        ),
+    )
     parser.add_argument(
         "--case",
         action="append",
@@ -138,8 +147,9 @@ def _select(cases, args):
     return chosen
 
 
-def _list(cases) -> int:
+def _list(cases, implementation) -> int:
     from ..conformance.coverage import CoverageError, load_coverage
+    from ..conformance.possible import possible_grades
 
     try:
         coverage = load_coverage()
@@ -148,9 +158,13 @@ def _list(cases) -> int:
     for case in cases:
         needs = ",".join(sorted(case.needs)) or "-"
         proved = ",".join(f.name for f in coverage.proving(case.id)) or "-"
+        possible = possible_grades(case, implementation)
+        grades = ",".join(g.value for g in possible.grades)
+        outcomes = " | ".join(possible.outcomes) or "-"
         print(
             f"{case.id}\t{','.join(case.requirements)}\t{case.level}\t{case.profile}\t"
-            f"{case.target}\t{needs}\t{case.title}\t{proved}"
+            f"{case.target}\t{needs}\t{case.title}\t{proved}\t{grades}\t"
+            f"{possible.when() or '-'}\t{outcomes}"
         )
     print()
     print_matrix(cases, coverage)
@@ -169,6 +183,8 @@ def print_matrix(cases, coverage) -> None:
             detail = f"{len(row.cases)}\t{len(row.proved)}"
         elif row.status == "elsewhere":
             detail = f"0\t-\t{row.elsewhere}"
+        elif row.status == "program":
+            detail = f"0\t-\tprogram tests: {' '.join(row.program_tests)}"
         else:
             detail = "0\t-"
         if row.status == "gap":
@@ -194,18 +210,18 @@ def run(args) -> int:
         cases = all_cases()
     except VectorFormatError as error:
         raise UsageError(f"conformance data: {error}") from None
-    if args.list:
-        return _list(cases)
-    if args.record:
-        from ..conformance.record import record_reference_vectors
-
-        return record_reference_vectors(Path(args.record), timeout=args.timeout)
     implementation = None
     if args.implementation_profile:
         try:
             implementation = load_profile(args.implementation_profile)
         except ProfileError as error:
             raise UsageError(str(error)) from None
+    if args.list:
+        return _list(cases, implementation)
+    if args.record:
+        from ..conformance.record import record_reference_vectors
+
+        return record_reference_vectors(Path(args.record), timeout=args.timeout)
     selected = _select(cases, args)
     return _run_until_stopped(args, selected, implementation)
 

@@ -160,11 +160,20 @@ class CaseContext:
         self.on_cleanup(instance.stop)
         return instance.address
 
-    async def start_proxy(self, upstream: str, *, retry_ms: int = 5000, idle_ms: int = 0) -> str:
+    async def start_proxy(
+        self,
+        upstream: str,
+        *,
+        retry_ms: int = 5000,
+        idle_ms: int = 0,
+        max_in_flight: int | None = None,
+    ) -> str:
         """Start the proxy under test in front of ``upstream``; returns its address."""
         if self.proxy_setup is None:
             raise Unsupported("proxy cases need --proxy-cmd")
-        instance = await self.proxy_setup.start(upstream, retry_ms=retry_ms, idle_ms=idle_ms)
+        instance = await self.proxy_setup.start(
+            upstream, retry_ms=retry_ms, idle_ms=idle_ms, max_in_flight=max_in_flight
+        )
         self.instance = instance
         self.on_cleanup(instance.stop)
         return instance.address

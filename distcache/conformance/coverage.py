@@ -4,13 +4,15 @@ prove those cases can fail.
 Three sources meet here: the requirement catalogue (``requirements.toml``), the case registry, and
 the mutation table (``coverage.toml``), which names, for each switch of the test suite's faulty
 server, the requirement it breaks and the cases that must fail on it. A requirement the suite
-could check over the wire but no case tests is a gap; a MUST gap fails the project's tests.
+could check over the wire but no case tests is a gap; a MUST gap fails the project's tests. The
+same table names, for each requirement about a program's observable behaviour, the tests that
+check it against that program.
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -32,6 +34,8 @@ COVERAGE_FORMAT = "distcache-coverage/1"
 COVERAGE_NAME = "coverage.toml"
 #: Requirement kinds a conformance case can check: the others are programs, APIs or internals.
 WIRE_KINDS = ("wire", "wire-proxy")
+#: What a fault switches: the faulty server, the faulty proxy, or the faulty TLS server.
+TARGETS = ("server", "proxy", "tls-server")
 
 
 class CoverageError(ValueError):
@@ -40,7 +44,8 @@ class CoverageError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """One switch of the faulty server (or proxy), the requirement it breaks, the cases it fails."""
+    """One switch of the faulty server (proxy, TLS server), the requirement it breaks, and the
+    cases that fail on it."""
 
     name: str
     target: str
@@ -54,6 +59,9 @@ class Coverage:
     faults: tuple[Fault, ...]
     #: Wire requirements no case can check against a server or proxy -> where they are checked.
     elsewhere: dict[str, str]
+    #: Requirements about a program's observable behaviour -> the tests (``path::name``) that
+    #: run that program and fail if it breaks them.
+    programs: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def proving(self, case_id: str, requirement_id: str | None = None) -> tuple[Fault, ...]:
         """The faults that prove ``case_id`` can fail (on ``requirement_id``, when given)."""
@@ -69,14 +77,19 @@ class MatrixRow:
     #: case id -> names of the faults it fails on, blaming this requirement (cases with one).
     proved: dict[str, tuple[str, ...]]
     elsewhere: str | None
+    #: Tests that run the program this requirement speaks of (``path::name``).
+    program_tests: tuple[str, ...] = ()
 
     @property
     def status(self) -> str:
-        """``tested``, ``gap``, ``elsewhere`` or ``not-wire`` (a program, API or internal rule)."""
+        """``tested``, ``gap``, ``elsewhere``, ``program`` (checked against the program it
+        speaks of) or ``not-wire`` (an API or internal rule)."""
         if self.cases:
             return "tested"
         if self.elsewhere:
             return "elsewhere"
+        if self.program_tests:
+            return "program"
         if self.requirement.kind not in WIRE_KINDS:
             return "not-wire"
         return "gap"
@@ -110,7 +123,7 @@ def read_coverage(path: Path) -> Coverage:
             )
         except (KeyError, TypeError) as error:
             raise CoverageError(f"{path.name}: a fault lacks {error}") from None
-        if fault.target not in ("server", "proxy") or not fault.cases or not fault.does.strip():
+        if fault.target not in TARGETS or not fault.cases or not fault.does.strip():
             raise CoverageError(
                 f"{path.name}: fault {fault.name}: bad target, no description or no cases"
             )
@@ -120,7 +133,13 @@ def read_coverage(path: Path) -> Coverage:
     elsewhere = raw.get("elsewhere", {})
     if not all(isinstance(v, str) and v.strip() for v in elsewhere.values()):
         raise CoverageError(f"{path.name}: [elsewhere] maps ids to where they are checked")
-    return Coverage(tuple(faults), dict(elsewhere))
+    programs = raw.get("programs", {})
+    if not all(
+        isinstance(v, list) and v and all(isinstance(t, str) and "::" in t for t in v)
+        for v in programs.values()
+    ):
+        raise CoverageError(f"{path.name}: [programs] maps ids to lists of path::test names")
+    return Coverage(tuple(faults), dict(elsewhere), {k: tuple(v) for k, v in programs.items()})
 
 
 def coverage_matrix(cases=None, coverage: Coverage | None = None) -> list[MatrixRow]:
@@ -142,5 +161,13 @@ def coverage_matrix(cases=None, coverage: Coverage | None = None) -> list[Matrix
             names = tuple(f.name for f in coverage.proving(case_id, requirement.id))
             if names:
                 proved[case_id] = names
-        rows.append(MatrixRow(requirement, ids, proved, coverage.elsewhere.get(requirement.id)))
+        rows.append(
+            MatrixRow(
+                requirement,
+                ids,
+                proved,
+                coverage.elsewhere.get(requirement.id),
+                coverage.programs.get(requirement.id, ()),
+            )
+        )
     return rows

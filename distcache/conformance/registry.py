@@ -4,8 +4,10 @@ A case is an async function taking a :class:`~distcache.conformance.context.Case
 returns when the target behaved acceptably and raises :class:`CaseFailure` (naming the requirement
 broken) when it did not. Where the spec allows more than one behaviour, the case declares the set
 of acceptable ``outcomes`` (as h2spec and tlsfuzzer do), accepts each of them, and says which one
-it saw (``ctx.outcome(name)``); the report shows it. Each case declares the requirement ids it tests, its level, the profile it
-belongs to, the kind of target it needs and what the target setup must offer (``needs``).
+it saw (``ctx.outcome(name)``); the report shows it. Each case declares the requirement ids it
+tests, its level, the profile it belongs to, the kind of target it needs, what the target setup
+must offer (``needs``) and when else it cannot run (``unsupported_when``); from these
+:mod:`.possible` derives the grades a case can give, which ``--list`` prints.
 """
 
 from __future__ import annotations
@@ -75,6 +77,9 @@ class Case:
     touches: frozenset[bytes] | None = None
     #: Every behaviour the spec allows here, when it allows more than one (names, in prose).
     outcomes: tuple[str, ...] = ()
+    #: When the case itself declares it cannot run (beyond what ``needs``, ``profile`` and
+    #: ``target`` imply), in prose: shown by ``--list`` with the grades the case can give.
+    unsupported_when: tuple[str, ...] = ()
     #: How to check the same rule on a running server the runner cannot give the fresh state
     #: the case needs (it then runs alone, after the other cases of its profile).
     running_variant: Callable[[Any], Awaitable[None]] | None = field(
@@ -126,6 +131,7 @@ def case(
     slack: float = 0.0,
     steps: int = 8,
     outcomes: tuple[str, ...] = (),
+    unsupported_when: tuple[str, ...] = (),
 ):
     """Register the decorated ``async def (ctx)`` as a conformance case."""
 
@@ -143,6 +149,7 @@ def case(
                 slack=slack,
                 steps=steps,
                 outcomes=tuple(outcomes),
+                unsupported_when=tuple(unsupported_when),
             )
         )
         return function
@@ -150,9 +157,15 @@ def case(
     return decorate
 
 
-def add_running_variant(case_id: str, run: Callable[[Any], Awaitable[None]]) -> None:
-    """Give a registered case a variant for running servers (see :attr:`Case.running_variant`)."""
-    _REGISTRY[case_id] = replace(_REGISTRY[case_id], running_variant=run)
+def add_running_variant(
+    case_id: str, run: Callable[[Any], Awaitable[None]], unsupported_when: tuple[str, ...] = ()
+) -> None:
+    """Give a registered case a variant for running servers (see :attr:`Case.running_variant`);
+    ``unsupported_when`` says when the variant cannot judge the rule."""
+    old = _REGISTRY[case_id]
+    _REGISTRY[case_id] = replace(
+        old, running_variant=run, unsupported_when=old.unsupported_when + unsupported_when
+    )
 
 
 def all_cases() -> list[Case]:

@@ -65,7 +65,43 @@ def render_json(report: RunReport, spec_base: str) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def _properties(parent: ET.Element, values: dict[str, object]) -> None:
+    """A JUnit ``<properties>`` block (CI tools show them per suite and per test case)."""
+    block = ET.SubElement(parent, "properties")
+    for name, value in values.items():
+        if value is not None and value != "":
+            ET.SubElement(block, "property", name=name, value=str(value))
+
+
+def _run_properties(report: RunReport) -> dict[str, object]:
+    return {
+        "verdict": report.verdict,
+        "exit_status": report.exit_status,
+        "complete": str(not report.not_run).lower(),
+        "not_run": report.not_run,
+        "stopped": report.stopped,
+        "target": report.target,
+        "implementation_profile": report.profile_name,
+        "summary": ", ".join(f"{n} {g}" for g, n in report.summary().items() if n),
+        "verdict_line": "\n".join(verdict_lines(report)),
+    }
+
+
+def _case_properties(result: CaseResult) -> dict[str, object]:
+    return {
+        "grade": result.grade.value,
+        "requirements": ",".join(result.case.requirements),
+        "blamed": _blamed(result) if result.grade not in (Grade.PASS, Grade.UNSUPPORTED) else "",
+        "outcome": result.outcome,
+        "acceptable_outcomes": " | ".join(result.case.outcomes),
+        "expected_failure": result.expected_failure,
+    }
+
+
 def render_junit(report: RunReport, spec_base: str) -> str:
+    """JUnit XML: one suite per spec section, one test case per case. The run's verdict (as the
+    text report's last line says it) is on the root element and in every suite's properties;
+    each test case carries its grade and, where the spec allows several, the outcome seen."""
     summary = report.summary()
     failing = {Grade.FAIL, Grade.XPASS} | ({Grade.NON_STRICT} if report.strict else set())
     suites = ET.Element("testsuites", name="distcache conformance")
@@ -82,6 +118,7 @@ def render_junit(report: RunReport, spec_base: str) -> str:
             errors=str(sum(r.grade is Grade.ERROR for r in results)),
             skipped=str(sum(r.grade in (Grade.UNSUPPORTED, Grade.XFAIL) for r in results)),
         )
+        _properties(suite, _run_properties(report))
         for result in results:
             element = ET.SubElement(
                 suite,
@@ -90,6 +127,7 @@ def render_junit(report: RunReport, spec_base: str) -> str:
                 name=result.case.id,
                 time=f"{result.duration_ms / 1000:.3f}",
             )
+            _properties(element, _case_properties(result))
             info = requirement_info(_blamed(result), spec_base)
             message = f"{result.grade.value} {info['id']}: {result.detail}"
             if result.grade in failing:
@@ -105,6 +143,12 @@ def render_junit(report: RunReport, spec_base: str) -> str:
     suites.set("tests", str(len(report.results)))
     suites.set("failures", str(sum(summary[g.value] for g in failing)))
     suites.set("errors", str(summary[Grade.ERROR.value]))
+    suites.set("time", f"{report.duration_ms / 1000:.3f}")
+    suites.set("verdict", report.verdict)
+    suites.set("exit_status", str(report.exit_status))
+    if not report.results:  # still say the verdict where every suite would have said it
+        empty = ET.SubElement(suites, "testsuite", name="run", tests="0")
+        _properties(empty, _run_properties(report))
     ET.indent(suites)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suites, "unicode") + "\n"
 
@@ -156,6 +200,13 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
         + ", ".join(f"{n} {g}" for g, n in summary.items() if n)
         + f" ({len(report.results)} cases, {report.duration_ms / 1000:.1f} s)"
     )
+    lines.extend(verdict_lines(report))
+    return "\n".join(lines) + "\n"
+
+
+def verdict_lines(report: RunReport) -> list[str]:
+    """The lines that end a text report: why a run stopped or is incomplete, and its verdict."""
+    lines = []
     if report.stopped:
         lines.append(f"run stopped early: {report.stopped}")
     if report.not_run:
@@ -164,4 +215,4 @@ def render_text(report: RunReport, spec_base: str, *, verbose: bool = False) -> 
             "(UNSUPPORTED on this target setup); the verdict covers only the cases that ran"
         )
     lines.append(f"verdict: {report.verdict.upper()} (exit status {report.exit_status})")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -50,6 +50,8 @@ __all__ = [
 START_TIMEOUT = 10.0
 #: Sessions a started server gets when a case does not ask for a capacity (the legacy default).
 DEFAULT_SESSIONS = 512
+#: ``{max_in_flight}`` of a proxy when a case does not set it (the legacy's fixed bound).
+DEFAULT_MAX_IN_FLIGHT = 512
 
 
 class TargetUnavailable(Exception):
@@ -503,7 +505,8 @@ def _run_pki() -> RunPKI:
 
 
 class ProxySetup:
-    """Proxies started from a template with ``{upstream}``, ``{retry_ms}`` and ``{idle_ms}``
+    """Proxies started from a template with ``{upstream}``, ``{retry_ms}``, ``{idle_ms}`` and
+    ``{max_in_flight}`` (the bound on requests in flight upstream; 512 unless a case sets one)
     and where to listen (``{listen}``, ``{host}``/``{port}`` or ``{path}``), one per case, in
     front of an upstream the case provides (``{upstream_host}``/``{upstream_port}`` spell a
     TCP upstream for programs with other command lines)."""
@@ -516,9 +519,21 @@ class ProxySetup:
         if not any(p in template for p in ("{upstream}", "{upstream_port}")):
             raise TargetUnavailable("--proxy-cmd must contain {upstream} or {upstream_port}")
 
-    async def start(self, upstream: str, *, retry_ms: int = 5000, idle_ms: int = 0) -> Instance:
+    async def start(
+        self,
+        upstream: str,
+        *,
+        retry_ms: int = 5000,
+        idle_ms: int = 0,
+        max_in_flight: int | None = None,
+    ) -> Instance:
         if idle_ms and "{idle_ms}" not in self.template:
             raise Unsupported("needs an idle limit: put -idle {idle_ms} in --proxy-cmd")
+        if max_in_flight and "{max_in_flight}" not in self.template:
+            raise Unsupported(
+                "needs a bound on requests in flight: put -maxinflight {max_in_flight} (or your "
+                "proxy's option) in --proxy-cmd"
+            )
         address, values, files = _listen_values(self.template)
         upstream_host, _, upstream_port = upstream.partition(":")[2].rpartition(":")
         values.update(
@@ -527,6 +542,7 @@ class ProxySetup:
             upstream_port=upstream_port,
             retry_ms=str(retry_ms),
             idle_ms=str(idle_ms),
+            max_in_flight=str(max_in_flight or DEFAULT_MAX_IN_FLIGHT),
         )
         argv = _command(self.template, values, "--proxy-cmd")
         return await _spawn(argv, address, "proxy", files)

@@ -22,6 +22,7 @@ _STATUS = {
     "tested": "tested",
     "gap": "GAP: no case",
     "elsewhere": "checked elsewhere",
+    "program": "checked against the program",
     "not-wire": "not on the wire",
 }
 
@@ -52,6 +53,11 @@ def _proved_cell(row) -> list[nodes.Node]:
             cell.append(code(fault))
     if not cell and row.elsewhere:
         cell.append(nodes.Text(row.elsewhere))
+    elif not cell and row.program_tests:
+        for index, test in enumerate(row.program_tests):
+            if index:
+                cell.append(nodes.Text(", "))
+            cell.append(code(test.removeprefix("tests/")))
     return cell or [nodes.Text("-")]
 
 
@@ -75,6 +81,7 @@ class CoverageMatrixDirective(SphinxDirective):
             f"{len(tested)} requirements are tested by conformance cases; for {proved} of them a "
             "faulty target proves that a case can fail on them. Without a case: "
             f"{counts['gap']} of the wire (gaps); {counts['elsewhere']} checked elsewhere; "
+            f"{counts['program']} about a program, checked against it by the tests named; "
             f"{counts['not-wire']} not on the wire."
         )
         output: list[nodes.Node] = [nodes.paragraph(summary, summary)]

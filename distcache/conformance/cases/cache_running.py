@@ -145,4 +145,11 @@ async def _check_eviction_order(t, ours: list[bytes]) -> None:
     )
 
 
-add_running_variant("CACHE-2/eviction-order", eviction_order_on_a_running_server)
+add_running_variant(
+    "CACHE-2/eviction-order",
+    eviction_order_on_a_running_server,
+    unsupported_when=(
+        f"on a running server whose capacity is over {MAX_FILL} sessions, or whose other "
+        "clients' sessions expire sooner than the case's",
+    ),
+)

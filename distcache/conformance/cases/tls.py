@@ -25,6 +25,12 @@ from ..registry import Unsupported, case
 
 #: First byte of a TLS alert record.
 TLS_ALERT = 21
+#: When a TLS case cannot run (what ``--list`` shows beyond "not a TLS: target").
+NEEDS_CLIENT_CERTIFICATES = (
+    "on a target that does not require client certificates (give --tls-cert and --tls-key, "
+    "or {tls_ca} in --server-cmd)"
+)
+NEEDS_TARGET_CA = "unless the runner starts the target and made its CA (--server-cmd or no target)"
 
 
 def _require_tls(t) -> TLSFiles:
@@ -40,6 +46,11 @@ def _require_client_certificates(t) -> TLSFiles:
             "needs a target that requires client certificates (give --tls-cert and --tls-key)"
         )
     return files
+
+
+def _plain_address(t) -> str:
+    """The target's TLS listener as a plain TCP address (same host and port)."""
+    return str(parse_address(t.address.replace("TLS:", "IP:", 1)))
 
 
 async def _expect_refused(t, tls, what: str, requirement: str) -> None:
@@ -59,6 +70,25 @@ async def _expect_refused(t, tls, what: str, requirement: str) -> None:
     t.fail(f"{what}: the request was answered ({reply.operation.name})", requirement)
 
 
+def _refusal_case(*, id: str, title: str, what: str, client, unsupported_when=()):
+    """A case connecting as a client the target must refuse (``client(t)`` gives its TLS files
+    or context), then checking that the target still serves others (TLS-3)."""
+    requirement = id.partition("/")[0]
+
+    @case(
+        id=id,
+        requirements=[requirement, "TLS-3"],
+        profile="tls",
+        title=title,
+        unsupported_when=unsupported_when,
+    )
+    async def run(t):
+        await _expect_refused(t, client(t), what, requirement)
+        await t.still_served(f"after refusing {what}", "TLS-3")
+
+    return run
+
+
 @case(
     id="TLS-1/operations-inside-tls",
     requirements=["TLS-1", "TLS-2"],
@@ -72,8 +102,11 @@ async def operations_inside_tls(t):
     if version not in ("TLSv1.2", "TLSv1.3"):
         t.fail(f"negotiated {version}, expected TLS 1.2 or later", "TLS-2")
     sid, session = t.new_id(), t.new_session(20_000)  # many frames, many TLS records
+    # The first reply read inside TLS: bytes that are not its frames break TLS-1 itself.
+    reply = await t.get(probe, sid, malformed="TLS-1")
+    t.expect_status(reply, [Status.NOTOK], "GET of an unknown id over TLS", "TLS-1")
     await t.stored(probe, sid, session)
-    reply = await t.get(probe, sid)
+    reply = await t.get(probe, sid, malformed="TLS-1")
     if reply.payload != session:
         t.fail("GET over TLS returned other bytes than were added", "TLS-1")
     await t.present(probe, sid, True, "HAVE of a stored id over TLS", "TLS-1")
@@ -81,15 +114,8 @@ async def operations_inside_tls(t):
     t.expect_status(reply, [Status.OK], "REMOVE over TLS", "TLS-1")
 
 
-@case(
-    id="TLS-2/old-protocol-refused",
-    requirements=["TLS-2"],
-    profile="tls",
-    title="a client offering only TLS 1.1 is refused",
-)
-async def old_protocol_refused(t):
-    files = _require_tls(t)
-    context = client_context(files)
+def _tls_1_1_client(t):
+    context = client_context(_require_tls(t))
     try:
         with warnings.catch_warnings():  # offering old versions is the point of this case
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -98,8 +124,56 @@ async def old_protocol_refused(t):
         context.set_ciphers("DEFAULT:@SECLEVEL=0")  # let this side offer it at all
     except (ValueError, ssl.SSLError) as error:
         raise Unsupported(f"this Python/OpenSSL cannot offer TLS 1.1: {error}") from None
-    await _expect_refused(t, context, "a TLS 1.1 client", "TLS-2")
-    await t.still_served("after refusing a TLS 1.1 client", "TLS-3")
+    return context
+
+
+_refusal_case(
+    id="TLS-2/old-protocol-refused",
+    title="a client offering only TLS 1.1 is refused",
+    what="a TLS 1.1 client",
+    client=_tls_1_1_client,
+    unsupported_when=("where this Python/OpenSSL cannot offer TLS 1.1",),
+)
+
+_refusal_case(
+    id="TLS-4/no-client-certificate-refused",
+    title="a client presenting no certificate is refused when certificates are required",
+    what="a client without a certificate",
+    client=lambda t: TLSFiles(ca=_require_client_certificates(t).ca),
+    unsupported_when=(NEEDS_CLIENT_CERTIFICATES,),
+)
+
+
+def _stranger_client(t) -> TLSFiles:
+    files = _require_client_certificates(t)
+    stranger = _stranger(t)
+    return TLSFiles(stranger.cert, stranger.key, files.ca)
+
+
+_refusal_case(
+    id="TLS-5/untrusted-certificate-refused",
+    title="a client certificate from a CA the server does not trust is refused",
+    what="a certificate from an untrusted CA",
+    client=_stranger_client,
+    unsupported_when=(NEEDS_CLIENT_CERTIFICATES,),
+)
+
+
+def _expired_client(t) -> TLSFiles:
+    files = _require_client_certificates(t)
+    pki = t.instance.pki
+    if pki is None:
+        raise Unsupported("needs the target's CA key: a target the runner starts (--server-cmd)")
+    return TLSFiles(pki.expired.cert, pki.expired.key, files.ca)
+
+
+_refusal_case(
+    id="TLS-5/expired-certificate-refused",
+    title="an expired client certificate from the trusted CA is refused",
+    what="an expired certificate",
+    client=_expired_client,
+    unsupported_when=(NEEDS_CLIENT_CERTIFICATES, NEEDS_TARGET_CA),
+)
 
 
 @case(
@@ -110,9 +184,7 @@ async def old_protocol_refused(t):
 )
 async def plain_client_refused(t):
     _require_tls(t)
-    target = parse_address(t.address)
-    plain = str(parse_address(str(target).replace("TLS:", "IP:", 1)))
-    probe = await t.connect(plain)
+    probe = await t.connect(_plain_address(t))
     await probe.send(have_request(t.uid(), t.new_id()))
     data, outcome = await probe.drain_for(t.timeout)
     if data and data[0] != TLS_ALERT:
@@ -120,47 +192,6 @@ async def plain_client_refused(t):
     if outcome is None:
         t.fail("the TLS listener kept a plain-TCP connection open", "TLS-3")
     await t.still_served("after a plain-TCP client", "TLS-3")
-
-
-@case(
-    id="TLS-4/no-client-certificate-refused",
-    requirements=["TLS-4"],
-    profile="tls",
-    title="a client presenting no certificate is refused when certificates are required",
-)
-async def no_client_certificate(t):
-    files = _require_client_certificates(t)
-    await _expect_refused(t, TLSFiles(ca=files.ca), "a client without a certificate", "TLS-4")
-    await t.still_served("after refusing a client without a certificate", "TLS-3")
-
-
-@case(
-    id="TLS-5/untrusted-certificate-refused",
-    requirements=["TLS-5"],
-    profile="tls",
-    title="a client certificate from a CA the server does not trust is refused",
-)
-async def untrusted_certificate(t):
-    files = _require_client_certificates(t)
-    stranger = _stranger(t)
-    tls = TLSFiles(stranger.cert, stranger.key, files.ca)
-    await _expect_refused(t, tls, "a certificate from an untrusted CA", "TLS-5")
-    await t.still_served("after refusing an untrusted certificate", "TLS-3")
-
-
-@case(
-    id="TLS-5/expired-certificate-refused",
-    requirements=["TLS-5"],
-    profile="tls",
-    title="an expired client certificate from the trusted CA is refused",
-)
-async def expired_certificate(t):
-    files = _require_client_certificates(t)
-    pki = t.instance.pki
-    if pki is None:
-        raise Unsupported("needs the target's CA key: a target the runner starts (--server-cmd)")
-    tls = TLSFiles(pki.expired.cert, pki.expired.key, files.ca)
-    await _expect_refused(t, tls, "an expired certificate", "TLS-5")
 
 
 @case(
@@ -174,8 +205,7 @@ async def refusal_leaves_others(t):
     good = await t.connect()
     sid = t.new_id()
     await t.stored(good, sid, b"kept across a refusal")
-    target = parse_address(t.address)
-    plain = await t.connect(str(target).replace("TLS:", "IP:", 1))
+    plain = await t.connect(_plain_address(t))
     await plain.send(b"\x16\x03\x01\x00\x05garbage-handshake")
     await plain.drain_for(min(t.timeout, 0.5))
     reply = await t.get(good, sid)

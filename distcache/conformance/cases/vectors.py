@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...wire import DEFAULT_CACHE_SESSIONS
+from ..possible import NO_IDLE_LIMIT
 from ..registry import Case, CaseFailure, Unsupported, register
 from ..replay import replay
 from ..vector_cases import VectorPlan, touched_ids, vector_plans
@@ -72,6 +73,14 @@ def _make_run(plan: VectorPlan):
     return run
 
 
+def _unsupported_when(plan: VectorPlan) -> tuple[str, ...]:
+    if plan.played is None:
+        return ("always: no safe-behaviour recording of this legacy defect yet",)
+    if plan.played.target_kind == "proxy" and plan.played.proxy_timers.get("idle_ms"):
+        return (NO_IDLE_LIMIT,)
+    return ()
+
+
 def _register_all() -> None:
     for plan in vector_plans():
         legacy = plan.legacy
@@ -93,6 +102,7 @@ def _register_all() -> None:
                 slack=slack,
                 steps=steps,
                 touches=_touches(plan),
+                unsupported_when=_unsupported_when(plan),
             )
         )
 
