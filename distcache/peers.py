@@ -144,7 +144,7 @@ class PeerGroup:
         self.key = key
         self.limit = limit  # 0: bytes are not counted
         self.count = 0  # connections, counted against max_per_peer
-        self.members: list[Peer] = []  # only when bytes are counted
+        self.members: dict[Peer, None] = {}  # only when bytes are counted
         self.held = 0
         #: Over the byte limit: the peer's connections stop reading and pipelining.
         self.over = False
@@ -188,17 +188,14 @@ class PeerGroup:
                 member.peer_review()
 
     def leave(self, member: Peer) -> None:
-        if member in self.members:
-            self.members.remove(member)
+        if self.members.pop(member, self) is None:
             self.held -= member.peer_held
             member.peer_held = 0
-            if self.over and not self.members:
-                self.over = False
-            if self.over:
-                self.review()
-        if not self.members and self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        if not self.members:  # (else the next recount lets the others go, if they may)
+            self.over = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
 
 class ConnectionRegistry:
@@ -267,7 +264,7 @@ class ConnectionRegistry:
                 group = self._groups[key] = PeerGroup(self, key, self.max_peer_bytes)
             group.count += 1
             if group.limit:
-                group.members.append(connection)
+                group.members[connection] = None
                 connection.peer_group = group
         if self._emptied is not None:  # stopping: serve what it brought, then close
             asyncio.get_running_loop().call_soon(connection.finish)

@@ -82,6 +82,8 @@ class LocalConnection(asyncio.Protocol):
             transport.close()  # accepted then closed at once, as the legacy did
             return
         self.number = number
+        if self.peer_group is not None and self.peer_group.over:
+            self._update_reading()  # its peer holds too much already: not a byte more for now
         if self._idle > 0:
             self._idle_deadline = self._proxy.loop.time() + self._idle
             self._arm_idle_timer()

@@ -103,6 +103,8 @@ class ServerConnection(asyncio.Protocol):
             transport.abort()
             return
         transport.set_write_buffer_limits(high=REPLY_BACKLOG)  # type: ignore[attr-defined]
+        if self.peer_group is not None and self.peer_group.over:
+            self._update_reading()  # its peer holds too much already: not a byte more for now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -156,12 +158,10 @@ class ServerConnection(asyncio.Protocol):
             while not (self._writing_paused or self._closing or self._draining):
                 if len(in_flight) >= self._depth or self._in_flight_bytes > INPUT_BACKLOG:
                     break  # taken up again by _answered
-                if group is not None and group.over:
-                    # The peer holds too much: the next reply only once the others have left.
-                    self._write(replies)
-                    replies, batched = [], 0
-                    if self._unsent():
-                        break  # peer_review or resume_writing carries on
+                if group is not None and group.over and (replies or self._unsent()):
+                    # The peer holds too much: one reply per turn, once the others have left
+                    # (its next turn: peer_review, resume_writing or the next read).
+                    break
                 event = next_event()
                 if event is NEED_DATA:
                     self._write(replies)
@@ -170,8 +170,9 @@ class ServerConnection(asyncio.Protocol):
                         self._close_when_idle()
                         return
                     # The decoder now holds less than one message (it checks every limit on the
-                    # header), so it is under INPUT_BACKLOG: only paused reading may need a change.
-                    if self._reading_paused:
+                    # header), so it is under INPUT_BACKLOG: only paused reading, or the peer's
+                    # budget, may need a change.
+                    if self._reading_paused or (group is not None and group.over):
                         self._update_reading()
                     return
                 if type(event) is Closed:
@@ -270,8 +271,7 @@ class ServerConnection(asyncio.Protocol):
         """Stopping: close once nothing is part-received or still unread by the kernel (the
         next read carries on otherwise)."""
         if self._partial or unread_bytes(self._transport):
-            if self._reading_paused:
-                self._update_reading()
+            self._update_reading()
             return
         self._close_when_answered()
 
