@@ -12,7 +12,7 @@ import time
 
 import pytest
 from proxyproc import dc_client
-from serverproc import connect_to, dc_server, rss_kib
+from serverproc import connect_to, dc_server, free_port, rss_kib
 
 from distcache.peers import MIN_PEER_BYTES
 from distcache.protocol import (
@@ -425,3 +425,56 @@ def test_proxy_sigterm_answers_requests_still_in_the_kernel(tmp_path, workers):
         _wait_for_workers(lambda: proxy.stderr, workers)
         assert _many_clients_then_sigterm(f"UNIX:{path}", proxy.process.send_signal) == 60
         assert proxy.process.wait(TIMEOUT) == 0
+
+
+# -- TLS handshakes in progress count -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tlspki import PKI
+
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+def _silent_tcp(listen: str, source: str, count: int) -> list[socket.socket]:
+    """``count`` TCP connections to a TLS listener that never start their handshake."""
+    address = "IP:" + listen.removeprefix("TLS:")
+    return [connect_from(address, source) for _ in range(count)]
+
+
+def closed_soon(sock: socket.socket) -> bool:
+    """Closed well before the 10 s a handshake may take (which would close it anyway)."""
+    sock.settimeout(3.0)
+    try:
+        return closed_by_peer(sock)
+    except TimeoutError:
+        return False
+
+
+def _tls_client_is_served(listen: str, pki) -> None:
+    from distcache.client import Client
+
+    with Client(listen, tls=pki.client_files()) as client:
+        assert client.have(b"k") is False
+
+
+def test_tls_handshakes_in_progress_count_against_the_per_peer_limit(pki):
+    listen = f"TLS:127.0.0.1:{free_port()}"
+    with dc_server(*pki.server_flags(), "-maxperpeer", "5", listen=listen) as server:
+        silent = _silent_tcp(listen, "127.0.0.2", 20)
+        assert sum(closed_soon(sock) for sock in silent[5:]) == 15  # refused at accept
+        _tls_client_is_served(listen, pki)  # another peer
+        assert "per-peer maximum" in server.stderr
+        for sock in silent:
+            sock.close()
+
+
+def test_tls_handshakes_in_progress_make_room_at_the_cap(pki):
+    listen = f"TLS:127.0.0.1:{free_port()}"
+    with dc_server(*pki.server_flags(), "-maxconns", "10", "-maxperpeer", "0", listen=listen):
+        silent = _silent_tcp(listen, "127.0.0.2", 10)  # the cap, all in their handshakes
+        _tls_client_is_served(listen, pki)
+        assert closed_soon(silent[0])  # the longest idle handshake made room
+        for sock in silent:
+            sock.close()

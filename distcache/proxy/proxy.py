@@ -113,7 +113,11 @@ class Proxy:
             sock.listen(BACKLOG)  # now, so that clients wait in the backlog (see below)
             self._listeners.append(
                 await serve_listener(
-                    sock, self._new_connection, backlog=BACKLOG, start_serving=False
+                    sock,
+                    self._new_connection,
+                    registry=self.connections,
+                    backlog=BACKLOG,
+                    start_serving=False,
                 )
             )
             self._sockets.append(sock)

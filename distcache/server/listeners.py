@@ -23,6 +23,7 @@ from ..address import Address, AddressError, parse_address
 from ..allowlist import AllowList, guard
 from ..peers import ConnectionRegistry
 from ..tls import HANDSHAKE_TIMEOUT, ServerTLS
+from .handshakes import TLSAcceptor
 
 __all__ = [
     "BACKLOG",
@@ -101,12 +102,25 @@ def listener_options(sock: socket.socket) -> dict[str, Any]:
 
 
 async def serve_listener(
-    sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol], **options: Any
-) -> asyncio.Server:
+    sock: socket.socket,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    *,
+    registry: ConnectionRegistry | None = None,
+    **options: Any,
+) -> asyncio.AbstractServer | TLSAcceptor:
     """Serve a bound socket with ``protocol_factory`` (listening with ``BACKLOG``): over TLS if it
     carries TLS, and closing refused peers at accept if it carries an allow-list. ``options`` go
-    to asyncio."""
+    to asyncio. With ``registry``, the connections of a TLS socket count from their accept on
+    (a :class:`~distcache.server.handshakes.TLSAcceptor`)."""
     loop = asyncio.get_running_loop()
+    tls = getattr(sock, "tls", None)
+    if tls is not None and registry is not None:
+        sock.listen(options.get("backlog", BACKLOG))
+        sock.setblocking(False)
+        acceptor = TLSAcceptor(sock, tls, protocol_factory, registry)
+        if options.get("start_serving", True):
+            await acceptor.start_serving()
+        return acceptor
     options = {"backlog": BACKLOG, **listener_options(sock), **options}
     protocol_factory = _guarded(sock, protocol_factory)
     if sock.family == socket.AF_UNIX:
@@ -159,7 +173,11 @@ async def stop_listening(
     registry.stopping()
     queued = []
     if grace > 0:
-        queued = [task for sock in sockets for task in serve_queued(sock, protocol_factory)]
+        for listener, sock in zip(listeners, sockets, strict=True):
+            if isinstance(listener, TLSAcceptor):
+                listener.accept_now()  # they count, and finish, like the others
+            else:
+                queued += serve_queued(sock, protocol_factory)
     for listener in listeners:
         listener.close()
     if queued:

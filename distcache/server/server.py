@@ -66,7 +66,9 @@ class Server:
     async def start(self, sockets: list[socket.socket]) -> None:
         """Listen and accept on already bound sockets (see ``bind_listeners``)."""
         for sock in sockets:
-            self._listeners.append(await serve_listener(sock, self._new_connection))
+            self._listeners.append(
+                await serve_listener(sock, self._new_connection, registry=self.connections)
+            )
             self._sockets.append(sock)
         self.connections.start(asyncio.get_running_loop())
 
