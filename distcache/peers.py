@@ -11,9 +11,19 @@ A :class:`ConnectionRegistry` holds the accepted connections of one program and 
 - **idle timeout**: connections from which nothing has been read for ``idle_timeout`` seconds,
   and which have no request in progress, are closed by a sweep that runs once a second (one
   timer for all connections: nothing is armed per request);
-- **graceful stop**: :meth:`ConnectionRegistry.drain` asks every connection to stop reading,
-  answer the requests it has received and close, and waits up to a grace period before
-  dropping what is left;
+- **bytes in flight per peer**: the connections of one peer address together may hold at most
+  ``max_peer_bytes`` bytes (received and not yet answered, and replies not yet sent). Beyond it
+  the peer's connections stop reading new requests and answer further pipelined ones only as
+  the peer takes its replies, until the peer is back under three quarters of the limit: the
+  server spends no more memory on that peer, and the other peers are not slowed (the memcached
+  and Redis answer to pipelining clients is a per-client buffer limit; this is the same bound,
+  per peer, by back-pressure instead of a disconnect). A connection in the middle of a message
+  may still finish it, so that a peer's own connections can never wait for each other;
+- **graceful stop**: :meth:`ConnectionRegistry.drain` asks every connection to finish: it keeps
+  reading and answering until it is idle (no request in progress, no part of one received, and
+  nothing waiting in the kernel's receive buffer), then closes; connections still open after a
+  grace period are dropped. Connections the listeners had accepted, or the kernel had queued,
+  before the stop are admitted and finish the same way;
 - **memory release**: after connections have closed, the sweep hands freed heap pages back to
   the operating system (``malloc_trim`` where the C library has it), so the memory of a burst
   of connections does not stay with the process.
@@ -28,17 +38,25 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import logging
+import struct
+import termios
 from typing import Protocol
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS",
     "DEFAULT_IDLE_TIMEOUT",
+    "DEFAULT_MAX_PEER_BYTES",
+    "MIN_PEER_BYTES",
+    "PEER_RECHECK_INTERVAL",
     "SWEEP_INTERVAL",
     "ConnectionRegistry",
     "Peer",
+    "PeerGroup",
     "peer_key",
     "release_freed_memory",
+    "unread_bytes",
 ]
 
 #: Seconds a server connection may stay idle (nothing read, no request in progress).
@@ -47,6 +65,15 @@ DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_GRACE_SECONDS = 10.0
 #: Seconds between two idle sweeps (the idle timeout's precision).
 SWEEP_INTERVAL = 1.0
+#: Bytes the connections of one peer address may hold together (see the module's text): 256
+#: connections' worth of the per-connection bounds, far above what a peer that reads its
+#: replies ever holds.
+DEFAULT_MAX_PEER_BYTES = 32 * 1024 * 1024
+#: The smallest per-peer byte limit: room for a few of the largest messages and their replies.
+MIN_PEER_BYTES = 256 * 1024
+#: Seconds between two exact recounts of a peer held back by its byte limit (the replies it
+#: takes drain the buffers without telling anyone).
+PEER_RECHECK_INTERVAL = 0.05
 
 
 class Peer(Protocol):
@@ -54,6 +81,10 @@ class Peer(Protocol):
 
     #: ``loop.time()`` of the last read from the peer (or of the accept).
     last_active: float
+    #: The connection's peer group when the per-peer byte limit applies (set by ``admit``).
+    peer_group: PeerGroup | None
+    #: The bytes it held at its last report to its group.
+    peer_held: int
 
     @property
     def busy(self) -> bool:
@@ -68,12 +99,103 @@ class Peer(Protocol):
     def abort(self) -> None:
         """Drop the connection at once."""
 
+    def held_now(self) -> int:
+        """The bytes it holds now: received and unanswered, and replies not yet sent."""
+
+    def peer_review(self) -> None:
+        """Its group went over or back under its byte limit, or was recounted: read, or answer,
+        again if it may."""
+
 
 def peer_key(peername: object) -> str | None:
     """The address that per-peer limits count by: the host of a TCP peer, None otherwise."""
     if isinstance(peername, tuple) and len(peername) >= 2:
         return str(peername[0])
     return None
+
+
+def unread_bytes(transport: object) -> int:
+    """Bytes the kernel has received on ``transport``'s socket that nobody has read yet."""
+    sock = transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    if sock is None:
+        return 0
+    try:
+        answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed, or not a socket that can tell
+        return 0
+    return struct.unpack("i", answer)[0]
+
+
+class PeerGroup:
+    """The connections of one peer address, and the bytes they hold together.
+
+    Each connection reports what it holds after every read and every write-side event; replies
+    the peer takes drain the buffers silently, so the running sum only ever overestimates, and
+    is recounted exactly before it holds the peer back and every ``PEER_RECHECK_INTERVAL``
+    while it does.
+    """
+
+    __slots__ = ("_loop", "_registry", "_timer", "count", "held", "key", "limit", "members", "over")
+
+    def __init__(self, registry: ConnectionRegistry, key: str, limit: int) -> None:
+        self._registry = registry
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.key = key
+        self.limit = limit  # 0: bytes are not counted
+        self.count = 0  # connections, counted against max_per_peer
+        self.members: dict[Peer, None] = {}  # only when bytes are counted
+        self.held = 0
+        #: Over the byte limit: the peer's connections stop reading and pipelining.
+        self.over = False
+
+    def report(self, member: Peer, held: int) -> None:
+        """``member`` holds ``held`` bytes now."""
+        self.held += held - member.peer_held
+        member.peer_held = held
+        if self.over:
+            if self.held <= self.limit - (self.limit >> 2):
+                self.review()  # the estimate is high: truly under too
+        elif self.held > self.limit:
+            self.review()
+
+    def review(self) -> None:
+        """Recount exactly, hold the peer back or let it go, and wake its connections."""
+        held = 0
+        for member in self.members:
+            member.peer_held = now = member.held_now()
+            held += now
+        self.held = held
+        was = self.over
+        self.over = held > (self.limit - (self.limit >> 2) if was else self.limit)
+        if self.over and not was:
+            self._registry._log.warning(
+                "peer %s: its connections hold %d bytes, over the per-peer limit of %d; "
+                "reading from it paused",
+                self.key,
+                held,
+                self.limit,
+            )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.over:
+            loop = self._loop or asyncio.get_running_loop()
+            self._loop = loop
+            self._timer = loop.call_later(PEER_RECHECK_INTERVAL, self.review)
+        if self.over or was:
+            for member in list(self.members):
+                member.peer_review()
+
+    def leave(self, member: Peer) -> None:
+        if self.members.pop(member, self) is None:
+            self.held -= member.peer_held
+            member.peer_held = 0
+        if not self.members:  # (else the next recount lets the others go, if they may)
+            self.over = False
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
 
 
 class ConnectionRegistry:
@@ -86,6 +208,7 @@ class ConnectionRegistry:
         max_connections: int,
         max_per_peer: int = 0,
         idle_timeout: float = 0.0,
+        max_peer_bytes: int = 0,
     ) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1, got {max_connections}")
@@ -93,8 +216,9 @@ class ConnectionRegistry:
         self.max_connections = max_connections
         self.max_per_peer = max_per_peer  # 0: no per-peer limit
         self.idle_timeout = idle_timeout  # 0: never
+        self.max_peer_bytes = max_peer_bytes  # 0: bytes are not counted per peer
         self.connections: dict[Peer, str | None] = {}
-        self._per_peer: dict[str, int] = {}
+        self._groups: dict[str, PeerGroup] = {}
         self._closed_since_trim = 0
         self._sweeper: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -110,11 +234,13 @@ class ConnectionRegistry:
 
     def admit(self, connection: Peer, key: str | None, describe: str) -> bool:
         """Register ``connection`` (from peer ``key``), reclaiming an idle one at the cap, or
-        refuse it (the caller then closes it)."""
-        if self._emptied is not None:  # stopping: the listeners are closing
-            return False
+        refuse it (the caller then closes it).
+
+        While stopping, the connections still arriving are those accepted before the listeners
+        closed: they are admitted and told to finish at once."""
         per_peer = self.max_per_peer
-        if per_peer and key is not None and self._per_peer.get(key, 0) >= per_peer:
+        group = self._groups.get(key) if key is not None else None
+        if per_peer and group is not None and group.count >= per_peer:
             self.refused += 1
             self._log.warning(
                 "%s: refused, the peer already has %d connections (the per-peer maximum)",
@@ -131,8 +257,17 @@ class ConnectionRegistry:
             )
             return False
         self.connections[connection] = key
+        connection.peer_held = 0
+        connection.peer_group = None
         if key is not None:
-            self._per_peer[key] = self._per_peer.get(key, 0) + 1
+            if group is None:
+                group = self._groups[key] = PeerGroup(self, key, self.max_peer_bytes)
+            group.count += 1
+            if group.limit:
+                group.members[connection] = None
+                connection.peer_group = group
+        if self._emptied is not None:  # stopping: serve what it brought, then close
+            asyncio.get_running_loop().call_soon(connection.finish)
         return True
 
     def forget(self, connection: Peer) -> None:
@@ -140,11 +275,11 @@ class ConnectionRegistry:
             return
         key = self.connections.pop(connection)
         if key is not None:
-            left = self._per_peer[key] - 1
-            if left:
-                self._per_peer[key] = left
-            else:
-                del self._per_peer[key]
+            group = self._groups[key]
+            group.count -= 1
+            group.leave(connection)
+            if not group.count:
+                del self._groups[key]
         self._closed_since_trim += 1
         if self._emptied is not None and not self.connections:
             self._emptied.set()
@@ -191,18 +326,27 @@ class ConnectionRegistry:
 
     # -- stopping ---------------------------------------------------------------------------
 
+    def stopping(self) -> None:
+        """From now on every connection admitted is told to finish at once (the listeners are
+        closing; what they accepted before still arrives)."""
+        if self._emptied is None:
+            self._emptied = asyncio.Event()
+
     async def drain(self, grace: float) -> int:
-        """Refuse new connections, let every connection finish, and drop those still open after
+        """Let every connection finish (:meth:`Peer.finish`), and drop those still open after
         ``grace`` seconds; returns how many had to be dropped."""
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None
-        self._emptied = asyncio.Event()
+        self.stopping()
+        assert self._emptied is not None
         for connection in list(self.connections):
             connection.finish()
-        if self.connections:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace):
+                # A connection may leave and a late one arrive in one callback: wait until none.
+                while self.connections:
+                    self._emptied.clear()
                     await self._emptied.wait()
         left = list(self.connections)
         for connection in left:

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
+import signal
+import struct
 import sys
+import termios
 
 from distcache.address import parse_address
 from distcache.cache import AddResult, MemoryCache
@@ -152,6 +156,9 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        if "refuse_at_cap" in self.faults and len(self.server.open) >= REFUSING_CAP:
+            transport.abort()  # the lock-out ROBUST-5 forbids: full, so everyone is refused
+            return
         self.server.connections += 1
         self.server.open.add(self)
         if "crash_mid_run" in self.faults and self.server.connections >= 15:
@@ -285,6 +292,8 @@ class Connection(asyncio.Protocol):
                 self._protocol_error(error)
                 return
             if event is NEED_DATA:
+                if self.server.stopping and not self.decoder.buffered and not _unread(self):
+                    self.transport.close()  # stopping and idle: every request answered
                 return
             if isinstance(event, Closed):
                 self.transport.close()
@@ -408,6 +417,16 @@ class Connection(asyncio.Protocol):
         return encode_message(Direction.RESPONSE, uid, op, payload)
 
 
+#: refuse_at_cap: the connections it serves at most (the reference server reclaims idle ones).
+REFUSING_CAP = 64
+
+
+def _unread(connection: Connection) -> int:
+    sock = connection.transport.get_extra_info("socket")
+    answer = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    return struct.unpack("i", answer)[0]
+
+
 class FaultyServer:
     def __init__(self, faults=(), sessions: int = 512):
         unknown = set(faults) - set(FAULTS)
@@ -418,6 +437,7 @@ class FaultyServer:
         self.connections = 0
         self.open: set[Connection] = set()
         self.stalled_by: Connection | None = None
+        self.stopping = False
         self._server = None
 
     async def start(self, listen: str):
@@ -434,6 +454,23 @@ class FaultyServer:
     async def serve_forever(self):
         await self._server.serve_forever()
 
+    async def serve_until_stopped(self, grace: float = 10.0):
+        """SIGTERM: stop accepting, answer what was received (ROBUST-7), then return."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+        self.stopping = True
+        self._server.close()
+        for connection in list(self.open):
+            if "stop_drops_requests" in self.faults:
+                connection.transport.abort()  # the legacy's SIGTERM: what was received is lost
+            else:
+                connection._serve()
+        deadline = loop.time() + grace
+        while self.open and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="faulty_servers")
@@ -445,7 +482,7 @@ def main(argv=None) -> int:
     async def run():
         server = FaultyServer(args.fault, args.sessions)
         await server.start(args.listen)
-        await server.serve_forever()
+        await server.serve_until_stopped()
 
     try:
         asyncio.run(run())

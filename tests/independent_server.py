@@ -10,6 +10,8 @@ server does not make:
 * the consistency of a continuation frame (uid, op_class, operation) is judged on its complete
   header, not byte by byte (FRAG-2 sets no moment);
 * replies are written one request at a time, as soon as each is executed;
+* on SIGTERM it keeps reading each connection until nothing is left to answer (ROBUST-7),
+  checking for bytes the kernel still holds as it goes;
 * with ``--drop-replies-on-error`` it also declines a SHOULD: the replies to requests that came
   in the same read as a protocol error are not sent (CONN-7 recommends sending them).
 
@@ -23,11 +25,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import itertools
 import os
 import signal
 import struct
 import sys
+import termios
 import time
 
 # -- the wire, from the framing chapter --------------------------------------------------------
@@ -189,11 +194,43 @@ class Cache:
         return bytes((OK if self.live(payload) is not None else NOTOK,))
 
 
-async def serve_connection(cache: Cache, reader, writer, drop_replies_on_error: bool) -> None:
+def unread_bytes(writer) -> int:
+    """Bytes the kernel has received on the connection that nobody has read yet."""
+    sock = writer.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    except (OSError, AttributeError):
+        return 0
+
+
+async def next_read(reader, writer, incoming: Reassembler, stop: asyncio.Event) -> bytes:
+    """The next bytes; b"" at the end of the stream, or once stopping finds nothing left."""
+    while True:
+        if stop.is_set():
+            try:
+                return await asyncio.wait_for(reader.read(65536), 0.05)
+            except TimeoutError:
+                if not incoming.buffer and incoming.first is None and not unread_bytes(writer):
+                    return b""  # stopping and idle: every request received is answered
+                continue
+        read = asyncio.ensure_future(reader.read(65536))
+        stopping = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({read, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if read.done():
+            return read.result()
+        read.cancel()  # (the stream keeps what it had read; the loop reads it again)
+        with contextlib.suppress(asyncio.CancelledError):
+            await read
+
+
+async def serve_connection(
+    cache: Cache, reader, writer, drop_replies_on_error: bool, stop: asyncio.Event
+) -> None:
     incoming = Reassembler()
     try:
         while True:
-            data = await reader.read(65536)
+            data = await next_read(reader, writer, incoming, stop)
             if not data:
                 break  # half-close: every complete request has been answered already
             requests, error = incoming.feed(data)
@@ -226,9 +263,16 @@ async def main(argv: list[str]) -> int:
         print(f"--sessions must be {MIN_SESSIONS}..{MAX_SESSIONS}", file=sys.stderr)
         return 2
     cache = Cache(args.sessions)
+    stop = asyncio.Event()
+    serving: set[asyncio.Task] = set()
 
     async def handle(reader, writer):
-        await serve_connection(cache, reader, writer, args.drop_replies_on_error)
+        task = asyncio.current_task()
+        serving.add(task)
+        try:
+            await serve_connection(cache, reader, writer, args.drop_replies_on_error, stop)
+        finally:
+            serving.discard(task)
 
     if args.unix:
         server = await asyncio.start_unix_server(handle, path=args.unix)
@@ -237,11 +281,13 @@ async def main(argv: list[str]) -> int:
     else:
         print("give --port or --unix", file=sys.stderr)
         return 2
-    stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
     async with server:
         await stop.wait()
+        server.close()
+        if serving:  # a grace period of 10 s for what was received
+            await asyncio.wait(set(serving), timeout=10.0)
     if args.unix:
         os.unlink(args.unix)
     return 0

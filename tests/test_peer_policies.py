@@ -12,8 +12,9 @@ import time
 
 import pytest
 from proxyproc import dc_client
-from serverproc import dc_server, rss_kib
+from serverproc import connect_to, dc_server, free_port, rss_kib
 
+from distcache.peers import MIN_PEER_BYTES
 from distcache.protocol import (
     NEED_DATA,
     MessageDecoder,
@@ -291,3 +292,189 @@ def test_memory_of_connections_in_the_worst_states_is_bounded_and_returned():
     assert pipelining / PIPELINERS <= 160
     assert after_holders <= 0.1 * holding + 4096
     assert after_pipeliners <= 0.1 * pipelining + 4096
+
+
+# -- bytes in flight per peer -------------------------------------------------------------------
+
+PEER_BYTES = 2_000_000
+HOG_CONNECTIONS = 200
+
+
+def _pipeline_without_reading(listen: str, source: str, count: int) -> list[socket.socket]:
+    """``count`` connections from ``source``, each sending 400 GETs of the big session and
+    reading nothing (a small receive buffer, so the replies back up in the server)."""
+    hog = []
+    for _ in range(count):
+        sock = connect_from(listen, source)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            sock.send(b"".join(get_request(i, b"big") for i in range(400)))
+        hog.append(sock)
+    return hog
+
+
+def test_a_pipelining_peer_is_held_to_its_byte_budget_while_another_is_served():
+    with dc_server("-maxperpeer", "0", "-maxpeerbytes", str(PEER_BYTES)) as server:
+        other = connect_from(server.listen)
+        assert ask(other, add_request(1, b"big", BIG, 600_000)) == OK
+        before = _settled_rss(server.pid)
+        hog = _pipeline_without_reading(server.listen, "127.0.0.2", HOG_CONNECTIONS)
+        for uid in range(50):  # the other peer is answered all along
+            assert ask(other, get_request(100 + uid, b"big")) == BIG
+        time.sleep(1.5)
+        cost = rss_kib(server.pid) - before
+        assert ask(other, get_request(2, b"big")) == BIG
+        for sock in hog:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+            sock.close()
+        # Its connections gone, the same peer is served again at once.
+        again = connect_from(server.listen, "127.0.0.2")
+        assert ask(again, get_request(3, b"big")) == BIG
+        assert "over the per-peer limit" in server.stderr
+    print(f"\n{HOG_CONNECTIONS} pipelining connections cost {cost} KiB")
+    # The budget, plus for each connection what it read before being held back (one read, and
+    # at most one reply waiting): docs/guide/dc_server.rst, "Memory". Without the budget each
+    # of these connections holds its whole reply backlog, about 100 KiB.
+    assert cost <= PEER_BYTES // 1024 + HOG_CONNECTIONS * 24 + 2048
+
+
+def test_a_peer_over_its_budget_still_finishes_the_messages_it_started():
+    """Partial messages do not wait for each other: each connection finishes its own."""
+    with dc_server("-maxperpeer", "0", "-maxpeerbytes", "262144") as server:
+        clients = [connect_from(server.listen, "127.0.0.2") for _ in range(40)]
+        adds = [add_request(i, b"k%d" % i, BIG, 60_000) for i in range(len(clients))]
+        for sock, request in zip(clients, adds, strict=True):  # 40 halves: 600 KB, over
+            sock.sendall(request[: len(request) // 2])
+        time.sleep(0.3)
+        for sock, request in zip(clients, adds, strict=True):
+            sock.sendall(request[len(request) // 2 :])
+        for uid, sock in enumerate(clients):
+            assert replies(sock, 1) == [(uid, OK)]
+
+
+def test_a_pipelining_local_peer_of_the_proxy_is_held_to_its_budget(tmp_path):
+    from proxyproc import start_proxy
+    from serverproc import ServerThread, free_port
+
+    with dc_server() as server:
+        thread = ServerThread()
+        listen = f"IP:127.0.0.1:{free_port()}"
+        proxy = start_proxy(
+            thread, server.listen, listen, max_per_peer=0, max_peer_bytes=MIN_PEER_BYTES
+        )
+        try:
+            other = connect_from(listen)
+            assert ask(other, add_request(1, b"big", BIG, 600_000)) == OK
+            hog = _pipeline_without_reading(listen, "127.0.0.2", HOG_CONNECTIONS // 2)
+            for uid in range(20):
+                assert ask(other, get_request(100 + uid, b"big")) == BIG
+
+            async def held() -> tuple[bool, int]:
+                group = proxy.connections._groups["127.0.0.2"]
+                group.review()
+                return group.over, group.held
+
+            over, holding = thread.call(held())
+            assert over, holding
+            assert holding <= MIN_PEER_BYTES + len(hog) * 40_000
+            for sock in hog:
+                sock.close()
+        finally:
+            thread.call(proxy.close())
+            thread.close()
+
+
+# -- a stop answers what the kernel had received ------------------------------------------------
+
+
+def _many_clients_then_sigterm(listen: str, signal_target, count: int = 60) -> int:
+    """Each of ``count`` clients connects and sends a request; SIGTERM at once; how many got
+    their answer."""
+    socks = [connect_to(listen) for _ in range(count)]
+    for uid, sock in enumerate(socks):
+        sock.sendall(have_request(uid, b"k"))
+    signal_target(signal.SIGTERM)
+    answered = 0
+    for uid, sock in enumerate(socks):
+        with contextlib.suppress(OSError):
+            answered += replies(sock, 1) == [(uid, NOTOK)]
+        sock.close()
+    return answered
+
+
+def _wait_for_workers(stderr, count: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while stderr().count("serving on") < count:
+        assert time.monotonic() < deadline, stderr()
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_answers_requests_still_in_the_kernel(workers):
+    with dc_server("-workers", str(workers)) as server:
+        _wait_for_workers(lambda: server.stderr, workers + (workers > 1))
+        assert _many_clients_then_sigterm(server.listen, server.signal) == 60
+        assert server.wait() == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_proxy_sigterm_answers_requests_still_in_the_kernel(tmp_path, workers):
+    path = str(tmp_path / "px")
+    with dc_server() as server, dc_client(path, server.listen, "-workers", str(workers)) as proxy:
+        _wait_for_workers(lambda: proxy.stderr, workers)
+        assert _many_clients_then_sigterm(f"UNIX:{path}", proxy.process.send_signal) == 60
+        assert proxy.process.wait(TIMEOUT) == 0
+
+
+# -- TLS handshakes in progress count -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tlspki import PKI
+
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+def _silent_tcp(listen: str, source: str, count: int) -> list[socket.socket]:
+    """``count`` TCP connections to a TLS listener that never start their handshake."""
+    address = "IP:" + listen.removeprefix("TLS:")
+    return [connect_from(address, source) for _ in range(count)]
+
+
+def closed_soon(sock: socket.socket) -> bool:
+    """Closed well before the 10 s a handshake may take (which would close it anyway)."""
+    sock.settimeout(3.0)
+    try:
+        return closed_by_peer(sock)
+    except TimeoutError:
+        return False
+
+
+def _tls_client_is_served(listen: str, pki) -> None:
+    from distcache.client import Client
+
+    with Client(listen, tls=pki.client_files()) as client:
+        assert client.have(b"k") is False
+
+
+def test_tls_handshakes_in_progress_count_against_the_per_peer_limit(pki):
+    listen = f"TLS:127.0.0.1:{free_port()}"
+    with dc_server(*pki.server_flags(), "-maxperpeer", "5", listen=listen) as server:
+        silent = _silent_tcp(listen, "127.0.0.2", 20)
+        assert sum(closed_soon(sock) for sock in silent[5:]) == 15  # refused at accept
+        _tls_client_is_served(listen, pki)  # another peer
+        assert "per-peer maximum" in server.stderr
+        for sock in silent:
+            sock.close()
+
+
+def test_tls_handshakes_in_progress_make_room_at_the_cap(pki):
+    listen = f"TLS:127.0.0.1:{free_port()}"
+    with dc_server(*pki.server_flags(), "-maxconns", "10", "-maxperpeer", "0", listen=listen):
+        silent = _silent_tcp(listen, "127.0.0.2", 10)  # the cap, all in their handshakes
+        _tls_client_is_served(listen, pki)
+        assert closed_soon(silent[0])  # the longest idle handshake made room
+        for sock in silent:
+            sock.close()

@@ -15,7 +15,8 @@ clean stop or usage, 1 for every start-up error). Deliberate differences from th
   is re-established at once (the retry delay applies from the second failure);
 - at ``-maxconns`` the longest idle local connection makes room for a new one;
 - SIGTERM answers the requests already received (up to ``-grace`` seconds) before exiting;
-- extensions: ``-maxinflight``, ``-maxconns``, ``-maxperpeer``, ``-grace``, ``-log-level``,
+- extensions: ``-maxinflight``, ``-maxconns``, ``-maxperpeer``, ``-maxpeerbytes``, ``-grace``,
+  ``-log-level``,
   ``-workers``, ``-log``, ``-metrics``;
 - extensions: a ``TLS:host:port`` server (and listen address) with ``-tls-cert``, ``-tls-key``
   and ``-tls-ca``, SIGHUP re-reading those files, ``-allow CIDR`` for a plain TCP listen address.
@@ -69,7 +70,7 @@ from .monitoring import (
     start_logging,
     with_log_reopening,
 )
-from .peer_flags import grace_flag, per_peer_flag
+from .peer_flags import grace_flag, peer_bytes_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
 from .tls_options import (
     TLSSetupError,
@@ -132,6 +133,7 @@ COMMAND_LINE = CommandLine(
             DEFAULT_MAX_CLIENTS,
         ),
         per_peer_flag(DEFAULT_MAX_PER_PEER),
+        peer_bytes_flag(),
         grace_flag(),
         log_level_flag(),
         LOG_FLAG,
@@ -259,6 +261,7 @@ def _settings(options: dict) -> ProxySettings:
         max_in_flight=options["max_in_flight"],
         max_clients=options["max_clients"],
         max_per_peer=options["max_per_peer"],
+        max_peer_bytes=options["max_peer_bytes"],
         grace=options["grace"],
     )
 

@@ -13,7 +13,7 @@ invalid-argument messages). Deliberate differences from the legacy program:
 - a UNIX listener refuses to replace anything but a stale socket file;
 - a start-up line (listeners, engine, capacity) at INFO, the default threshold;
 - at ``-maxconns`` the longest idle connection makes room for a new client (the legacy had no cap);
-- extensions: ``-maxconns``, ``-maxperpeer``, ``-idle-timeout``, ``-grace``, ``-min-timeout``,
+- extensions: ``-maxconns``, ``-maxperpeer``, ``-maxpeerbytes``, ``-idle-timeout``, ``-grace``, ``-min-timeout``,
   ``-log-level``, ``-engine``, ``-workers``, ``-log``, ``-metrics``;
 - extensions: several ``-listen`` at once, ``TLS:host:port`` listeners with ``-tls-cert``,
   ``-tls-key`` and ``-tls-ca`` (mutual TLS), SIGHUP re-reading those files, and ``-allow CIDR``
@@ -66,7 +66,7 @@ from .monitoring import (
     start_logging,
     with_log_reopening,
 )
-from .peer_flags import grace_flag, idle_timeout_flag, per_peer_flag
+from .peer_flags import grace_flag, idle_timeout_flag, peer_bytes_flag, per_peer_flag
 from .service import StartupError, apply_socket_file_settings, become_service
 from .tls_options import (
     TLSSetupError,
@@ -121,6 +121,7 @@ COMMAND_LINE = CommandLine(
             DEFAULT_MAX_CONNECTIONS,
         ),
         per_peer_flag(DEFAULT_MAX_PER_PEER),
+        peer_bytes_flag(),
         idle_timeout_flag(),
         grace_flag(),
         Flag(
@@ -207,6 +208,7 @@ def _start(options: SimpleNamespace) -> int:
         killable=options.killable,
         max_connections=options.maxconns,
         max_per_peer=options.max_per_peer,
+        max_peer_bytes=options.max_peer_bytes,
         idle_timeout=options.idle_timeout,
         grace=options.grace,
         min_timeout_ms=options.min_timeout,

@@ -3,14 +3,20 @@ once for dc_server and dc_client."""
 
 from __future__ import annotations
 
-from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT
-from .legacy_flags import Flag, decimal_in
+from ..peers import (
+    DEFAULT_GRACE_SECONDS,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_PEER_BYTES,
+    MIN_PEER_BYTES,
+)
+from .legacy_flags import Flag, InvalidArgument, decimal_in
 
 __all__ = [
     "MAX_GRACE_SECONDS",
     "MAX_IDLE_TIMEOUT",
     "grace_flag",
     "idle_timeout_flag",
+    "peer_bytes_flag",
     "per_peer_flag",
 ]
 
@@ -28,6 +34,25 @@ def per_peer_flag(default: int) -> Flag:
         decimal_in(0, 1_000_000),
         default,
     )
+
+
+def peer_bytes_flag() -> Flag:
+    return Flag(
+        ("-maxpeerbytes",),
+        "max_peer_bytes",
+        "extension: most bytes the connections of one TCP peer address may hold unanswered "
+        f"or unread; beyond it they are read no further (0: no limit, else >= {MIN_PEER_BYTES})",
+        "bytes",
+        _peer_bytes,
+        DEFAULT_MAX_PEER_BYTES,
+    )
+
+
+def _peer_bytes(text: str) -> int:
+    value = decimal_in(0, 1 << 40)(text)
+    if 0 < value < MIN_PEER_BYTES:
+        raise InvalidArgument(f"expected 0 or at least {MIN_PEER_BYTES} bytes, got {text!r}")
+    return value
 
 
 def idle_timeout_flag() -> Flag:

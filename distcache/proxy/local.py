@@ -5,7 +5,12 @@ previous reply has been written (PROXY-6), so pipelined requests are answered in
 the reply sizes. Back-pressure: reading pauses while the decoder holds more than
 ``INPUT_BACKLOG`` unanswered bytes or the client is not reading its replies (the transport's
 buffer is over its high-water mark), and resumes once both have drained; a client that sends
-faster than it reads costs a bounded amount of memory.
+faster than it reads costs a bounded amount of memory. The connections of one TCP peer address
+share a byte budget besides (:class:`~distcache.peers.PeerGroup`): over it they read no new
+request, and take the next one only once the replies before it have left.
+
+Stopping: the connection keeps reading and answering until it is idle (no request in progress,
+nothing part-received, nothing unread in the kernel's receive buffer), then closes.
 
 A protocol error from the client closes this connection only (PROXY-10, PROXY-12); replies already
 written are flushed first. A client that leaves with a request in flight costs nothing: the reply
@@ -23,7 +28,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..netio import write_chunks
-from ..peers import peer_key
+from ..peers import PeerGroup, peer_key, unread_bytes
 from ..protocol import (
     NEED_DATA,
     Closed,
@@ -58,9 +63,12 @@ class LocalConnection(asyncio.Protocol):
         self._writing_paused = False
         self._reading_paused = False
         self._eof = False
-        self._stopping = False  # the proxy stops: read nothing more, answer what was received
+        self._stopping = False  # the proxy stops: close once idle
         self._closing = False
+        self._partial = False  # the decoder's last bytes are an unfinished message
         self.last_active = 0.0  # loop time of the last read (the policies of distcache.peers)
+        self.peer_group: PeerGroup | None = None  # set by the registry when bytes are counted
+        self.peer_held = 0
         self._idle_deadline = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
 
@@ -75,6 +83,8 @@ class LocalConnection(asyncio.Protocol):
             transport.close()  # accepted then closed at once, as the legacy did
             return
         self.number = number
+        if self.peer_group is not None and self.peer_group.over:
+            self._update_reading()  # its peer holds too much already: not a byte more for now
         if self._idle > 0:
             self._idle_deadline = self._proxy.loop.time() + self._idle
             self._arm_idle_timer()
@@ -84,6 +94,8 @@ class LocalConnection(asyncio.Protocol):
             self.last_active = self._proxy.loop.time()
             self._decoder.receive_data(data)
             self._serve()
+            if self.peer_group is not None and not self._closing:
+                self.peer_group.report(self, self.held_now())
 
     def eof_received(self) -> bool:
         if not self._closing:
@@ -108,19 +120,33 @@ class LocalConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._serve()
+        if self.peer_group is not None and not self._closing:
+            self.peer_group.report(self, self.held_now())
 
     # -- requests and replies ---------------------------------------------------------------
 
     def _serve(self) -> None:
         """Take the next request unless one is in progress or the client is not reading."""
         decoder, batched = self._decoder, self._batched
+        group = self.peer_group
         finished = False
+        self._partial = False
         self._serving = True
         try:
             while self.request is None and not (self._writing_paused or self._closing):
+                if (
+                    group is not None
+                    and group.over
+                    and (batched or self._transport.get_write_buffer_size())
+                ):
+                    break  # the peer holds too much: the next one once its replies have left
                 event = decoder.next_event()
                 if event is NEED_DATA:
-                    finished = self._stopping  # every request received is answered
+                    self._partial = decoder.buffered > 0 or decoder.in_message
+                    # Stopping: close once every request received is answered.
+                    finished = self._stopping and not (
+                        self._partial or unread_bytes(self._transport)
+                    )
                     break
                 if type(event) is Closed:
                     finished = True
@@ -141,7 +167,12 @@ class LocalConnection(asyncio.Protocol):
             batched.clear()
         if finished:
             self.close()
-        elif self._reading_paused or self._writing_paused or decoder.buffered > INPUT_BACKLOG:
+        elif (
+            self._reading_paused
+            or self._writing_paused
+            or decoder.buffered > INPUT_BACKLOG
+            or (group is not None and group.over)
+        ):
             self._update_reading()
 
     def answer(self, payload: bytes) -> None:
@@ -156,17 +187,21 @@ class LocalConnection(asyncio.Protocol):
         self._transport.write(reply)
         if self._idle_timer is None and self._idle > 0:
             self._arm_idle_timer()  # it fell due while the request was in progress
-        if self._decoder.buffered or self._eof or self._reading_paused:
+        if self._decoder.buffered or self._eof or self._reading_paused or self._stopping:
             self._serve()  # pipelined bytes (or the end of the stream) wait behind the reply
+        if self.peer_group is not None and not self._closing:
+            self.peer_group.report(self, self.held_now())
 
     def forwarded(self) -> None:
         if self._idle > 0:
             self._idle_deadline = self._proxy.loop.time() + self._idle
 
     def _update_reading(self) -> None:
-        if self._closing or self._stopping:
+        if self._closing:
             return
         wanted = not self._writing_paused and self._decoder.buffered <= INPUT_BACKLOG
+        if wanted and self.peer_group is not None and self.peer_group.over:
+            wanted = self._partial  # over the peer's budget: only to finish a message
         if wanted == self._reading_paused:
             if wanted:
                 self._transport.resume_reading()
@@ -197,15 +232,21 @@ class LocalConnection(asyncio.Protocol):
             self.close()
 
     def finish(self) -> None:
-        """Proxy stop: read nothing more, answer the whole requests received, then close."""
+        """Proxy stop: keep reading and answering until idle, then close."""
         if self._closing or self._stopping:
             return
         self._stopping = True
-        if not self._reading_paused:
-            self._transport.pause_reading()
-            self._reading_paused = True
         if self.request is None:
             self._serve()  # else answer() carries on
+
+    def held_now(self) -> int:
+        if self._closing:
+            return 0
+        return self._decoder.buffered + self._transport.get_write_buffer_size()
+
+    def peer_review(self) -> None:
+        if not self._closing and self.request is None:
+            self._serve()  # takes the next request if it may now, and sets reading accordingly
 
     def abort(self) -> None:
         self._abort()

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from ..address import Address
 from ..allowlist import AllowList
 from ..link import UpstreamLink
-from ..peers import DEFAULT_GRACE_SECONDS, ConnectionRegistry
-from ..server.listeners import BACKLOG, bind_listeners, serve_listener
+from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_MAX_PEER_BYTES, ConnectionRegistry
+from ..server.listeners import BACKLOG, bind_listeners, serve_listener, stop_listening
 from ..tls import ClientTLSSetting, ServerTLS
 from .local import LocalConnection
 
@@ -41,6 +41,8 @@ class ProxySettings:
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_clients: int = DEFAULT_MAX_CLIENTS
     max_per_peer: int = DEFAULT_MAX_PER_PEER
+    #: Bytes the local connections of one TCP peer address may hold together (0: not counted).
+    max_peer_bytes: int = DEFAULT_MAX_PEER_BYTES
     #: Seconds a stop leaves local connections to get the answers to what they sent.
     grace: float = DEFAULT_GRACE_SECONDS
     #: How a ``TLS:`` server is verified and which certificate the proxy presents to it.
@@ -65,8 +67,12 @@ class Proxy:
         self._listeners: list[asyncio.Server] = []
         # The proxy's idle timeout is the legacy -idle, kept per connection (LocalConnection).
         self.connections = ConnectionRegistry(
-            log, max_connections=settings.max_clients, max_per_peer=settings.max_per_peer
+            log,
+            max_connections=settings.max_clients,
+            max_per_peer=settings.max_per_peer,
+            max_peer_bytes=settings.max_peer_bytes,
         )
+        self._sockets: list[socket.socket] = []
         self._accepted = 0
         # Read by the metrics (distcache.monitoring.metrics).
         self.protocol_errors: collections.Counter[str] = collections.Counter()  # by reason
@@ -107,9 +113,14 @@ class Proxy:
             sock.listen(BACKLOG)  # now, so that clients wait in the backlog (see below)
             self._listeners.append(
                 await serve_listener(
-                    sock, lambda: LocalConnection(self), backlog=BACKLOG, start_serving=False
+                    sock,
+                    self._new_connection,
+                    registry=self.connections,
+                    backlog=BACKLOG,
+                    start_serving=False,
                 )
             )
+            self._sockets.append(sock)
         # Clients wait in the backlog until the first attempt has an outcome, so the first
         # requests are forwarded, or answered EMPTY, never caught by the attempt in progress.
         self.link.start()
@@ -117,6 +128,9 @@ class Proxy:
         await self.link.settled()
         for listener in self._listeners:
             await listener.start_serving()
+
+    def _new_connection(self) -> LocalConnection:
+        return LocalConnection(self)
 
     def admit(self, connection: LocalConnection, key: str | None) -> int | None:
         """Register a new local connection and return its number, or None when refused (see
@@ -131,12 +145,14 @@ class Proxy:
 
     async def close(self, grace: float = 0.0, *, remove_socket_file: bool = True) -> None:
         """Stop listening; let local connections get the answers to the requests they sent for
-        up to ``grace`` seconds, then drop the rest and the upstream link.
+        up to ``grace`` seconds, then drop the rest and the upstream link. Connections the kernel
+        has queued on the listener are accepted first and served alike.
 
         A worker of ``dc_client -workers N`` leaves the UNIX socket file to its supervisor: the
         other workers still serve on it."""
-        for listener in self._listeners:
-            listener.close()
+        await stop_listening(
+            self.connections, self._listeners, self._sockets, self._new_connection, grace
+        )
         if remove_socket_file and self._listeners and self.settings.listen.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(self.settings.listen.path)

@@ -11,7 +11,13 @@ still sees the effect of those before it.
 Back-pressure: reading pauses while the transport holds more than ``REPLY_BACKLOG`` unsent reply
 bytes or the decoder holds more than ``INPUT_BACKLOG`` received bytes, and resumes once both have
 drained; a client that pipelines requests without reading its replies therefore costs a bounded
-amount of memory.
+amount of memory. The connections of one peer address share a byte budget besides
+(:class:`~distcache.peers.PeerGroup`): over it they read no new request and answer a pipelined
+one only once the replies before it have left.
+
+Stopping: the connection keeps reading and answering until it is idle (nothing in progress,
+nothing part-received, nothing unread in the kernel's receive buffer), then closes; so every
+request a client had sent when the stop came is answered.
 
 Errors: a protocol error closes only this connection, without a reply, after the replies to every
 request that was complete before the offending bytes have been sent (the legacy executed those
@@ -26,7 +32,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..netio import write_chunks
-from ..peers import peer_key
+from ..peers import PeerGroup, peer_key, unread_bytes
 from ..protocol import NEED_DATA, Closed, MessageDecoder, RemoteProtocolError
 from ..wire import HEADER_SIZE, MAX_FRAMES, MAX_PAYLOAD, Direction
 
@@ -78,9 +84,12 @@ class ServerConnection(asyncio.Protocol):
         self._in_flight: collections.deque[_InFlight] = collections.deque()
         self._in_flight_bytes = 0  # their request payloads
         self._draining = False  # no more requests: close once the ones in flight are answered
-        self._stopping = False  # the server stops: read nothing more, answer what was received
+        self._stopping = False  # the server stops: close once idle
         self._closing = False
+        self._partial = False  # the decoder's last bytes are an unfinished message
         self.last_active = 0.0  # loop time of the last read (the idle policies' clock)
+        self.peer_group: PeerGroup | None = None  # set by the registry when bytes are counted
+        self.peer_held = 0
 
     # -- asyncio.Protocol -------------------------------------------------------------------
 
@@ -95,6 +104,8 @@ class ServerConnection(asyncio.Protocol):
             transport.abort()
             return
         transport.set_write_buffer_limits(high=REPLY_BACKLOG)  # type: ignore[attr-defined]
+        if self.peer_group is not None and self.peer_group.over:
+            self._update_reading()  # its peer holds too much already: not a byte more for now
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -109,6 +120,8 @@ class ServerConnection(asyncio.Protocol):
         self.last_active = self._loop.time()  # type: ignore[union-attr]
         self._decoder.receive_data(data)
         self._serve()
+        if self.peer_group is not None and not self._closing:
+            self.peer_group.report(self, self.held_now())
 
     def eof_received(self) -> bool:
         if not (self._closing or self._draining):
@@ -123,6 +136,8 @@ class ServerConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._writing_paused = False
         self._serve()
+        if self.peer_group is not None and not self._closing:
+            self.peer_group.report(self, self.held_now())
 
     # -- serving ----------------------------------------------------------------------------
 
@@ -138,19 +153,27 @@ class ServerConnection(asyncio.Protocol):
         in_flight = self._in_flight
         replies: list[bytes] = []
         batched = 0
+        group = self.peer_group
+        self._partial = False
         try:
             while not (self._writing_paused or self._closing or self._draining):
                 if len(in_flight) >= self._depth or self._in_flight_bytes > INPUT_BACKLOG:
                     break  # taken up again by _answered
+                if group is not None and group.over and (replies or self._unsent()):
+                    # The peer holds too much: one reply per turn, once the others have left
+                    # (its next turn: peer_review, resume_writing or the next read).
+                    break
                 event = next_event()
                 if event is NEED_DATA:
                     self._write(replies)
-                    if self._stopping:  # every request received is answered
-                        self._close_when_answered()
+                    self._partial = self._decoder.buffered > 0 or self._decoder.in_message
+                    if self._stopping:  # close once every request received is answered
+                        self._close_when_idle()
                         return
                     # The decoder now holds less than one message (it checks every limit on the
-                    # header), so it is under INPUT_BACKLOG: only paused reading may need a change.
-                    if self._reading_paused:
+                    # header), so it is under INPUT_BACKLOG: only paused reading, or the peer's
+                    # budget, may need a change.
+                    if self._reading_paused or (group is not None and group.over):
                         self._update_reading()
                     return
                 if type(event) is Closed:
@@ -186,6 +209,9 @@ class ServerConnection(asyncio.Protocol):
         self._write(replies)
         self._update_reading()
 
+    def _unsent(self) -> int:
+        return self._transport.get_write_buffer_size()  # type: ignore[union-attr]
+
     def _write(self, replies: list[bytes]) -> None:
         if replies:
             self._server.operations += len(replies)
@@ -215,6 +241,8 @@ class ServerConnection(asyncio.Protocol):
                 self._close()
         else:
             self._serve()
+            if self.peer_group is not None and not self._closing:
+                self.peer_group.report(self, self.held_now())
 
     def _engine_failed(self, error: object) -> None:
         log.error(
@@ -226,9 +254,11 @@ class ServerConnection(asyncio.Protocol):
 
     def _update_reading(self) -> None:
         transport = self._transport
-        if transport is None or self._closing or self._draining or self._stopping:
+        if transport is None or self._closing or self._draining:
             return
         wanted = not self._writing_paused and self._decoder.buffered <= INPUT_BACKLOG
+        if wanted and self.peer_group is not None and self.peer_group.over:
+            wanted = self._partial  # over the peer's budget: only to finish a message
         if wanted == self._reading_paused:
             if wanted:
                 transport.resume_reading()
@@ -237,6 +267,14 @@ class ServerConnection(asyncio.Protocol):
             self._reading_paused = not wanted
 
     # -- closing ----------------------------------------------------------------------------
+
+    def _close_when_idle(self) -> None:
+        """Stopping: close once nothing is part-received or still unread by the kernel (the
+        next read carries on otherwise)."""
+        if self._partial or unread_bytes(self._transport):
+            self._update_reading()
+            return
+        self._close_when_answered()
 
     def _close_when_answered(self) -> None:
         """Take no more requests; close once the replies to those in flight are written."""
@@ -298,15 +336,22 @@ class ServerConnection(asyncio.Protocol):
         self._close(abort=transport is None or bool(transport.get_write_buffer_size()))
 
     def finish(self) -> None:
-        """Server stop: read nothing more, answer the whole requests received, then close."""
+        """Server stop: keep reading and answering until idle, then close."""
         if self._closing or self._stopping:
             return
         self._stopping = True
-        if not self._reading_paused:
-            self._transport.pause_reading()  # type: ignore[union-attr]
-            self._reading_paused = True
         if not self._draining:
             self._serve()  # writing paused: resume_writing carries on
+
+    def held_now(self) -> int:
+        if self._closing:
+            return 0
+        return self._decoder.buffered + self._in_flight_bytes + self._unsent()
+
+    def peer_review(self) -> None:
+        if self._closing or self._draining:
+            return
+        self._serve()  # answers what it may now, and sets reading accordingly
 
 
 #: The decoder of a closed connection (holds nothing; never fed).

@@ -21,7 +21,9 @@ from typing import Any
 from .. import netio
 from ..address import Address, AddressError, parse_address
 from ..allowlist import AllowList, guard
+from ..peers import ConnectionRegistry
 from ..tls import HANDSHAKE_TIMEOUT, ServerTLS
+from .handshakes import TLSAcceptor
 
 __all__ = [
     "BACKLOG",
@@ -33,6 +35,8 @@ __all__ = [
     "listeners_per_worker",
     "reuse_port_copies",
     "serve_listener",
+    "serve_queued",
+    "stop_listening",
     "unix_path_of",
 ]
 
@@ -98,19 +102,90 @@ def listener_options(sock: socket.socket) -> dict[str, Any]:
 
 
 async def serve_listener(
-    sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol], **options: Any
-) -> asyncio.Server:
+    sock: socket.socket,
+    protocol_factory: Callable[[], asyncio.Protocol],
+    *,
+    registry: ConnectionRegistry | None = None,
+    **options: Any,
+) -> asyncio.AbstractServer | TLSAcceptor:
     """Serve a bound socket with ``protocol_factory`` (listening with ``BACKLOG``): over TLS if it
     carries TLS, and closing refused peers at accept if it carries an allow-list. ``options`` go
-    to asyncio."""
+    to asyncio. With ``registry``, the connections of a TLS socket count from their accept on
+    (a :class:`~distcache.server.handshakes.TLSAcceptor`)."""
     loop = asyncio.get_running_loop()
-    allow = getattr(sock, "allow", None)
-    if allow:
-        protocol_factory = guard(protocol_factory, allow)
+    tls = getattr(sock, "tls", None)
+    if tls is not None and registry is not None:
+        sock.listen(options.get("backlog", BACKLOG))
+        sock.setblocking(False)
+        acceptor = TLSAcceptor(sock, tls, protocol_factory, registry)
+        if options.get("start_serving", True):
+            await acceptor.start_serving()
+        return acceptor
     options = {"backlog": BACKLOG, **listener_options(sock), **options}
+    protocol_factory = _guarded(sock, protocol_factory)
     if sock.family == socket.AF_UNIX:
         return await loop.create_unix_server(protocol_factory, sock=sock, **options)
     return await loop.create_server(protocol_factory, sock=sock, **options)
+
+
+def _guarded(
+    sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]
+) -> Callable[[], asyncio.Protocol]:
+    allow = getattr(sock, "allow", None)
+    return guard(protocol_factory, allow) if allow else protocol_factory
+
+
+def serve_queued(
+    sock: socket.socket, protocol_factory: Callable[[], asyncio.Protocol]
+) -> list[asyncio.Task]:
+    """Accept the connections waiting in ``sock``'s queue and serve them as
+    :func:`serve_listener` would; returns the tasks setting them up.
+
+    A stopping program calls it just before it closes a listener: the kernel completed these
+    connections, and their clients may have sent requests, before the stop; closing the
+    listener would reset them."""
+    loop = asyncio.get_running_loop()
+    protocol_factory = _guarded(sock, protocol_factory)
+    options = listener_options(sock)
+    tasks = []
+    while True:
+        try:
+            connection, _ = sock.accept()
+        except OSError:  # nothing more queued (EAGAIN), or the listener is gone
+            break
+        connection.setblocking(False)
+        tasks.append(
+            loop.create_task(loop.connect_accepted_socket(protocol_factory, connection, **options))
+        )
+    return tasks
+
+
+async def stop_listening(
+    registry: ConnectionRegistry,
+    listeners: list[asyncio.AbstractServer],
+    sockets: list[socket.socket],
+    protocol_factory: Callable[[], asyncio.Protocol],
+    grace: float,
+) -> None:
+    """The first step of a graceful stop: close ``listeners`` (serving ``sockets``), after
+    taking in the connections the kernel has queued on them when there is a ``grace`` period
+    to answer them in. Every connection admitted from now on finishes at once."""
+    registry.stopping()
+    queued = []
+    if grace > 0:
+        for listener, sock in zip(listeners, sockets, strict=True):
+            if isinstance(listener, TLSAcceptor):
+                listener.accept_now()  # they count, and finish, like the others
+            else:
+                queued += serve_queued(sock, protocol_factory)
+    for listener in listeners:
+        listener.close()
+    if queued:
+        _, late = await asyncio.wait(queued, timeout=grace)
+        for task in late:  # TLS handshakes that did not finish in time
+            task.cancel()
+        results = await asyncio.gather(*queued, return_exceptions=True)
+        del results  # a client that left meanwhile, or a failed handshake: nothing to serve
 
 
 def close_listeners(sockets: list[socket.socket]) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from .. import __version__
 from ..cache import MemoryStore, SessionStore
-from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT
+from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEER_BYTES
 from .handler import RequestHandler
 from .progress import PROGRESS_INTERVAL, ProgressReporter
 from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Server
@@ -45,6 +45,8 @@ class RunOptions:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     #: Connections from one TCP peer address (0: no limit but max_connections).
     max_per_peer: int = DEFAULT_MAX_PER_PEER
+    #: Bytes the connections of one TCP peer address may hold together (0: not counted).
+    max_peer_bytes: int = DEFAULT_MAX_PEER_BYTES
     #: Seconds after which a connection with nothing read and no request in progress is closed.
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     #: Seconds a stop signal leaves for answering the requests already received.
@@ -112,6 +114,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         store,
         max_connections=options.max_connections,
         max_per_peer=options.max_per_peer,
+        max_peer_bytes=options.max_peer_bytes,
         idle_timeout=options.idle_timeout,
         handler=options.handler,
         min_timeout_ms=options.min_timeout_ms,

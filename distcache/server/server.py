@@ -8,10 +8,10 @@ import logging
 import socket
 
 from ..cache import SessionStore
-from ..peers import DEFAULT_IDLE_TIMEOUT, ConnectionRegistry
+from ..peers import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEER_BYTES, ConnectionRegistry
 from .connection import ServerConnection
 from .handler import RequestHandler
-from .listeners import serve_listener
+from .listeners import serve_listener, stop_listening
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PER_PEER", "Server"]
 
@@ -37,6 +37,7 @@ class Server:
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         max_per_peer: int = DEFAULT_MAX_PER_PEER,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
+        max_peer_bytes: int = DEFAULT_MAX_PEER_BYTES,
         handler: RequestHandler | None = None,
         min_timeout_ms: int = 0,
     ) -> None:
@@ -45,6 +46,7 @@ class Server:
             max_connections=max_connections,
             max_per_peer=max_per_peer,
             idle_timeout=idle_timeout,
+            max_peer_bytes=max_peer_bytes,
         )
         self.store = store
         self.max_connections = max_connections
@@ -57,20 +59,28 @@ class Server:
             RequestHandler(store, min_timeout_ms=min_timeout_ms) if handler is None else handler
         )
         self._listeners: list[asyncio.AbstractServer] = []
+        self._sockets: list[socket.socket] = []
 
     # -- life cycle -------------------------------------------------------------------------
 
     async def start(self, sockets: list[socket.socket]) -> None:
         """Listen and accept on already bound sockets (see ``bind_listeners``)."""
         for sock in sockets:
-            self._listeners.append(await serve_listener(sock, self._new_connection))
+            self._listeners.append(
+                await serve_listener(sock, self._new_connection, registry=self.connections)
+            )
+            self._sockets.append(sock)
         self.connections.start(asyncio.get_running_loop())
 
     async def close(self, grace: float = 0.0) -> None:
         """Stop accepting; let connections answer what they have received for up to ``grace``
-        seconds (:meth:`ConnectionRegistry.drain`), drop the rest, and close the engine."""
-        for listener in self._listeners:
-            listener.close()
+        seconds (:meth:`ConnectionRegistry.drain`), drop the rest, and close the engine.
+
+        Connections the kernel has queued on the listeners are accepted first and served alike:
+        their clients may have sent requests before the stop."""
+        await stop_listening(
+            self.connections, self._listeners, self._sockets, self._new_connection, grace
+        )
         dropped = await self.connections.drain(grace)
         if dropped and grace > 0:
             log.warning("stopped with %d connections still busy after %g s", dropped, grace)
@@ -78,6 +88,7 @@ class Server:
         for listener in self._listeners:
             await listener.wait_closed()
         self._listeners.clear()
+        self._sockets.clear()
         await self.store.close()
 
     @property
