@@ -16,6 +16,9 @@ On SIGTERM/SIGINT the workers stop first, then the owner, so that requests the w
 relaying still get their answers. SIGHUP does in every process what it does to a single one
 (reopen the log file, re-read the TLS files) and never stops the server.
 
+With ``-metrics`` every child writes its counters to shared memory and whichever answers a scrape
+reports them all (:mod:`distcache.monitoring.shared`).
+
 The private directory is removed by the supervisor when it exits, and by the owner when it
 finds itself orphaned (the supervisor was killed), so that no exit leaves it behind.
 """
