@@ -7,11 +7,15 @@ sockets, so the kernel spreads the accepts among them. From then on the parent o
 * a child that dies is logged and replaced; one that dies within ``MIN_UPTIME`` of its start
   waits before its replacement, twice as long each time up to ``MAX_BACKOFF``, so a crash loop
   costs little CPU and log space;
-* signals named in ``forwarded`` (SIGHUP where it re-reads the TLS files) are passed on to every
-  child;
+* signals named in ``forwarded`` (SIGHUP: reopen the log files, re-read the TLS files) never stop
+  the parent: it runs ``on_forward`` itself (so that a replacement child inherits what was
+  re-read), then passes the signal on to every child. A child keeps the action its program had
+  for such a signal before the supervisor took over, except that where that was the default
+  (which would kill it) the child ignores the signal;
 * SIGTERM and SIGINT (and SIGUSR1/SIGUSR2 when ``killable``) are forwarded to the children, stage
-  by stage (stage 0 first), each stage given ``STOP_TIMEOUT`` seconds to stop before SIGKILL; the
-  parent then runs its clean-up and exits 0. Each child has a process group of its own, so that
+  by stage (stage 0 first), each stage given ``stop_timeout`` seconds to stop before SIGKILL
+  (:func:`stop_timeout_for` derives it from the children's drain period); the parent then runs
+  its clean-up and exits 0. Each child has a process group of its own, so that
   signals from the terminal reach it only this way; if the parent dies, the kernel sends each
   child SIGTERM.
 
@@ -34,11 +38,12 @@ from dataclasses import dataclass
 
 __all__ = [
     "MAX_WORKERS",
-    "STOP_TIMEOUT",
+    "STOP_MARGIN",
     "Supervisor",
     "WorkerSpec",
     "cpu_count",
     "parse_workers",
+    "stop_timeout_for",
 ]
 
 log = logging.getLogger("distcache.workers")
@@ -50,8 +55,9 @@ MIN_UPTIME = 1.0
 #: First and longest wait before replacing a child that keeps crashing at start-up (seconds).
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 10.0
-#: Seconds each stage of children has to stop after the forwarded signal, before SIGKILL.
-STOP_TIMEOUT = 30.0
+#: Seconds a child has to exit once its drain period has ended (closing its listeners and
+#: links, on a loaded host), before SIGKILL.
+STOP_MARGIN = 5.0
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 KILLABLE_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2)
@@ -63,6 +69,12 @@ def cpu_count() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
         return max(1, os.cpu_count() or 1)
+
+
+def stop_timeout_for(grace: float) -> float:
+    """How long a stage of children may take to stop when each drains for up to ``grace``
+    seconds: the drain is never cut short, and a stuck child is killed soon after it ends."""
+    return grace + STOP_MARGIN
 
 
 def parse_workers(text: str) -> int:
@@ -82,6 +94,8 @@ class WorkerSpec:
     run: Callable[[], int]
     #: Children stop in increasing stage order (a server's workers before the engine's owner).
     stage: int = 0
+    #: Called in the parent after each of its children has exited (the metrics drop its gauges).
+    on_exit: Callable[[], None] | None = None
 
 
 class _Slot:
@@ -109,8 +123,9 @@ class Supervisor:
         on_started: Callable[[], None] | None = None,
         on_exit: Callable[[], None] | None = None,
         stop_requested: Callable[[], bool] | None = None,
-        forwarded: Sequence[int] = (),
-        stop_timeout: float = STOP_TIMEOUT,
+        forwarded: Sequence[int] = (signal.SIGHUP,),
+        on_forward: Callable[[int], None] | None = None,
+        stop_timeout: float = STOP_MARGIN,
     ) -> None:
         names = [spec.name for spec in specs]
         self._slots: list[_Slot] = []
@@ -124,8 +139,11 @@ class Supervisor:
         #: Whether a stop signal came before the supervisor's own handlers were installed.
         self._stop_requested = stop_requested
         self._stop_timeout = stop_timeout
-        #: Signals passed on to every child without stopping (SIGHUP: re-read the TLS files).
+        #: Signals passed on to every child without stopping (SIGHUP: reopen logs, re-read TLS).
         self._forwarded = tuple(forwarded)
+        self._on_forward = on_forward
+        #: The handlers the program had for the forwarded signals, restored in each child.
+        self._child_handlers: dict[int, object] = {}
         self._signals: list[int] = []
         self._wake_read = self._wake_write = -1
         self._parent = 0
@@ -165,6 +183,8 @@ class Supervisor:
                     return signum
                 if signum in self._forwarded:
                     log.info("received %s: passed on to the workers", signal.Signals(signum).name)
+                    if self._on_forward is not None:
+                        self._on_forward(signum)
                     for pid in self.pids:
                         _kill(pid, signum)
             self._reap()
@@ -227,7 +247,7 @@ class Supervisor:
             os.close(self._wake_read)
             os.close(self._wake_write)
             for signum in self._handled():
-                signal.signal(signum, signal.SIG_DFL)
+                signal.signal(signum, self._child_handlers.get(signum, signal.SIG_DFL))
             if not self._killable:
                 for signum in KILLABLE_SIGNALS:
                     signal.signal(signum, signal.SIG_IGN)
@@ -260,6 +280,8 @@ class Supervisor:
             if slot is None:
                 continue
             slot.pid = 0
+            if slot.spec.on_exit is not None:
+                slot.spec.on_exit()
             how = _describe_exit(status)
             if stopping:
                 log.info("%s (pid %d) stopped: %s", slot.label, pid, how)
@@ -287,9 +309,13 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_write, warn_on_full_buffer=False)
         for signum in self._handled():
             if signum in KILLABLE_SIGNALS and not self._killable:
-                signal.signal(signum, signal.SIG_IGN)
+                previous = signal.signal(signum, signal.SIG_IGN)
             else:
-                signal.signal(signum, self._note_signal)
+                previous = signal.signal(signum, self._note_signal)
+            if signum in self._forwarded and signum not in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
+                # A forwarded signal asks a child to do something, never to die.
+                keep = previous not in (signal.SIG_DFL, None)
+                self._child_handlers[signum] = previous if keep else signal.SIG_IGN
 
     def _uninstall_signals(self) -> None:
         signal.set_wakeup_fd(-1)

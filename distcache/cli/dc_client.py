@@ -29,13 +29,13 @@ import contextlib
 import functools
 import logging
 import os
-import signal
 import sys
 from types import SimpleNamespace
 
 from .. import __version__
 from ..address import AddressError, parse_address
 from ..allowlist import cidr_argument
+from ..monitoring.logs import reopen_log_files
 from ..netio import ListenError
 from ..proxy import (
     DEFAULT_LISTEN,
@@ -52,7 +52,7 @@ from ..proxy.run import serve_until_stopped
 from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.listeners import BACKLOG, close_listeners_but, listeners_per_worker
 from ..server.run import describe_socket, ignore_stop_requests
-from ..workers import Supervisor, WorkerSpec
+from ..workers import Supervisor, WorkerSpec, stop_timeout_for
 from .legacy_flags import (
     SERVICE_FLAGS,
     TLS_FLAGS,
@@ -184,8 +184,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run_proxy(
-    settings: ProxySettings, sockets, killable: bool, reload, metrics_sockets=(), *, worker=False
+    settings: ProxySettings,
+    sockets,
+    killable: bool,
+    reload,
+    metrics_sockets=(),
+    *,
+    worker=False,
+    metrics_slot=None,
 ) -> int:
+    def around(proxy: Proxy):
+        return _metrics(proxy, metrics_sockets, metrics_slot) if metrics_sockets else None
+
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         return runner.run(
             serve_until_stopped(
@@ -193,7 +203,7 @@ def _run_proxy(
                 sockets,
                 killable=killable,
                 reload=reload,
-                around=lambda proxy: _metrics(proxy, metrics_sockets) if metrics_sockets else None,
+                around=around,
                 on_started=lambda proxy: log.info("%s", _startup_line(proxy, metrics_sockets)),
                 remove_socket_file=not worker,
             )
@@ -203,8 +213,8 @@ def _run_proxy(
 def _supervise(settings: ProxySettings, sockets, options: dict, reload, metrics_sockets) -> int:
     """Workers that each serve the inherited listener with their own server connection; the
     parent keeps the pid file and removes the UNIX socket file when all have stopped, and
-    forwards SIGHUP (re-reading the TLS files) when there are TLS files. The workers share the
-    metrics listener: each scrape is answered by one worker, with that worker's counters."""
+    passes SIGHUP on (reopening the log file, re-reading the TLS files), which never stops it.
+    The workers share the metrics listener; whichever answers a scrape reports them all."""
     killable = options["killable"]
     for sock in sockets:  # the pid file is written: clients may queue for the first worker
         sock.listen(BACKLOG)
@@ -214,19 +224,39 @@ def _supervise(settings: ProxySettings, sockets, options: dict, reload, metrics_
         print(f"Error, bad listen address\n  ({error})", file=sys.stderr)
         return 1
 
-    def worker(mine) -> int:
+    shared = None
+    if metrics_sockets:
+        from ..monitoring.shared import SharedMetrics  # needs prometheus_client
+
+        shared = SharedMetrics(len(shares))
+
+    def worker(mine, index: int) -> int:
         close_listeners_but(shares, mine)
-        return _run_proxy(settings, mine, killable, reload, metrics_sockets, worker=True)
+        slot = shared.slot(index) if shared is not None else None
+        return _run_proxy(
+            settings, mine, killable, reload, metrics_sockets, worker=True, metrics_slot=slot
+        )
 
     def remove_socket_file() -> None:
         if settings.listen.kind == "unix":
             with contextlib.suppress(OSError):
                 os.unlink(settings.listen.path)
 
-    specs = [WorkerSpec("worker", functools.partial(worker, share)) for share in shares]
-    forwarded = (signal.SIGHUP,) if reload is not None else ()
+    specs = [
+        WorkerSpec(
+            "worker",
+            functools.partial(worker, share, index),
+            on_exit=functools.partial(shared.retire, index) if shared is not None else None,
+        )
+        for index, share in enumerate(shares)
+    ]
+    parent_reload = reload or reopen_log_files  # a replacement worker inherits what was re-read
     supervisor = Supervisor(
-        specs, killable=killable, on_exit=remove_socket_file, forwarded=forwarded
+        specs,
+        killable=killable,
+        on_exit=remove_socket_file,
+        on_forward=lambda _signum: parent_reload(),
+        stop_timeout=stop_timeout_for(settings.grace),
     )
     return supervisor.run()
 
@@ -289,10 +319,14 @@ def _listen(options: dict, settings: ProxySettings):
 
 
 @contextlib.asynccontextmanager
-async def _metrics(proxy: Proxy, sockets):
+async def _metrics(proxy: Proxy, sockets, slot=None):
     from ..monitoring.metrics import MetricsListener, ProxyCollector, metrics_registry
 
-    listener = MetricsListener(metrics_registry(ProxyCollector(proxy)))
+    own = metrics_registry(ProxyCollector(proxy))
+    if slot is None:
+        listener = MetricsListener(own)
+    else:  # a worker: every scrape reports all of them
+        listener = MetricsListener(slot.registry(own), slot.publish)
     await listener.start(list(sockets))
     try:
         yield listener

@@ -1,8 +1,9 @@
 """What an operator watches: bounded logs, Prometheus metrics, a health probe.
 
 Shared by the long-running programs (``dc_server``, ``dc_client``, ``dc_snoop``); the command-line
-glue lives in :mod:`distcache.cli.monitoring`. The submodules :mod:`.metrics` (which needs
-prometheus_client) and :mod:`.health` (which needs the client library) are imported on demand.
+glue lives in :mod:`distcache.cli.monitoring`. The submodules :mod:`.metrics` and :mod:`.shared`
+(the metrics of several processes as one; both need prometheus_client) and :mod:`.health` (which
+needs the client library) are imported on demand.
 """
 
 from .logs import DEFAULT_LOG_LEVEL, LogDestinationError, setup_logging

@@ -7,7 +7,7 @@ prometheus_client writes the text exposition format. :class:`MetricsListener` an
 and a forked process keeps working.
 
 Names follow the memcached and Redis exporters (``*_total`` counters, ``*_current_*`` gauges).
-Metrics are per process: a program running several processes reports each separately.
+A program running several processes (``-workers``) reports them as one: see :mod:`.shared`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -26,6 +26,7 @@ from .. import __version__
 from ..cache import MemoryStore
 from ..server.handler import UNAVAILABLE_SLOT, outcome_slot
 from ..wire import Operation, Status
+from .shared import PUBLISH_SECONDS
 
 __all__ = [
     "METRICS_PATH",
@@ -105,10 +106,13 @@ def _connections(owner, open_now: int, limit: int) -> Iterator:
 class ServerCollector(Collector):
     """The metrics of a :class:`~distcache.server.Server`."""
 
-    def __init__(self, server, engine: str = "") -> None:
-        """``engine`` names the engine in ``distcache_info`` (never a URL with its password)."""
+    def __init__(self, server, engine: str = "", *, clients: bool = True) -> None:
+        """``engine`` names the engine in ``distcache_info`` (never a URL with its password);
+        without ``clients`` the connections are not reported (the engine's owner, whose
+        connections are the workers')."""
         self.server = server
         self.engine = engine
+        self.clients = clients
 
     def collect(self) -> Iterable:
         server = self.server
@@ -125,7 +129,8 @@ class ServerCollector(Collector):
                 count = outcomes[outcome_slot(operation, code)]
                 commands.add_metric([operation.name.lower(), status], count)
         yield commands
-        yield from _connections(server, server.connection_count, server.max_connections)
+        if self.clients:
+            yield from _connections(server, server.connection_count, server.max_connections)
         store = server.store
         if type(store) is MemoryStore:  # a shared store is watched through its own exporter
             with contextlib.suppress(RuntimeError):  # closed: nothing left to report
@@ -190,12 +195,20 @@ class ProxyCollector(Collector):
 
 
 class MetricsListener:
-    """Serves ``registry`` over HTTP on already bound sockets (GET or HEAD ``/metrics``)."""
+    """Serves ``registry`` over HTTP on already bound sockets (GET or HEAD ``/metrics``).
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    ``publish`` (a worker's :meth:`~.shared.MetricsSlot.publish`) is called every
+    ``PUBLISH_SECONDS`` while the listener is open, and once more when it closes.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry, publish: Callable[[], None] | None = None
+    ) -> None:
         self.registry = registry
         self._servers: list[asyncio.AbstractServer] = []
         self._scrapers = 0
+        self._publish = publish
+        self._publishing: asyncio.Task | None = None
 
     async def start(self, sockets: list[socket.socket]) -> None:
         for sock in sockets:
@@ -206,8 +219,23 @@ class MetricsListener:
             else:
                 server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_REQUEST_HEAD)
             self._servers.append(server)
+        if self._publish is not None:
+            self._publish()
+            self._publishing = asyncio.ensure_future(self._publish_periodically(self._publish))
+
+    @staticmethod
+    async def _publish_periodically(publish: Callable[[], None]) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_SECONDS)
+            publish()
 
     async def close(self) -> None:
+        if self._publishing is not None:
+            self._publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publishing
+            self._publishing = None
+            self._publish()  # type: ignore[misc]
         for server in self._servers:
             server.close()
         for server in self._servers:

@@ -15,6 +15,9 @@ in that order, so ``in_order`` holds and a connection may pipeline, as on Valkey
 
 When the owner cannot be reached (it died and its replacement is starting) a request gets the
 answers of an unreachable store, as with Valkey/Redis: ADD "not stored" (0x65), the others NOTOK.
+
+For the metrics, a worker counts in :attr:`OwnerRelay.outcomes` only the answers it gives itself
+(a refused ADD, an unreachable owner); the owner counts all the others.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from ..address import Address
 from ..link import LinkState, UpstreamLink
 from ..protocol import Request, check_add_fields, encode_status
 from ..wire import Operation
-from .handler import _UNAVAILABLE
+from .handler import _UNAVAILABLE, OUTCOME_SLOTS, UNAVAILABLE_SLOT
 
 __all__ = ["OWNER_MAX_IN_FLIGHT", "OWNER_RETRY_MS", "OwnerRelay"]
 
@@ -48,30 +51,43 @@ class OwnerRelay:
     synchronous core; calls kept in order; :meth:`begin`) and the ``close`` of a store.
     """
 
-    __slots__ = ("_started", "link")
+    __slots__ = ("_started", "capacity", "link", "outcomes")
 
     sync_core = None
     in_order = True
 
-    def __init__(self, owner: Address, *, max_in_flight: int = OWNER_MAX_IN_FLIGHT) -> None:
+    def __init__(
+        self, owner: Address, capacity: int, *, max_in_flight: int = OWNER_MAX_IN_FLIGHT
+    ) -> None:
         self.link = UpstreamLink(
             owner, retry_ms=OWNER_RETRY_MS, max_in_flight=max_in_flight, logger=log
         )
+        #: The owner's memory cache's -sessions, for the start-up line.
+        self.capacity = capacity
+        #: The answers given here, by operation and outcome (as ``RequestHandler.outcomes``).
+        self.outcomes = [0] * (len(Operation) * OUTCOME_SLOTS)
         self._started = False
+
+    def __repr__(self) -> str:
+        """What the start-up line says of the engine: the owner's cache, and where it is."""
+        return (
+            f"memory: ({self.capacity} sessions, held by the engine owner on {self.link.address})"
+        )
 
     def begin(self, request: Request, finish: Callable[[object], None]) -> bytes | None:
         """The reply now (a refused ADD, or no owner), or None when ``finish`` will get it."""
         if request.operation is _ADD:
             checked = check_add_fields(request.payload)
             if type(checked) is not tuple:
+                self.outcomes[checked] += 1  # ADD is operation 0: its slots start at 0
                 return encode_status(request.request_uid, _ADD, checked)
         link = self.link
         if not self._started:
             self._started = True
             link.start()  # here: the link needs the running loop
         elif link.state is LinkState.DOWN:
-            return request.respond_status(_UNAVAILABLE[request.operation])
-        link.submit(_Relayed(request, finish, link))
+            return _unavailable(self.outcomes, request)
+        link.submit(_Relayed(request, finish, link, self.outcomes))
         return None
 
     async def cancel_calls(self) -> None:
@@ -84,15 +100,29 @@ class OwnerRelay:
         await self.link.close()
 
 
+def _unavailable(outcomes: list[int], request: Request) -> bytes:
+    """The answer of an unreachable owner, counted."""
+    operation = request.operation
+    outcomes[operation * OUTCOME_SLOTS + UNAVAILABLE_SLOT] += 1
+    return request.respond_status(_UNAVAILABLE[operation])
+
+
 class _Relayed:
     """One forwarded request, as the link's requester: the owner's reply, under its own uid."""
 
-    __slots__ = ("_finish", "_link", "request")
+    __slots__ = ("_finish", "_link", "_outcomes", "request")
 
-    def __init__(self, request: Request, finish: Callable[[object], None], link: UpstreamLink):
+    def __init__(
+        self,
+        request: Request,
+        finish: Callable[[object], None],
+        link: UpstreamLink,
+        outcomes: list[int],
+    ):
         self.request = request
         self._finish = finish
         self._link = link
+        self._outcomes = outcomes
 
     def answer(self, payload: bytes) -> None:
         request = self.request
@@ -101,7 +131,7 @@ class _Relayed:
         if self._link.state is _UP:
             self._finish(request.respond(payload))
         else:
-            self._finish(request.respond_status(_UNAVAILABLE[request.operation]))
+            self._finish(_unavailable(self._outcomes, request))
 
     def forwarded(self) -> None:
         """No idle timer to move (the link calls this for the proxy's connections)."""

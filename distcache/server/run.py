@@ -11,13 +11,18 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .. import __version__
 from ..cache import MemoryStore, SessionStore
 from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEER_BYTES
 from .handler import RequestHandler
 from .progress import PROGRESS_INTERVAL, ProgressReporter
+from .relay import OwnerRelay
 from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Server
+
+if TYPE_CHECKING:  # prometheus_client is needed only with -metrics
+    from ..monitoring.shared import MetricsSlot
 
 __all__ = [
     "RunOptions",
@@ -61,6 +66,8 @@ class RunOptions:
     handler: RequestHandler | None = None
     #: ADD timeouts below this many milliseconds are raised to it (0: off; see -min-timeout).
     min_timeout_ms: int = 0
+    #: A worker's place in the metrics of the whole server (None: one process reports alone).
+    metrics_slot: MetricsSlot | None = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -160,7 +167,13 @@ async def _serve_metrics(server: Server, options: RunOptions):
     # Imported only when asked for: prometheus_client is not needed to serve the cache.
     from ..monitoring.metrics import MetricsListener, ServerCollector, metrics_registry
 
-    listener = MetricsListener(metrics_registry(ServerCollector(server, describe_engine(server))))
+    slot = options.metrics_slot
+    clients = slot is None or slot.clients
+    own = metrics_registry(ServerCollector(server, describe_engine(server), clients=clients))
+    if slot is None:
+        listener = MetricsListener(own)
+    else:  # a worker: every scrape reports the whole server
+        listener = MetricsListener(slot.registry(own), slot.publish)
     await listener.start(list(options.metrics_sockets))
     return listener
 
@@ -168,9 +181,10 @@ async def _serve_metrics(server: Server, options: RunOptions):
 def startup_line(server: Server, options: RunOptions) -> str:
     """What an operator needs to know at start: where, which engine, how big."""
     listening = ", ".join(describe_socket(sock) for sock in server.sockets)
-    engine = describe_engine(server)
-    if type(server.store) is MemoryStore:
-        engine += f" ({server.store.cache.capacity} sessions)"
+    store = server.store
+    engine = (
+        f"memory: ({store.cache.capacity} sessions)" if type(store) is MemoryStore else repr(store)
+    )
     line = (
         f"dc_server {__version__} serving on {listening}; engine {engine}; "
         f"at most {server.max_connections} connections"
@@ -182,9 +196,10 @@ def startup_line(server: Server, options: RunOptions) -> str:
 
 
 def describe_engine(server: Server) -> str:
-    """The engine, safe to log: ``memory:``, or the store's repr, which never shows a password."""
+    """The engine for the metrics, safe to show: ``memory:`` (also for a worker relaying to the
+    memory engine's owner), or the store's repr, which never shows a password."""
     store = server.store
-    return "memory:" if type(store) is MemoryStore else repr(store)
+    return "memory:" if type(store) in (MemoryStore, OwnerRelay) else repr(store)
 
 
 def describe_socket(sock: socket.socket) -> str:

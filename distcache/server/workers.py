@@ -13,7 +13,14 @@ rest:
 * **Valkey/Redis**: each worker opens its own connection to the store; no owner is needed.
 
 On SIGTERM/SIGINT the workers stop first, then the owner, so that requests the workers were
-relaying still get their answers.
+relaying still get their answers. SIGHUP does in every process what it does to a single one
+(reopen the log file, re-read the TLS files) and never stops the server.
+
+With ``-metrics`` every child writes its counters to shared memory and whichever answers a scrape
+reports them all (:mod:`distcache.monitoring.shared`).
+
+The private directory is removed by the supervisor when it exits, and by the owner when it
+finds itself orphaned (the supervisor was killed), so that no exit leaves it behind.
 """
 
 from __future__ import annotations
@@ -21,15 +28,16 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
 from ..address import parse_address
 from ..cache import MemoryStore, SessionStore
-from ..workers import Supervisor, WorkerSpec
+from ..monitoring.logs import reopen_log_files
+from ..workers import Supervisor, WorkerSpec, stop_timeout_for
 from .engines import open_engine
 from .listeners import (
     BACKLOG,
@@ -63,24 +71,32 @@ def run_workers(
     for sock in sockets:  # the pid file is written: clients may queue for the first worker
         sock.listen(BACKLOG)
     shares = listeners_per_worker(sockets, workers)
-    # SIGHUP re-reads the TLS files in every worker (the owner has none: harmless to it).
-    forwarded = (signal.SIGHUP,) if options.on_reload is not None else ()
+    # SIGHUP: the parent reloads too, so that a replacement child starts with what was re-read.
+    reload = options.on_reload or reopen_log_files
+    supervision = {
+        "killable": options.killable,
+        "on_started": options.on_ready,
+        "stop_requested": stop_requested_early,
+        "on_forward": lambda _signum: reload(),
+        "stop_timeout": stop_timeout_for(options.grace),
+    }
+    # -metrics: every child publishes its counters in shared memory (the owner in slot 0).
+    shared = _shared_metrics(options, workers + 1)
+
+    def with_metrics(index: int, *, clients: bool = True) -> tuple[RunOptions, Callable | None]:
+        """A child's options with its metrics slot, and what the parent does when it exits."""
+        if shared is None:
+            return child_options, None
+        slot = shared.slot(index, clients=clients)
+        return replace(child_options, metrics_slot=slot), partial(shared.retire, index)
+
     if type(store) is not MemoryStore:
-        specs = [
-            WorkerSpec(
-                "worker",
-                _store_worker(shares, n, engine_url, sessions, child_options),
-            )
-            for n in range(workers)
-        ]
-        supervisor = Supervisor(
-            specs,
-            killable=options.killable,
-            on_started=options.on_ready,
-            stop_requested=stop_requested_early,
-            forwarded=forwarded,
-        )
-        return supervisor.run()
+        specs = []
+        for n in range(workers):
+            worker_options, retire = with_metrics(n + 1)
+            run = _store_worker(shares, n, engine_url, sessions, worker_options)
+            specs.append(WorkerSpec("worker", run, on_exit=retire))
+        return Supervisor(specs, **supervision).run()
     directory = tempfile.mkdtemp(prefix="distcache-")  # 0700: only this user reaches the owner
     try:
         owner_address = parse_address(f"UNIX:{os.path.join(directory, OWNER_SOCKET_NAME)}")
@@ -93,18 +109,26 @@ def run_workers(
         shutil.rmtree(directory, ignore_errors=True)
         raise
 
+    supervisor_pid = os.getpid()
+
+    owner_options, retire_owner = with_metrics(0, clients=False)  # its clients are the workers
+    owner_options = replace(owner_options, max_connections=max(workers * 4, 64))
+
     def owner() -> int:
         close_listeners_but(shares, [])
         defer_stop_requests(options.killable)
-        owner_options = replace(child_options, max_connections=max(workers * 4, 64))
-        return run_server(owner_sockets, store, owner_options)
+        try:
+            return run_server(owner_sockets, store, owner_options)
+        finally:
+            if os.getppid() != supervisor_pid:  # orphaned: nobody else will remove it
+                shutil.rmtree(directory, ignore_errors=True)
 
-    def worker(mine: list[socket.socket]) -> int:
+    def worker(mine: list[socket.socket], worker_options: RunOptions) -> int:
         close_listeners(owner_sockets)
         close_listeners_but(shares, mine)
         defer_stop_requests(options.killable)
-        relay = OwnerRelay(owner_address)
-        worker_options = replace(child_options, progress=0, handler=relay)
+        relay = OwnerRelay(owner_address, store.cache.capacity)
+        worker_options = replace(worker_options, progress=0, handler=relay)
         return run_server(mine, relay, worker_options)  # type: ignore[arg-type]
 
     def clean_up() -> None:
@@ -113,17 +137,11 @@ def run_workers(
         with contextlib.suppress(OSError):
             shutil.rmtree(directory)
 
-    specs = [WorkerSpec("engine owner", owner, stage=1)]
-    specs += [WorkerSpec("worker", partial(worker, share)) for share in shares]
-    supervisor = Supervisor(
-        specs,
-        killable=options.killable,
-        on_started=options.on_ready,
-        on_exit=clean_up,
-        stop_requested=stop_requested_early,
-        forwarded=forwarded,
-    )
-    return supervisor.run()
+    specs = [WorkerSpec("engine owner", owner, stage=1, on_exit=retire_owner)]
+    for n, share in enumerate(shares):
+        worker_options, retire = with_metrics(n + 1)
+        specs.append(WorkerSpec("worker", partial(worker, share, worker_options), on_exit=retire))
+    return Supervisor(specs, on_exit=clean_up, **supervision).run()
 
 
 def _store_worker(shares, number: int, engine_url: str, sessions: int, options: RunOptions):
@@ -138,3 +156,12 @@ def _store_worker(shares, number: int, engine_url: str, sessions: int, options: 
         return run_server(sockets, store, replace(options, progress=progress))
 
     return worker
+
+
+def _shared_metrics(options: RunOptions, slots: int):
+    """Shared memory for the children's metrics, with -metrics (None without)."""
+    if not options.metrics_sockets:
+        return None
+    from ..monitoring.shared import SharedMetrics  # needs prometheus_client
+
+    return SharedMetrics(slots)
