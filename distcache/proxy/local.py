@@ -46,28 +46,6 @@ _RESPONSE = Direction.RESPONSE
 class LocalConnection(asyncio.Protocol):
     """The protocol object of one accepted local connection (created by :class:`Proxy`)."""
 
-    # One is made per connection, and a client of mod_socache_dc opens one per operation.
-    __slots__ = (
-        "_batched",
-        "_closing",
-        "_decoder",
-        "_eof",
-        "_idle",
-        "_idle_deadline",
-        "_idle_timer",
-        "_keyed",
-        "_link",
-        "_proxy",
-        "_reading_paused",
-        "_serving",
-        "_stopping",
-        "_transport",
-        "_writing_paused",
-        "last_active",
-        "number",
-        "request",
-    )
-
     def __init__(self, proxy: Proxy, *, keyed: bool = True) -> None:
         self._proxy = proxy
         self._keyed = keyed  # the peer has an address that per-peer limits count
