@@ -45,6 +45,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -54,6 +55,7 @@ import time
 from dataclasses import dataclass, field
 
 from distcache.protocol import encode_response
+from distcache.protocol.decoder import ACCELERATED
 from distcache.server import new_event_loop
 from distcache.wire import Operation, Status
 
@@ -484,7 +486,8 @@ def main() -> None:
     print(
         f"host: {os.uname().machine}, {os.cpu_count()} cores, load average {load_avg[0]:.2f} "
         f"at start; load: {'legacy' if args.legacy_bin else 'our'} dc_test; "
-        f"proxy upstream: {upstream.name} dc_server"
+        f"proxy upstream: {upstream.name} dc_server; Python {platform.python_version()}, "
+        f"compiled decoder {'on' if ACCELERATED else 'off (not built)'}"
     )
     tmp = tempfile.mkdtemp(prefix="dc-cpu-")
     try:
