@@ -33,9 +33,12 @@ upstream server) with the clients spread over them one per process (client i to 
 so that no process wakes up for more than its own clients. Nothing is shared (no common cache),
 so it is a lower bound for any design that spreads clients over processes, compiled or not: on a
 host where a wake-up per request dominates, its "all processes" figure shows what spreading alone
-costs, and its busiest figure how far spreading can take one process.
+costs, and its busiest figure how far spreading can take one process. ``--spread-ours`` adds the
+same spread of our single-process programs (``ours-spread``): what ours with N workers would cost
+if no request crossed a process boundary (no engine owner), the bound for such a design of ours.
 
-    python benchmarks/cpu.py [--legacy-bin DIR] [--pure] [--floor] [--no-spread] [--workers 1,4]
+    python benchmarks/cpu.py [--legacy-bin DIR] [--pure] [--floor] [--no-spread] [--spread-ours]
+                             [--workers 1,4]
                              [--clients 1,4] [--loads server,proxy] [--ops K] [--rounds N]
 """
 
@@ -248,11 +251,10 @@ def legacy_build(directory: str) -> Build:
     )
 
 
-def spread_build(directory: str) -> Build:
-    """N independent legacy processes, the clients spread over them (see the module doc)."""
-    build = legacy_build(directory)
-    build.name, build.spread = "spread", True
-    return build
+def spread_build(build: Build, name: str) -> Build:
+    """N independent single processes of ``build``, the clients spread over them (see the
+    module doc)."""
+    return Build(name, build.server, build.proxy, workers=False, env=build.env, spread=True)
 
 
 def worker_count(workers: str) -> int:
@@ -413,13 +415,14 @@ def ratio_span(ours: list[float], theirs: list[float], best) -> str:
 
 
 def report(title: str, results: dict[str, Figures]) -> None:
-    ours, legacy, spread = results["ours"], results.get("legacy"), results.get("spread")
+    ours, legacy = results["ours"], results.get("legacy")
     others = [(name, results[name]) for name in ("pure", "floor") if name in results]
+    spreads = [(name, results[name]) for name in ("spread", "ours-spread") if name in results]
     print(f"\n{title}  ({ours.processes} process(es) of ours measured)")
-    if spread is not None:
+    if spreads:
         print(
-            f"  spread: {spread.processes} independent legacy processes, the clients spread "
-            "over them (nothing shared: a lower bound for spreading clients over processes)"
+            f"  spread: {spreads[0][1].processes} independent single processes (legacy; "
+            "ours-spread: ours), the clients spread over them; nothing shared"
         )
     rows = [("ops/s", "rate", 0), ("CPU us/req, busiest process", "busiest", 1)]
     rows.append(("CPU us/req, all processes", "total", 1))
@@ -432,16 +435,16 @@ def report(title: str, results: dict[str, Figures]) -> None:
             line += f"   legacy {span(getattr(legacy, attr), digits):>14}"
             best = max if attr == "rate" else min
             line += f"   ours/legacy {ratio_span(getattr(ours, attr), getattr(legacy, attr), best)}"
-            if spread is not None:
-                line += f"   spread {span(getattr(spread, attr), digits):>14}"
-                line += "   spread/legacy " + ratio_span(
+            for name, spread in spreads:
+                line += f"   {name} {span(getattr(spread, attr), digits):>14}"
+                line += f"   {name}/legacy " + ratio_span(
                     getattr(spread, attr), getattr(legacy, attr), best
                 )
         print(line, flush=True)
     if ours.processes > 1:
         print("  ours, each process, last round:  " + ", ".join(f"{t:.1f}" for t in ours.each))
-    if spread is not None:
-        print("  spread, each process, last round:  " + ", ".join(f"{t:.1f}" for t in spread.each))
+    for name, spread in spreads:
+        print(f"  {name}, each process, last round:  " + ", ".join(f"{t:.1f}" for t in spread.each))
 
 
 def main() -> None:
@@ -467,6 +470,11 @@ def main() -> None:
         "--no-spread",
         action="store_true",
         help="leave out the legacy spread over N processes (run with --legacy-bin, workers > 1)",
+    )
+    parser.add_argument(
+        "--spread-ours",
+        action="store_true",
+        help="also spread the clients over N single processes of ours (workers > 1)",
     )
     parser.add_argument("--serve-floor", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -494,11 +502,12 @@ def main() -> None:
         for load in args.loads.split(","):
             for clients in map(int, args.clients.split(",")):
                 for workers in args.workers.split(","):
-                    spread = (
-                        [spread_build(args.legacy_bin)]
-                        if args.legacy_bin and not args.no_spread and worker_count(workers) > 1
-                        else []
-                    )
+                    spread = []
+                    if worker_count(workers) > 1:
+                        if args.legacy_bin and not args.no_spread:
+                            spread.append(spread_build(builds[-1], "spread"))
+                        if args.spread_ours:
+                            spread.append(spread_build(builds[0], "ours-spread"))
                     results = {b.name: Figures() for b in [*builds, *spread]}
                     for _ in range(args.rounds):
                         for build in [*builds, *spread]:
