@@ -449,7 +449,7 @@ def report(title: str, results: dict[str, Figures]) -> None:
     print(f"\n{title}  ({ours.processes} process(es) of ours measured)")
     if spreads:
         print(
-            f"  spread: {spreads[0][1].processes} independent single processes (legacy; "
+            f"  spread: {spreads[0][1].processes} independent single processes (spread: legacy, "
             "ours-spread: ours), the clients spread over them; nothing shared"
         )
     rows = [("ops/s", "rate", 0), ("CPU us/req, busiest process", "busiest", 1)]
@@ -459,12 +459,13 @@ def report(title: str, results: dict[str, Figures]) -> None:
         line = f"  {label:<30} ours {span(getattr(ours, attr), digits):>14}"
         for name, other in others:
             line += f"   {name} {span(getattr(other, attr), digits):>14}"
+        best = max if attr == "rate" else min
         if legacy is not None:
             line += f"   legacy {span(getattr(legacy, attr), digits):>14}"
-            best = max if attr == "rate" else min
             line += f"   ours/legacy {ratio_span(getattr(ours, attr), getattr(legacy, attr), best)}"
-            for name, spread in spreads:
-                line += f"   {name} {span(getattr(spread, attr), digits):>14}"
+        for name, spread in spreads:
+            line += f"   {name} {span(getattr(spread, attr), digits):>14}"
+            if legacy is not None:
                 line += f"   {name}/legacy " + ratio_span(
                     getattr(spread, attr), getattr(legacy, attr), best
                 )
