@@ -2,7 +2,8 @@
 
 What decides throughput on a many-core host is the CPU time each process spends per request; it
 can be measured on any host, however small or busy, because the kernel accounts it per process
-(user + system time in ``/proc/<pid>/stat``). This benchmark runs the same load against our
+(user + system time in ``/proc/<pid>/stat``, and to the nanosecond in ``/proc/<pid>/task/*/sched``
+where the kernel has it). This benchmark runs the same load against our
 programs and, when ``--legacy-bin DIR`` names a directory holding the legacy C programs
 (``dc_server``, ``dc_client``, ``dc_test``), against those, in alternating rounds of one run.
 
@@ -26,8 +27,19 @@ processes' time. Each figure is a range over ``--rounds`` rounds (min..max). ``-
 in place of the proxy, answering locally with no upstream hop), the least any asyncio program
 spends per request on this load.
 
-    python benchmarks/cpu.py [--legacy-bin DIR] [--pure] [--floor] [--workers 1,4] [--clients 1,4]
-                             [--loads server,proxy] [--ops K] [--rounds N]
+With ``--legacy-bin`` and more than one worker, a reference ``spread`` runs beside them: N
+independent legacy processes (N = the worker count; N servers, or N proxies in front of the one
+upstream server) with the clients spread over them one per process (client i to process i mod N),
+so that no process wakes up for more than its own clients. Nothing is shared (no common cache),
+so it is a lower bound for any design that spreads clients over processes, compiled or not: on a
+host where a wake-up per request dominates, its "all processes" figure shows what spreading alone
+costs, and its busiest figure how far spreading can take one process. ``--spread-ours`` adds the
+same spread of our single-process programs (``ours-spread``): what ours with N workers would cost
+if no request crossed a process boundary (no engine owner), the bound for such a design of ours.
+
+    python benchmarks/cpu.py [--legacy-bin DIR] [--pure] [--floor] [--no-spread] [--spread-ours]
+                             [--workers 1,4]
+                             [--clients 1,4] [--loads server,proxy] [--ops K] [--rounds N]
 """
 
 from __future__ import annotations
@@ -35,7 +47,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -45,6 +59,7 @@ import time
 from dataclasses import dataclass, field
 
 from distcache.protocol import encode_response
+from distcache.protocol.decoder import ACCELERATED
 from distcache.server import new_event_loop
 from distcache.wire import Operation, Status
 
@@ -65,12 +80,33 @@ def _stat(pid: int) -> tuple[int, float, float, float] | None:
         return None
     fields = raw[raw.rindex(b")") + 2 :].split()
     # Fields 4 (ppid), 14/15 (utime, stime), 16/17 (cutime, cstime) of proc(5), from field 3 on.
+    own = _exec_runtime(pid)
     return (
         int(fields[1]),
-        (int(fields[11]) + int(fields[12])) / TICK,
+        (int(fields[11]) + int(fields[12])) / TICK if own is None else own,
         (int(fields[13]) + int(fields[14])) / TICK,
         int(fields[12]) / TICK,
     )
+
+
+def _exec_runtime(pid: int) -> float | None:
+    """The CPU seconds of ``pid``'s threads to the nanosecond (``se.sum_exec_runtime`` of
+    ``/proc/<pid>/task/<tid>/sched``, where the kernel has it), else None. ``stat`` counts in
+    clock ticks (10 ms): a process that serves a quarter of a short run's requests would be
+    measured to within a few microseconds per request only."""
+    total = 0.0
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/sched", "rb") as f:
+                for line in f:
+                    if line.startswith(b"se.sum_exec_runtime"):
+                        total += float(line.split(b":")[1]) / 1000  # milliseconds
+                        break
+                else:
+                    return None
+    except (OSError, ValueError):
+        return None
+    return total
 
 
 def process_tree(root: int) -> dict[int, tuple[float, float, float]]:
@@ -179,9 +215,10 @@ class Build:
     proxy: list[str]
     workers: bool  # understands -workers
     env: dict | None = None  # the environment it runs in (None: ours)
+    spread: bool = False  # N independent processes, the clients spread one per process
 
     def with_workers(self, argv: list[str], workers: str) -> list[str]:
-        return argv if workers == "1" else [*argv, "-workers", workers]
+        return argv if workers == "1" or not self.workers else [*argv, "-workers", workers]
 
 
 def our_build() -> Build:
@@ -213,6 +250,16 @@ def legacy_build(directory: str) -> Build:
         [os.path.join(directory, "dc_client")],
         workers=False,
     )
+
+
+def spread_build(build: Build, name: str) -> Build:
+    """N independent single processes of ``build``, the clients spread over them (see the
+    module doc)."""
+    return Build(name, build.server, build.proxy, workers=False, env=build.env, spread=True)
+
+
+def worker_count(workers: str) -> int:
+    return os.cpu_count() or 1 if workers == "auto" else int(workers)
 
 
 def free_port() -> int:
@@ -255,20 +302,36 @@ def running(argv: list[str], address: str, env: dict | None = None):
             proc.wait()
 
 
-def run_load(dc_test: list[str], address: str, clients: int, ops: int, persistent: bool) -> float:
-    """Run ``clients`` dc_test processes of ``ops`` operations each; returns the wall time."""
-    argv = [*dc_test, "-connect", address, "-sessions", "10", "-ops", str(ops)]
-    if persistent:
-        argv.append("-persistent")
+class LoadFailed(RuntimeError):
+    """A dc_test process of the load reported a failure."""
+
+    def __init__(self, returncode: int, stderr: str) -> None:
+        errors = [line for line in stderr.splitlines() if line.startswith("Error")]
+        self.summary = errors[0] if errors else f"exit status {returncode}"
+        super().__init__(f"dc_test failed ({returncode}): {stderr[-300:]}")
+
+
+def run_load(
+    dc_test: list[str], addresses: list[str], clients: int, ops: int, persistent: bool
+) -> float:
+    """Run ``clients`` dc_test processes of ``ops`` operations each, client i against
+    ``addresses[i % len(addresses)]``; returns the wall time."""
+    argvs = [
+        [*dc_test, "-connect", addresses[i % len(addresses)], "-sessions", "10", "-ops", str(ops)]
+        + (["-persistent"] if persistent else [])
+        for i in range(clients)
+    ]
     start = time.monotonic()
     procs = [
-        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for _ in range(clients)
+        subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for argv in argvs
     ]
-    for proc in procs:
+    failed = None
+    for proc in procs:  # every one waited for: none is left running into the next round
         _, err = proc.communicate(timeout=600)
-        if proc.returncode:
-            raise RuntimeError(f"dc_test failed ({proc.returncode}): {err.decode()[-300:]}")
+        if proc.returncode and failed is None:
+            failed = LoadFailed(proc.returncode, err.decode())
+    if failed is not None:
+        raise failed
     return time.monotonic() - start
 
 
@@ -285,11 +348,18 @@ class Figures:
     each: list[float] = field(default_factory=list)  # us per request of each process, last round
 
 
-def measure(target: subprocess.Popen, load, requests: int, figures: Figures) -> None:
+def process_trees(roots: list[subprocess.Popen]) -> dict[int, tuple[float, float, float]]:
+    trees: dict[int, tuple[float, float, float]] = {}
+    for root in roots:
+        trees.update(process_tree(root.pid))
+    return trees
+
+
+def measure(targets: list[subprocess.Popen], load, requests: int, figures: Figures) -> None:
     load(200)  # warm-up: every worker started, imports done, sessions stored
-    before = process_tree(target.pid)
+    before = process_trees(targets)
     seconds = load(None)
-    spent, system = cpu_spent(before, process_tree(target.pid))
+    spent, system = cpu_spent(before, process_trees(targets))
     figures.rate.append(requests / seconds)
     figures.busiest.append(spent[0] / requests * 1e6)
     figures.total.append(sum(spent) / requests * 1e6)
@@ -299,38 +369,59 @@ def measure(target: subprocess.Popen, load, requests: int, figures: Figures) -> 
 
 
 def server_round(build, workers, dc_test, clients, ops, figures) -> None:
-    address = f"IP:127.0.0.1:{free_port()}"
-    argv = build.with_workers(
-        [*build.server, "-listen", address, "-sessions", str(SESSIONS)], workers
-    )
-    if build.name == "floor":
-        argv = [*build.server, address]
-    with running(argv, address, build.env) as server:
+    copies = worker_count(workers) if build.spread else 1
+    addresses = [f"IP:127.0.0.1:{free_port()}" for _ in range(copies)]
+    with contextlib.ExitStack() as stack:
+        servers = []
+        for address in addresses:
+            argv = build.with_workers(
+                [*build.server, "-listen", address, "-sessions", str(SESSIONS)], workers
+            )
+            if build.name == "floor":
+                argv = [*build.server, address]
+            servers.append(stack.enter_context(running(argv, address, build.env)))
 
         def load(n):
-            return run_load(dc_test, address, clients, n or ops, persistent=True)
+            return run_load(dc_test, addresses, clients, n or ops, persistent=True)
 
-        measure(server, load, clients * ops, figures)
+        measure(servers, load, clients * ops, figures)
 
 
 def proxy_round(build, workers, dc_test, upstream, clients, ops, figures, tmp) -> None:
     server_address = f"IP:127.0.0.1:{free_port()}"
-    local = f"UNIX:{tmp}/proxy-{build.name}-{time.monotonic_ns()}"
+    copies = worker_count(workers) if build.spread else 1
+    locals_ = [f"UNIX:{tmp}/proxy-{build.name}-{time.monotonic_ns()}-{i}" for i in range(copies)]
     server_argv = [*upstream.server, "-listen", server_address, "-sessions", str(SESSIONS)]
-    proxy_argv = build.with_workers(
-        [*build.proxy, "-listen", local, "-server", server_address], workers
-    )
-    if build.name == "floor":  # answers itself: nothing upstream
-        proxy_argv = [*build.proxy, local]
-    with (
-        running(server_argv, server_address, upstream.env),
-        running(proxy_argv, local, build.env) as proxy,
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(running(server_argv, server_address, upstream.env))
+        proxies = []
+        for local in locals_:
+            proxy_argv = build.with_workers(
+                [*build.proxy, "-listen", local, "-server", server_address], workers
+            )
+            if build.name == "floor":  # answers itself: nothing upstream
+                proxy_argv = [*build.proxy, local]
+            proxies.append(stack.enter_context(running(proxy_argv, local, build.env)))
 
         def load(n):
-            return run_load(dc_test, local, clients, n or ops, persistent=False)
+            return run_load(dc_test, locals_, clients, n or ops, persistent=False)
 
-        measure(proxy, load, clients * ops, figures)
+        measure(proxies, load, clients * ops, figures)
+
+
+def run_round(name: str, round_, tries: int = 3) -> None:
+    """Run one round, again if its load fails (said on stderr): with the legacy server
+    upstream, a proxy round now and then fails because that server mishandles pipelined
+    requests that reach it in pieces or behind a large reply (it drops the link or answers with
+    stale data). A failed round adds no figures."""
+    for attempt in range(1, tries + 1):
+        try:
+            round_()
+            return
+        except LoadFailed as error:
+            if attempt == tries:
+                raise
+            print(f"  ({name}: round run again: {error.summary})", file=sys.stderr, flush=True)
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -354,7 +445,13 @@ def ratio_span(ours: list[float], theirs: list[float], best) -> str:
 def report(title: str, results: dict[str, Figures]) -> None:
     ours, legacy = results["ours"], results.get("legacy")
     others = [(name, results[name]) for name in ("pure", "floor") if name in results]
+    spreads = [(name, results[name]) for name in ("spread", "ours-spread") if name in results]
     print(f"\n{title}  ({ours.processes} process(es) of ours measured)")
+    if spreads:
+        print(
+            f"  spread: {spreads[0][1].processes} independent single processes (spread: legacy, "
+            "ours-spread: ours), the clients spread over them; nothing shared"
+        )
     rows = [("ops/s", "rate", 0), ("CPU us/req, busiest process", "busiest", 1)]
     rows.append(("CPU us/req, all processes", "total", 1))
     rows.append(("  of which in the kernel", "system", 1))
@@ -362,13 +459,21 @@ def report(title: str, results: dict[str, Figures]) -> None:
         line = f"  {label:<30} ours {span(getattr(ours, attr), digits):>14}"
         for name, other in others:
             line += f"   {name} {span(getattr(other, attr), digits):>14}"
+        best = max if attr == "rate" else min
         if legacy is not None:
             line += f"   legacy {span(getattr(legacy, attr), digits):>14}"
-            best = max if attr == "rate" else min
             line += f"   ours/legacy {ratio_span(getattr(ours, attr), getattr(legacy, attr), best)}"
+        for name, spread in spreads:
+            line += f"   {name} {span(getattr(spread, attr), digits):>14}"
+            if legacy is not None:
+                line += f"   {name}/legacy " + ratio_span(
+                    getattr(spread, attr), getattr(legacy, attr), best
+                )
         print(line, flush=True)
     if ours.processes > 1:
         print("  ours, each process, last round:  " + ", ".join(f"{t:.1f}" for t in ours.each))
+    for name, spread in spreads:
+        print(f"  {name}, each process, last round:  " + ", ".join(f"{t:.1f}" for t in spread.each))
 
 
 def main() -> None:
@@ -390,6 +495,16 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="also run the floor: a check-free Python cache"
     )
+    parser.add_argument(
+        "--no-spread",
+        action="store_true",
+        help="leave out the legacy spread over N processes (run with --legacy-bin, workers > 1)",
+    )
+    parser.add_argument(
+        "--spread-ours",
+        action="store_true",
+        help="also spread the clients over N single processes of ours (workers > 1)",
+    )
     parser.add_argument("--serve-floor", metavar="ADDRESS", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_floor:
@@ -408,26 +523,36 @@ def main() -> None:
     print(
         f"host: {os.uname().machine}, {os.cpu_count()} cores, load average {load_avg[0]:.2f} "
         f"at start; load: {'legacy' if args.legacy_bin else 'our'} dc_test; "
-        f"proxy upstream: {upstream.name} dc_server"
+        f"proxy upstream: {upstream.name} dc_server; Python {platform.python_version()}, "
+        f"compiled decoder {'on' if ACCELERATED else 'off (not built)'}"
     )
     tmp = tempfile.mkdtemp(prefix="dc-cpu-")
     try:
         for load in args.loads.split(","):
             for clients in map(int, args.clients.split(",")):
                 for workers in args.workers.split(","):
-                    results = {b.name: Figures() for b in builds}
+                    spread = []
+                    if worker_count(workers) > 1:
+                        if args.legacy_bin and not args.no_spread:
+                            spread.append(spread_build(builds[-1], "spread"))
+                        if args.spread_ours:
+                            spread.append(spread_build(builds[0], "ours-spread"))
+                    results = {b.name: Figures() for b in [*builds, *spread]}
                     for _ in range(args.rounds):
-                        for build in builds:
-                            w = workers if build.workers else "1"
+                        for build in [*builds, *spread]:
                             if load == "server":
-                                server_round(
-                                    build, w, dc_test, clients, args.ops, results[build.name]
-                                )
+                                round_ = functools.partial(
+                                    server_round,
+                                    build, workers, dc_test, clients, args.ops,
+                                    results[build.name],
+                                )  # fmt: skip
                             else:
-                                proxy_round(
-                                    build, w, dc_test, upstream, clients, args.proxy_ops,
+                                round_ = functools.partial(
+                                    proxy_round,
+                                    build, workers, dc_test, upstream, clients, args.proxy_ops,
                                     results[build.name], tmp,
                                 )  # fmt: skip
+                            run_round(build.name, round_)
                     what = (
                         "dc_server, persistent"
                         if load == "server"

@@ -34,11 +34,12 @@ def _answer_mapped(mapping):
 
 
 def _upstream_uid_kept() -> None:
-    add = RequestTracker.add
+    track = RequestTracker.track
 
-    def tracked(self, request_uid, operation, context=None):
+    def tracked(self, operation, context=None):
+        request_uid = track(self, operation, context)
         context._upstream_uid = request_uid  # what the reply would carry without rewriting
-        return add(self, request_uid, operation, context)
+        return request_uid
 
     def answer(self, payload):
         uid = getattr(self, "_upstream_uid", None)
@@ -46,7 +47,7 @@ def _upstream_uid_kept() -> None:
             self.request = self.request._replace(request_uid=uid)
         _answer(self, payload)
 
-    RequestTracker.add = tracked
+    RequestTracker.track = tracked
     LocalConnection.answer = answer
 
 

@@ -349,6 +349,22 @@ def test_request_tracker_matches_by_uid_and_operation():
     assert info.value.reason == "unknown_uid"
 
 
+def test_track_records_under_the_uid_allocate_uid_would_give():
+    tracker, reference = RequestTracker(), RequestTracker()
+    tracker._next_uid = reference._next_uid = 2**32 - 2
+    for tracked in (tracker, reference):
+        tracked.add(0, Operation.GET)  # in flight across the wrap
+        tracked.add(1, Operation.GET)
+    for n in range(4):
+        expected = reference.allocate_uid()
+        reference.add(expected, Operation.HAVE, n)
+        uid = tracker.track(Operation.HAVE, n)
+        assert uid == expected
+        assert tracker.pending[uid] == (uid, Operation.HAVE, n)
+    assert [u for u in tracker.pending] == [0, 1, 2**32 - 2, 2**32 - 1, 2, 3]
+    assert len(tracker.pending) == len(tracker) == 6
+
+
 def test_uid_allocation_wraps_and_skips_uids_in_flight():
     tracker = RequestTracker()
     tracker._next_uid = 2**32 - 1

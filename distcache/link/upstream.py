@@ -49,11 +49,13 @@ from ..protocol import (
     RemoteProtocolError,
     Request,
     RequestTracker,
-    encode_request,
+    encode_message,
 )
 from ..tls import ClientTLSSetting
 from ..wire import Direction, Status
 from .dial import dial
+
+_REQUEST = Direction.REQUEST
 
 log = logging.getLogger("distcache.proxy")
 
@@ -131,6 +133,7 @@ class UpstreamLink:
         #: Connections made so far (tests and logs use it to tell reconnects apart).
         self.connections = 0
         self._tracker = RequestTracker()
+        self._pending = self._tracker.pending  # its len() is the number in flight
         self._waiting: deque[Requester] = deque()
         self._connection: _UpstreamConnection | None = None
         self._decoder = MessageDecoder(receives=Direction.RESPONSE)
@@ -153,19 +156,18 @@ class UpstreamLink:
         """Forward ``requester.request``; its answer comes through ``requester.answer``, at once
         (EMPTY) when the link is DOWN, else when the reply arrives or the link fails."""
         state = self.state
-        if state is LinkState.UP and not self._waiting and len(self._tracker) < self.max_in_flight:
+        if state is _UP and not self._waiting and len(self._pending) < self.max_in_flight:
             self._forward(requester)
-        elif state is LinkState.DOWN:
+        elif state is _DOWN:
             requester.answer(EMPTY_REPLY)
         else:
             self._waiting.append(requester)
 
     def _forward(self, requester: Requester) -> None:
         request = requester.request
-        tracker = self._tracker
-        uid = tracker.allocate_uid()
-        tracker.add(uid, request.operation, requester)
-        self._outbox.append(encode_request(uid, request.operation, request.payload))
+        operation = request.operation
+        uid = self._tracker.track(operation, requester)
+        self._outbox.append(encode_message(_REQUEST, uid, operation, request.payload))
         if not self._flush_scheduled:
             # Other local connections ready in this pass of the loop join the same write.
             self._flush_scheduled = True
@@ -175,7 +177,10 @@ class UpstreamLink:
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
-        self._flush()
+        outbox = self._outbox  # (_flush, without its call: this runs once per loop pass)
+        if outbox:
+            self._outbox = []
+            self._connection.transport.writelines(outbox)
 
     def _flush(self) -> None:
         outbox = self._outbox
@@ -204,7 +209,8 @@ class UpstreamLink:
             self.log.warning("server broke the protocol, dropping its connection: %s", error)
             self._went_down(LinkEvent.LOST, quick_retry=False)  # a broken server waits ``retry``
             return
-        self._flush()  # requests the replies released (waiting or pipelined) leave now
+        if self._outbox:  # requests the replies released (waiting or pipelined) leave now
+            self._flush()
 
     # -- connection management -------------------------------------------------------------
 

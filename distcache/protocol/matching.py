@@ -54,6 +54,23 @@ class RequestTracker:
         self._next_uid = (uid + 1) & MAX_REQUEST_UID
         return uid
 
+    def track(self, operation: Operation, context: Any = None) -> int:
+        """Record a request under a fresh uid (as :meth:`allocate_uid`) and return the uid: one
+        call per forwarded request where a proxy made three."""
+        pending = self._pending
+        uid = self._next_uid
+        if uid in pending:  # wrapped around onto a request still in flight
+            uid = self.allocate_uid()
+        else:
+            self._next_uid = (uid + 1) & MAX_REQUEST_UID
+        pending[uid] = _new_entry(Outstanding, (uid, operation, context))
+        return uid
+
+    @property
+    def pending(self) -> dict[int, Outstanding]:
+        """The requests in flight by uid (read only: ``len`` of it costs no Python call)."""
+        return self._pending
+
     def add(self, request_uid: int, operation: Operation, context: Any = None) -> Outstanding:
         """Record a request as sent."""
         if request_uid in self._pending:

@@ -36,6 +36,7 @@ from ..protocol import (
     RemoteProtocolError,
     Request,
     check_forwardable,
+    encode_message,
 )
 from ..server.connection import INPUT_BACKLOG
 from ..wire import Direction
@@ -45,12 +46,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("distcache.proxy")
 
+_RESPONSE = Direction.RESPONSE
+
 
 class LocalConnection(asyncio.Protocol):
     """The protocol object of one accepted local connection (created by :class:`Proxy`)."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, *, keyed: bool = True) -> None:
         self._proxy = proxy
+        self._keyed = keyed  # the peer has an address that per-peer limits count
         self._link = proxy.link
         self._idle = proxy.settings.idle_ms / 1000
         self._decoder = MessageDecoder(receives=Direction.REQUEST)
@@ -77,7 +81,8 @@ class LocalConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
         self.last_active = self._proxy.loop.time()
-        number = self._proxy.admit(self, peer_key(transport.get_extra_info("peername")))
+        key = peer_key(transport.get_extra_info("peername")) if self._keyed else None
+        number = self._proxy.admit(self, key)
         if number is None:
             self._closing = True
             transport.close()  # accepted then closed at once, as the legacy did
@@ -108,10 +113,11 @@ class LocalConnection(asyncio.Protocol):
         self._closing = True
         # Let go of the buffered bytes now: this object and its transport form a cycle that
         # only the cyclic garbage collector would free.
-        self._decoder = MessageDecoder(receives=Direction.REQUEST)
+        self._decoder = _RELEASED
         self._batched = []
-        self._cancel_idle_timer()
-        self._proxy.forget(self)
+        if self._idle_timer is not None:
+            self._cancel_idle_timer()
+        self._proxy.connections.forget(self)
 
     def pause_writing(self) -> None:
         self._writing_paused = True
@@ -180,7 +186,8 @@ class LocalConnection(asyncio.Protocol):
         request, self.request = self.request, None
         if self._closing or self._transport.is_closing():
             return  # the client left or was closed: nobody to answer
-        reply = request.respond(payload)
+        # (Request.respond, without its call: one of the few calls made per connection)
+        reply = encode_message(_RESPONSE, request.request_uid, request.operation, payload)
         if self._serving:
             self._batched.append(reply)
             return
@@ -216,7 +223,8 @@ class LocalConnection(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
-        self._cancel_idle_timer()
+        if self._idle_timer is not None:
+            self._cancel_idle_timer()
         self._transport.close()
 
     # -- the policies of distcache.peers ----------------------------------------------------
@@ -275,3 +283,7 @@ class LocalConnection(asyncio.Protocol):
             self._arm_idle_timer()
         else:
             self.close()
+
+
+#: The decoder of a closed connection (holds nothing; never fed).
+_RELEASED = MessageDecoder(receives=Direction.REQUEST)

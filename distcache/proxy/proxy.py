@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -111,10 +112,13 @@ class Proxy:
             sockets = bind_listeners(settings.listen, tls=settings.listen_tls, allow=settings.allow)
         for sock in sockets:
             sock.listen(BACKLOG)  # now, so that clients wait in the backlog (see below)
+            # A UNIX peer has no address to count (peer_key): asking for it costs a socket
+            # object and two system calls per connection.
+            keyed = sock.family != socket.AF_UNIX
             self._listeners.append(
                 await serve_listener(
                     sock,
-                    self._new_connection,
+                    functools.partial(LocalConnection, self, keyed=keyed),
                     registry=self.connections,
                     backlog=BACKLOG,
                     start_serving=False,
@@ -141,7 +145,7 @@ class Proxy:
         return self._accepted
 
     def forget(self, connection: LocalConnection) -> None:
-        self.connections.forget(connection)
+        self.connections.forget(connection)  # (LocalConnection calls the registry itself)
 
     async def close(self, grace: float = 0.0, *, remove_socket_file: bool = True) -> None:
         """Stop listening; let local connections get the answers to the requests they sent for

@@ -1,0 +1,183 @@
+"""Instructions per request of dc_server and dc_client, side by side with the legacy C programs.
+
+CPU time per request (``cpu.py``) depends on the host and on everything else it runs: on a shared
+machine the same program measures twice as costly from one minute to the next. The number of
+instructions a process executes per request does not: this script runs each program under
+``valgrind --tool=callgrind``, counts the instructions it executes in user space while a fixed
+load runs (``callgrind_control`` zeroes the counters after a warm-up and dumps them at the end),
+and divides by the requests. Kernel time (system calls, wake-ups) is not counted: ``cpu.py``
+measures it.
+
+Loads (``--loads``): ``server``, one persistent client against ``dc_server``; ``proxy``, one
+client opening a connection per operation to ``dc_client`` on a UNIX socket, the proxy forwarding
+to a server that is not measured (the legacy one when given, else ours). The load generator is
+``dc_test`` (the legacy one when given). ``--floor`` adds ``cpu.py``'s floor, a check-free cache
+in Python on the same event loop (for the proxy load it answers locally, with no upstream hop).
+Needs valgrind.
+
+    python benchmarks/instructions.py [--legacy-bin DIR] [--floor] [--loads server,proxy]
+                                      [--ops K] [--proxy-ops K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from cpu import (  # the sibling benchmark's programs and load
+    Build,
+    floor_build,
+    free_port,
+    legacy_build,
+    our_build,
+    run_load,
+    running,
+    wait_connectable,
+)
+
+#: valgrind runs a program some 50 times slower: it starts slowly.
+START_SECONDS = 120.0
+
+
+@contextlib.contextmanager
+def under_callgrind(argv: list[str], address: str, out: str, env: dict | None = None):
+    """Run ``argv`` under callgrind; yields its Popen once ``address`` accepts connections."""
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
+    proc = subprocess.Popen(
+        [*vg, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    try:
+        wait_connectable(address, proc, START_SECONDS)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def callgrind_control(option: str, pid: int) -> None:
+    subprocess.run(
+        ["callgrind_control", option, str(pid)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def dumped_instructions(out: str) -> int:
+    """The instructions counted in the newest dump of ``out`` (the part after zeroing)."""
+    dumps = [name for name in glob.glob(out + ".*")]
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump to {out}.*")
+    with open(max(dumps, key=os.path.getmtime)) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError("no totals in the callgrind dump")
+
+
+def count(target: subprocess.Popen, out: str, load, requests: int) -> float:
+    load(200)  # warm-up: imports done, sessions stored, the code paths taken once
+    callgrind_control("-z", target.pid)
+    load(None)
+    callgrind_control("-d", target.pid)
+    deadline = time.monotonic() + 30
+    while not glob.glob(out + ".*") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # (the dump is written by the target itself)
+    return dumped_instructions(out) / requests
+
+
+def server_count(build: Build, dc_test, ops: int, tmp: str) -> float:
+    address = f"IP:127.0.0.1:{free_port()}"
+    out = os.path.join(tmp, f"server-{build.name}")
+    argv = [*build.server, "-listen", address, "-sessions", "512"]
+    if build.name == "floor":
+        argv = [*build.server, address]
+    with under_callgrind(argv, address, out, build.env) as server:
+        return count(
+            server,
+            out,
+            lambda n: run_load(dc_test, [address], 1, n or ops, persistent=True),
+            ops,
+        )
+
+
+def proxy_count(build: Build, upstream: Build, dc_test, ops: int, tmp: str) -> float:
+    server = f"IP:127.0.0.1:{free_port()}"
+    local = f"UNIX:{tmp}/{build.name}.sock"
+    out = os.path.join(tmp, f"proxy-{build.name}")
+    argv = [*build.proxy, "-listen", local, "-server", server]
+    if build.name == "floor":
+        argv = [*build.proxy, local]
+    with (
+        running([*upstream.server, "-listen", server, "-sessions", "512"], server, upstream.env),
+        under_callgrind(argv, local, out, build.env) as proxy,
+    ):
+        return count(
+            proxy,
+            out,
+            lambda n: run_load(dc_test, [local], 1, n or ops, persistent=False),
+            ops,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--legacy-bin", help="directory of the legacy dc_server, dc_client, dc_test"
+    )
+    parser.add_argument("--loads", default="server,proxy")
+    parser.add_argument("--ops", type=int, default=10000, help="operations, persistent client")
+    parser.add_argument("--proxy-ops", type=int, default=2000, help="operations, a connection each")
+    parser.add_argument("--floor", action="store_true", help="also count the check-free floor")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        sys.exit("needs valgrind (callgrind and callgrind_control)")
+
+    builds = [our_build(), *([floor_build()] if args.floor else [])]
+    if args.legacy_bin:
+        builds.append(legacy_build(args.legacy_bin))
+        dc_test = [os.path.join(args.legacy_bin, "dc_test")]
+    else:
+        dc_test = [sys.executable, "-m", "distcache.cli.dc_test"]
+    upstream = builds[-1] if args.legacy_bin else builds[0]
+    print(f"instructions per request in user space (callgrind); load: {dc_test[0]}")
+    tmp = tempfile.mkdtemp(prefix="dc-instructions-")
+    try:
+        for load in args.loads.split(","):
+            counts = {}
+            for build in builds:
+                if load == "server":
+                    counts[build.name] = server_count(build, dc_test, args.ops, tmp)
+                else:
+                    counts[build.name] = proxy_count(build, upstream, dc_test, args.proxy_ops, tmp)
+            what = (
+                "dc_server, 1 persistent client"
+                if load == "server"
+                else "dc_client (UNIX), a connection per operation"
+            )
+            line = f"{what:<46}" + "".join(
+                f"  {name} {value:>9,.0f}" for name, value in counts.items()
+            )
+            if "legacy" in counts:
+                line += f"   ours/legacy {counts['ours'] / counts['legacy']:.2f}"
+            print(line, flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
