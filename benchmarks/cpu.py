@@ -288,15 +288,23 @@ def wait_connectable(address: str, proc: subprocess.Popen, seconds: float = 15.0
 
 
 @contextlib.contextmanager
-def running(argv: list[str], address: str, env: dict | None = None):
+def running(
+    argv: list[str],
+    address: str,
+    env: dict | None = None,
+    *,
+    start: float = 15.0,
+    stop: float = 10.0,
+):
+    """Run ``argv``; yields its Popen once ``address`` accepts connections, within ``start`` s."""
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        wait_connectable(address, proc)
+        wait_connectable(address, proc, start)
         yield proc
     finally:
         proc.terminate()
         try:
-            proc.wait(10)
+            proc.wait(stop)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

@@ -22,7 +22,6 @@ Needs valgrind.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import glob
 import os
 import shutil
@@ -41,30 +40,16 @@ from cpu import (  # the sibling benchmark's programs and load
     our_build,
     run_load,
     running,
-    wait_connectable,
 )
 
 #: valgrind runs a program some 50 times slower: it starts slowly.
 START_SECONDS = 120.0
 
 
-@contextlib.contextmanager
 def under_callgrind(argv: list[str], address: str, out: str, env: dict | None = None):
-    """Run ``argv`` under callgrind; yields its Popen once ``address`` accepts connections."""
+    """Run ``argv`` under callgrind (slow to start and to stop); yields it once it serves."""
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
-    proc = subprocess.Popen(
-        [*vg, *argv], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    try:
-        wait_connectable(address, proc, START_SECONDS)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return running([*vg, *argv], address, env, start=START_SECONDS, stop=30)
 
 
 def callgrind_control(option: str, pid: int) -> None:
