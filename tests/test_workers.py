@@ -22,9 +22,18 @@ from collections.abc import Iterator
 
 import pytest
 from proxyproc import DcClient
-from serverproc import DcServer, free_port, recv_exactly, run_dc_server, run_program
+from serverproc import (
+    DcServer,
+    ask,
+    connect_to,
+    free_port,
+    recv_exactly,
+    run_dc_server,
+    run_program,
+)
 
 from distcache.client import Client
+from distcache.protocol import have_request
 from distcache.wire import Status
 from distcache.workers import STOP_MARGIN, cpu_count
 
@@ -446,6 +455,44 @@ def test_a_stuck_worker_is_killed_soon_after_the_grace_period() -> None:
         assert server.wait(timeout=20) == 0
         assert time.monotonic() - signalled >= 1 + STOP_MARGIN  # the drain is never cut short
         assert f"worker 1 (pid {stuck}) did not stop: killed" in server.stderr
+
+
+@pytest.mark.parametrize("program", ["dc_server", "dc_client"])
+def test_a_second_stop_signal_stops_the_workers_at_once(tmp_path, program) -> None:
+    """As with one process: the first SIGTERM lets a connection holding half a request keep its
+    worker draining for -grace (60 s); a second one to the supervisor is passed on, and the
+    workers drop their connections and exit at once."""
+    listen = f"UNIX:{tmp_path / 'scache'}"
+    args = ["-workers", "2", "-grace", "60", "-log-level", "INFO"]
+    upstream = running = None
+    try:
+        if program == "dc_server":
+            running = DcServer(args, listen=listen)
+        else:
+            upstream = DcServer([], listen=f"IP:127.0.0.1:{free_port()}")
+            running = DcClient(listen[5:], upstream.listen, *args)
+        process = running.process
+        wait_for(lambda: len(workers_of(running)) == 2, what="the workers")
+        processes = children(process.pid)
+        busy = connect_to(listen)
+        assert ask(busy, have_request(1, b"busy")) == b"\x01"  # accepted by a worker
+        busy.sendall(have_request(2, b"half")[:5])  # the drain waits for the rest
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM: stopping the workers" in running.stderr)
+        busy.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            busy.recv(1)  # still held: the first signal leaves the drain its grace
+        process.send_signal(signal.SIGTERM)
+        busy.settimeout(30.0)  # far less than the grace
+        with contextlib.suppress(ConnectionResetError):
+            assert busy.recv(1) == b""
+        assert process.wait(30.0) == 0
+        assert "received SIGTERM while stopping: the workers stop at once" in running.stderr
+        assert not any(alive(pid) for pid in processes)
+    finally:
+        for each in (running, upstream):
+            if each is not None:
+                each.stop()
 
 
 def test_sigusr1_stops_all_only_with_killable(tmp_path) -> None:
