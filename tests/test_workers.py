@@ -70,16 +70,43 @@ def alive(pid: int) -> bool:
         return False
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has reached its stop (state T): SIGSTOP takes effect
+    when each thread next runs, so right after ``kill`` a worker may still be scheduled and
+    make a system call, an ``accept`` included."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True  # gone: it accepts nothing either
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state not in "TtZX":
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def only(pids: list[int], keep: int) -> Iterator[None]:
-    """Stop every process of ``pids`` but ``keep`` for the duration of the block."""
-    stopped = [pid for pid in pids if pid != keep]
-    for pid in stopped:
+    """Stop every process of ``pids`` but ``keep`` for the duration of the block.
+
+    The block starts once each of them has actually stopped, and ends by checking that they
+    stayed stopped: a connection made in the block can then only have been accepted by ``keep``
+    (the kernel hands a queued connection to whichever process calls ``accept``; a stopped one
+    calls nothing)."""
+    others = [pid for pid in pids if pid != keep]
+    for pid in others:
         os.kill(pid, signal.SIGSTOP)
     try:
+        for pid in others:
+            wait_for(lambda pid=pid: stopped(pid), what=f"process {pid} to stop")
         yield
+        assert all(stopped(pid) for pid in others), "a process meant to be stopped ran"
     finally:
-        for pid in stopped:
+        for pid in others:
             os.kill(pid, signal.SIGCONT)
 
 
@@ -129,15 +156,15 @@ def test_every_server_worker_sees_one_cache() -> None:
         workers = workers_of(server)
         assert len(workers) == 3
         first, second, third = workers
-        with only(workers, first), Client(server.listen) as cache:
+        with only(workers, first), Client(server.listen, timeout=TIMEOUT) as cache:
             assert cache.add(b"shared", b"stored by the first worker", 60_000)
         for pid in workers:
-            with only(workers, pid), Client(server.listen) as cache:
+            with only(workers, pid), Client(server.listen, timeout=TIMEOUT) as cache:
                 assert cache.get(b"shared") == b"stored by the first worker"
                 assert not cache.add(b"shared", b"a second copy", 60_000)  # one cache: duplicate
-        with only(workers, second), Client(server.listen) as cache:
+        with only(workers, second), Client(server.listen, timeout=TIMEOUT) as cache:
             assert cache.remove(b"shared")
-        with only(workers, third), Client(server.listen) as cache:
+        with only(workers, third), Client(server.listen, timeout=TIMEOUT) as cache:
             assert not cache.have(b"shared")
 
 
