@@ -14,10 +14,11 @@ sockets, so the kernel spreads the accepts among them. From then on the parent o
   (which would kill it) the child ignores the signal;
 * SIGTERM and SIGINT (and SIGUSR1/SIGUSR2 when ``killable``) are forwarded to the children, stage
   by stage (stage 0 first), each stage given ``stop_timeout`` seconds to stop before SIGKILL
-  (:func:`stop_timeout_for` derives it from the children's drain period); the parent then runs
-  its clean-up and exits 0. Each child has a process group of its own, so that
-  signals from the terminal reach it only this way; if the parent dies, the kernel sends each
-  child SIGTERM.
+  (:func:`stop_timeout_for` derives it from the children's drain period); a second stop signal
+  is passed on as well, so that the children drop their connections at once, as a single process
+  does on a second signal; the parent then runs its clean-up and exits 0. Each child has a
+  process group of its own, so that signals from the terminal reach it only this way; if the
+  parent dies, the kernel sends each child SIGTERM.
 
 The loop is plain ``select`` on a self-pipe fed by the signal handlers (the design of gunicorn's
 arbiter): the parent runs no event loop, so nothing of it is half-inherited by a child.
@@ -178,7 +179,7 @@ class Supervisor:
         """Reap and replace children until a stop signal arrives; return that signal."""
         while True:
             for signum in self._take_signals():
-                if signum in STOP_SIGNALS or (self._killable and signum in KILLABLE_SIGNALS):
+                if self._stops(signum):
                     log.info("received %s: stopping the workers", signal.Signals(signum).name)
                     return signum
                 if signum in self._forwarded:
@@ -197,7 +198,14 @@ class Supervisor:
             self._sleep(timeout)
 
     def _stop(self, signum: int) -> None:
-        """Forward ``signum`` stage by stage; SIGKILL what outlives ``stop_timeout``."""
+        """Forward ``signum`` stage by stage; SIGKILL what outlives ``stop_timeout``.
+
+        A second stop signal while the children drain is passed on, as it would reach a single
+        process: each child then drops its connections at once. From then on every child still
+        running is sent the signal again at each wake-up (at least twice a second), so that a
+        child that got both signals before handling the first (they merge) or a later stage
+        stops at once too."""
+        hurry = False
         for stage in sorted({slot.spec.stage for slot in self._slots}):
             slots = [slot for slot in self._slots if slot.spec.stage == stage]
             for slot in slots:
@@ -216,7 +224,21 @@ class Supervisor:
                     continue
                 if any(slot.pid for slot in slots):
                     self._sleep(min(left, 0.5))
-                    self._take_signals()  # a repeated stop signal changes nothing
+                    again = [s for s in self._take_signals() if self._stops(s)]
+                    if again and not hurry:
+                        log.info(
+                            "received %s while stopping: the workers stop at once",
+                            signal.Signals(again[0]).name,
+                        )
+                    hurry = hurry or bool(again)
+                    if hurry:
+                        for slot in slots:
+                            if slot.pid:
+                                _kill(slot.pid, signum)
+
+    def _stops(self, signum: int) -> bool:
+        """Whether ``signum`` asks the supervisor to stop."""
+        return signum in STOP_SIGNALS or (self._killable and signum in KILLABLE_SIGNALS)
 
     # -- children -----------------------------------------------------------------------------
 

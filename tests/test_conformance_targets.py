@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shlex
@@ -18,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -25,8 +27,11 @@ from pathlib import Path
 
 import pytest
 
+from distcache.conformance import launch
 from distcache.conformance.fresh_ids import SHORT_ID, IdReservations, with_fresh_ids
-from distcache.conformance.targets import free_tcp_address
+from distcache.conformance.registry import all_cases
+from distcache.conformance.runner import Runner
+from distcache.conformance.targets import CommandSetup, free_tcp_address
 from distcache.conformance.vector_cases import touched_ids, vector_plans
 from distcache.conformance.vectors import Send
 
@@ -421,6 +426,63 @@ def test_a_target_still_starting_at_the_case_deadline_leaves_nothing(tmp_path):
     assert result["grade"] == "ERROR" and "deadline" in result["detail"], result
     assert code == 1  # ended by the case's deadline, not by the slow start
     _nothing_left(marker, scratch)
+
+
+@pytest.fixture
+def private_tmpdir(tmp_path, monkeypatch):
+    """The runner's temporary files go to a directory of this test's own (in this process)."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    yield scratch
+    launch.stop_all_now()  # whatever a failed test left
+
+
+def _files_in(directory: Path) -> list[Path]:
+    return [path for path in directory.rglob("*") if not path.is_dir()]
+
+
+def test_a_start_cancelled_by_its_deadline_stops_the_target_at_once(private_tmpdir):
+    """Not only when the run ends: the cancelled start itself stops the target and removes its
+    log, so a long run does not keep its slow targets until the end."""
+    marker = f"30.{os.getpid() % 1000:03d}{time.monotonic_ns() % 1000:03d}"
+    setup = CommandSetup(f"sh -c 'sleep {marker}; exec sleep 60' {{listen}}")
+
+    async def cancelled_start() -> None:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await setup.fresh(None)
+
+    asyncio.run(cancelled_start())
+    deadline = time.monotonic() + START_GUARD
+    while marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marked_processes(marker) == []
+    assert _files_in(private_tmpdir) == []  # the target's log is gone already
+
+
+def test_an_exception_of_the_runner_itself_stops_every_target(private_tmpdir, tmp_path):
+    """The runner's own failure (here its result callback raising) still stops what it started
+    and removes its files."""
+    server = tmp_path / "marked_server.py"
+    server.write_text((HERE / "independent_server.py").read_text())
+    marker = str(tmp_path)
+    cases = [c for c in all_cases() if c.target == "server" and c.profile != "tls"]
+
+    def broken(result, done, total) -> None:
+        raise RuntimeError("the runner's own bug")
+
+    async def run() -> None:
+        runner = Runner(server=CommandSetup(independent_cmd(server)), on_result=broken)
+        with pytest.raises(RuntimeError, match="own bug"):
+            await runner.run(cases[:20], "marked")
+
+    asyncio.run(run())
+    deadline = time.monotonic() + START_GUARD
+    while marked_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marked_processes(marker) == []
+    assert list(private_tmpdir.iterdir()) == []
 
 
 def test_every_target_is_stopped_when_a_start_fails(tmp_path):

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 from proxyproc import dc_client
-from scripted_upstream import ScriptedUpstream
+from scripted_upstream import CLOSE, ScriptedUpstream
 from serverproc import ServerThread, dc_server, run_program
 
 from distcache.loadtest import Presence, SessionModel
@@ -130,6 +130,49 @@ def test_a_lying_server_fails_the_run():
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert "Error, received mismatched session" in lines
+    assert lines[-1].startswith("Info, ") and lines[-1].endswith(
+        "tests succeeded before the first failure"
+    )
+
+
+def test_a_server_that_hangs_up_is_a_transaction_failure():
+    """A server that answers 20 requests and then drops every connection: one verdict line,
+    never a traceback (Python before 3.11.4 wrapped a failure raised in ``except*``)."""
+    thread = ServerThread()
+    stored: dict[bytes, bytes] = {}
+    answered = 0
+
+    def hang_up(request, number):
+        nonlocal answered
+        answered += 1
+        if answered > 20:
+            return CLOSE
+        payload = request.payload
+        if request.operation is Operation.ADD:
+            id_len = int.from_bytes(payload[4:8], "big")
+            key = payload[8 : 8 + id_len]
+            if key in stored:
+                return request.respond(b"\x65")
+            stored[key] = payload[8 + id_len :]
+            return request.respond(b"\x00")
+        if request.operation is Operation.GET:
+            return request.respond(stored.get(payload, b"\x01"))
+        if request.operation is Operation.REMOVE:
+            present = stored.pop(payload, None)
+        else:
+            present = stored.get(payload)
+        return request.respond(b"\x01" if present is None else b"\x00")
+
+    upstream = ScriptedUpstream(thread, hang_up)
+    try:
+        result = run_dc_test("-connect", upstream.start(), "-persistent", "-ops", "500")
+    finally:
+        upstream.stop()
+        thread.close()
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert "Error, transaction failure" in lines, lines
     assert lines[-1].startswith("Info, ") and lines[-1].endswith(
         "tests succeeded before the first failure"
     )

@@ -22,9 +22,18 @@ from collections.abc import Iterator
 
 import pytest
 from proxyproc import DcClient
-from serverproc import DcServer, free_port, recv_exactly, run_dc_server, run_program
+from serverproc import (
+    DcServer,
+    ask,
+    connect_to,
+    free_port,
+    recv_exactly,
+    run_dc_server,
+    run_program,
+)
 
 from distcache.client import Client
+from distcache.protocol import have_request
 from distcache.wire import Status
 from distcache.workers import STOP_MARGIN, cpu_count
 
@@ -61,16 +70,43 @@ def alive(pid: int) -> bool:
         return False
 
 
+def stopped(pid: int) -> bool:
+    """Whether every thread of ``pid`` has reached its stop (state T): SIGSTOP takes effect
+    when each thread next runs, so right after ``kill`` a worker may still be scheduled and
+    make a system call, an ``accept`` included."""
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except FileNotFoundError:
+        return True  # gone: it accepts nothing either
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/stat") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        if state not in "TtZX":
+            return False
+    return True
+
+
 @contextlib.contextmanager
 def only(pids: list[int], keep: int) -> Iterator[None]:
-    """Stop every process of ``pids`` but ``keep`` for the duration of the block."""
-    stopped = [pid for pid in pids if pid != keep]
-    for pid in stopped:
+    """Stop every process of ``pids`` but ``keep`` for the duration of the block.
+
+    The block starts once each of them has actually stopped, and ends by checking that they
+    stayed stopped: a connection made in the block can then only have been accepted by ``keep``
+    (the kernel hands a queued connection to whichever process calls ``accept``; a stopped one
+    calls nothing)."""
+    others = [pid for pid in pids if pid != keep]
+    for pid in others:
         os.kill(pid, signal.SIGSTOP)
     try:
+        for pid in others:
+            wait_for(lambda pid=pid: stopped(pid), what=f"process {pid} to stop")
         yield
+        assert all(stopped(pid) for pid in others), "a process meant to be stopped ran"
     finally:
-        for pid in stopped:
+        for pid in others:
             os.kill(pid, signal.SIGCONT)
 
 
@@ -120,15 +156,15 @@ def test_every_server_worker_sees_one_cache() -> None:
         workers = workers_of(server)
         assert len(workers) == 3
         first, second, third = workers
-        with only(workers, first), Client(server.listen) as cache:
+        with only(workers, first), Client(server.listen, timeout=TIMEOUT) as cache:
             assert cache.add(b"shared", b"stored by the first worker", 60_000)
         for pid in workers:
-            with only(workers, pid), Client(server.listen) as cache:
+            with only(workers, pid), Client(server.listen, timeout=TIMEOUT) as cache:
                 assert cache.get(b"shared") == b"stored by the first worker"
                 assert not cache.add(b"shared", b"a second copy", 60_000)  # one cache: duplicate
-        with only(workers, second), Client(server.listen) as cache:
+        with only(workers, second), Client(server.listen, timeout=TIMEOUT) as cache:
             assert cache.remove(b"shared")
-        with only(workers, third), Client(server.listen) as cache:
+        with only(workers, third), Client(server.listen, timeout=TIMEOUT) as cache:
             assert not cache.have(b"shared")
 
 
@@ -446,6 +482,44 @@ def test_a_stuck_worker_is_killed_soon_after_the_grace_period() -> None:
         assert server.wait(timeout=20) == 0
         assert time.monotonic() - signalled >= 1 + STOP_MARGIN  # the drain is never cut short
         assert f"worker 1 (pid {stuck}) did not stop: killed" in server.stderr
+
+
+@pytest.mark.parametrize("program", ["dc_server", "dc_client"])
+def test_a_second_stop_signal_stops_the_workers_at_once(tmp_path, program) -> None:
+    """As with one process: the first SIGTERM lets a connection holding half a request keep its
+    worker draining for -grace (60 s); a second one to the supervisor is passed on, and the
+    workers drop their connections and exit at once."""
+    listen = f"UNIX:{tmp_path / 'scache'}"
+    args = ["-workers", "2", "-grace", "60", "-log-level", "INFO"]
+    upstream = running = None
+    try:
+        if program == "dc_server":
+            running = DcServer(args, listen=listen)
+        else:
+            upstream = DcServer([], listen=f"IP:127.0.0.1:{free_port()}")
+            running = DcClient(listen[5:], upstream.listen, *args)
+        process = running.process
+        wait_for(lambda: len(workers_of(running)) == 2, what="the workers")
+        processes = children(process.pid)
+        busy = connect_to(listen)
+        assert ask(busy, have_request(1, b"busy")) == b"\x01"  # accepted by a worker
+        busy.sendall(have_request(2, b"half")[:5])  # the drain waits for the rest
+        process.send_signal(signal.SIGTERM)
+        wait_for(lambda: "received SIGTERM: stopping the workers" in running.stderr)
+        busy.settimeout(1.0)
+        with pytest.raises(TimeoutError):
+            busy.recv(1)  # still held: the first signal leaves the drain its grace
+        process.send_signal(signal.SIGTERM)
+        busy.settimeout(30.0)  # far less than the grace
+        with contextlib.suppress(ConnectionResetError):
+            assert busy.recv(1) == b""
+        assert process.wait(30.0) == 0
+        assert "received SIGTERM while stopping: the workers stop at once" in running.stderr
+        assert not any(alive(pid) for pid in processes)
+    finally:
+        for each in (running, upstream):
+            if each is not None:
+                each.stop()
 
 
 def test_sigusr1_stops_all_only_with_killable(tmp_path) -> None:

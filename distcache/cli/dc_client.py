@@ -51,7 +51,7 @@ from ..proxy import (
 from ..proxy.run import serve_until_stopped
 from ..server import bind_listeners, new_event_loop, unix_path_of
 from ..server.listeners import BACKLOG, close_listeners_but, listeners_per_worker
-from ..server.run import describe_socket, ignore_stop_requests
+from ..server.run import defer_stop_requests, describe_socket, stop_requested_early
 from ..workers import Supervisor, WorkerSpec, stop_timeout_for
 from .legacy_flags import (
     SERVICE_FLAGS,
@@ -169,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         return options
     try:
         settings = _settings(options)
-        ignore_stop_requests()
+        # A stop signal from now on (the pid file may be read at once) is a clean stop.
+        defer_stop_requests(options["killable"])
         start_logging("dc_client", options["log"], options["log_level"])
         sockets = _listen(options, settings)
         metrics_sockets = bind_metrics(options["metrics"])
@@ -232,6 +233,7 @@ def _supervise(settings: ProxySettings, sockets, options: dict, reload, metrics_
 
     def worker(mine, index: int) -> int:
         close_listeners_but(shares, mine)
+        defer_stop_requests(killable)
         slot = shared.slot(index) if shared is not None else None
         return _run_proxy(
             settings, mine, killable, reload, metrics_sockets, worker=True, metrics_slot=slot
@@ -254,6 +256,7 @@ def _supervise(settings: ProxySettings, sockets, options: dict, reload, metrics_
     supervisor = Supervisor(
         specs,
         killable=killable,
+        stop_requested=stop_requested_early,
         on_exit=remove_socket_file,
         on_forward=lambda _signum: parent_reload(),
         stop_timeout=stop_timeout_for(settings.grace),

@@ -136,7 +136,7 @@ class Runner:
                         self.on_result(result, self._done, self._total)
 
                 alone = [c for c in batch if self._variant_for(c) is not None]
-                await asyncio.gather(*(one(c) for c in batch if c not in alone))
+                await _all_or_none(one(c) for c in batch if c not in alone)
                 for case in alone:  # they fill a shared cache: nothing else may run meanwhile
                     await one(case)
         finally:
@@ -318,3 +318,17 @@ class Runner:
             result.grade = Grade.XPASS
             result.detail = f"passed, but the implementation profile expects a failure: {reason}"
         return result
+
+
+async def _all_or_none(coroutines) -> None:
+    """Run the coroutines concurrently; if one raises (or the run is cancelled), cancel the
+    others and wait for them before the error goes on. (``asyncio.gather`` leaves them running:
+    a case could then start a target after the run's clean-up.)"""
+    tasks = [asyncio.ensure_future(coroutine) for coroutine in coroutines]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise

@@ -9,7 +9,7 @@ import socket
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS
+from ..server.run import KILLABLE_SIGNALS, STOP_SIGNALS, stop_requested_early
 from .proxy import Proxy, ProxySettings
 
 __all__ = ["serve_until_stopped"]
@@ -47,6 +47,8 @@ async def serve_until_stopped(
         loop.add_signal_handler(signum, stop_requested)
     if reload is not None:
         loop.add_signal_handler(signal.SIGHUP, reload)
+    if stop_requested_early():  # signalled while starting (see ``defer_stop_requests``)
+        stop.set()
     async with contextlib.AsyncExitStack() as cleanup:
         context = around(proxy) if around is not None else None
         if context is not None:
