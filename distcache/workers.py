@@ -12,6 +12,9 @@ sockets, so the kernel spreads the accepts among them. From then on the parent o
   re-read), then passes the signal on to every child. A child keeps the action its program had
   for such a signal before the supervisor took over, except that where that was the default
   (which would kill it) the child ignores the signal;
+* a child starts with the program's own handlers for the stop signals where it had some (such
+  as one that remembers an early stop until the child's event loop takes over), so that a stop
+  signal in the instant after the fork is honoured, not fatal;
 * SIGTERM and SIGINT (and SIGUSR1/SIGUSR2 when ``killable``) are forwarded to the children, stage
   by stage (stage 0 first), each stage given ``stop_timeout`` seconds to stop before SIGKILL
   (:func:`stop_timeout_for` derives it from the children's drain period); a second stop signal
@@ -143,7 +146,7 @@ class Supervisor:
         #: Signals passed on to every child without stopping (SIGHUP: reopen logs, re-read TLS).
         self._forwarded = tuple(forwarded)
         self._on_forward = on_forward
-        #: The handlers the program had for the forwarded signals, restored in each child.
+        #: The program's own handlers for the forwarded and stop signals, restored in each child.
         self._child_handlers: dict[int, object] = {}
         self._signals: list[int] = []
         self._wake_read = self._wake_write = -1
@@ -334,10 +337,15 @@ class Supervisor:
                 previous = signal.signal(signum, signal.SIG_IGN)
             else:
                 previous = signal.signal(signum, self._note_signal)
-            if signum in self._forwarded and signum not in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
+            stops = signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS)
+            if signum in self._forwarded and not stops:
                 # A forwarded signal asks a child to do something, never to die.
                 keep = previous not in (signal.SIG_DFL, None)
                 self._child_handlers[signum] = previous if keep else signal.SIG_IGN
+            elif stops and callable(previous):
+                # Restored in the child before its signals are unblocked: a stop that waited
+                # in the mask across the fork reaches the program, not the default action.
+                self._child_handlers[signum] = previous
 
     def _uninstall_signals(self) -> None:
         signal.set_wakeup_fd(-1)

@@ -258,6 +258,43 @@ def test_a_crash_loop_backs_off(tmp_path) -> None:
         assert next_died - died >= delay  # each replacement waited its delay: no busy loop
 
 
+def test_a_stop_signal_just_after_the_fork_reaches_the_program(tmp_path) -> None:
+    """A SIGTERM that reaches a child before its program runs is the program's, not fatal.
+
+    The signal is sent from the child's at-fork hook, while the supervisor still blocks it: it
+    is delivered when the child unblocks its signals, before the worker's own code has run.
+    """
+    script = textwrap.dedent(
+        """
+        import logging, os, signal, sys
+        from distcache.workers import Supervisor, WorkerSpec
+        logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+        early = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: early.append(signum))
+        os.register_at_fork(after_in_child=lambda: os.kill(os.getpid(), signal.SIGTERM))
+
+        def worker():
+            print("stopped early" if early else "not told", flush=True)
+            return 0
+
+        sys.exit(Supervisor([WorkerSpec("worker", worker)]).run())
+        """
+    )
+    log = tmp_path / "stderr"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    try:
+        ended = r"worker \(pid \d+\) (exited|was killed)"
+        wait_for(lambda: re.search(ended, log.read_text()), what="the first worker to end")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=TIMEOUT)
+    assert "killed by signal" not in log.read_text()
+    assert output.splitlines()[0] == "stopped early"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_every_process(tmp_path, signum) -> None:
     pidfile = tmp_path / "dc_server.pid"
