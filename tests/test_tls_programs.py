@@ -88,7 +88,10 @@ def test_allow_without_a_plain_tcp_listener_is_refused(tmp_path):
 def test_dc_server_serves_unix_and_mutual_tls_listeners_at_once(pki, tmp_path):
     unix = tmp_path / "local.sock"
     tls = tls_address()
-    with dc_server("-listen", f"UNIX:{unix}", *pki.server_flags(), listen=tls):
+    with dc_server("-listen", f"UNIX:{unix}", *pki.server_flags(), listen=tls) as server:
+        # The start-up line names each listener as an operator would dial it, TLS included.
+        wait_for(lambda: "serving on" in server.stderr, "no start-up line")
+        assert f"serving on {tls}, UNIX:{unix};" in server.stderr, server.stderr
         with Client(tls, tls=pki.client_files()) as remote:
             assert remote.add(b"shared", b"one cache, two listeners", 60_000)
         with Client(f"UNIX:{unix}") as local:
@@ -212,6 +215,8 @@ def test_dc_test_and_dc_snoop_speak_tls_on_both_sides(pki, tmp_path):
                     assert time.monotonic() < deadline and process.poll() is None
                     time.sleep(0.05)
             assert snooped
+            startup = process.stderr.readline().decode()
+            assert f"relaying {snoop} to {tls}" in startup, startup
             wait_for(lambda: "ADD" in log.read_text(), "dc_snoop logged nothing")
             assert b"seen".hex() in log.read_text() or "seen" in log.read_text()
         finally:
