@@ -6,6 +6,7 @@ the one-line start-up errors."""
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,13 @@ def other_ca(tmp_path_factory) -> PKI:
 
 def tls_address() -> str:
     return f"TLS:127.0.0.1:{free_port()}"
+
+
+def next_line(process: subprocess.Popen, timeout: float = 10.0) -> str:
+    """The next line a program writes to its stderr pipe, or a failure after ``timeout``."""
+    readable, _, _ = select.select([process.stderr], [], [], timeout)
+    assert readable, f"no line on stderr within {timeout} s"
+    return process.stderr.readline().decode()
 
 
 def wait_for(condition, what: str, timeout: float = 10.0) -> None:
@@ -219,6 +227,36 @@ def test_dc_test_and_dc_snoop_speak_tls_on_both_sides(pki, tmp_path):
             assert f"relaying {snoop} to {tls}" in startup, startup
             wait_for(lambda: "ADD" in log.read_text(), "dc_snoop logged nothing")
             assert b"seen".hex() in log.read_text() or "seen" in log.read_text()
+        finally:
+            process.terminate()
+            process.wait(10)
+            process.stderr.close()
+
+
+def test_dc_snoop_reloads_its_files_on_sighup_and_keeps_relaying(pki, other_ca, tmp_path):
+    cert, key = tmp_path / "snoop.crt", tmp_path / "snoop.key"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    upstream, snoop = tls_address(), tls_address()
+    with dc_server(*pki.server_flags(mutual=False), listen=upstream):
+        argv = ["-listen", snoop, "-server", upstream, "-log", str(tmp_path / "snoop.log"),
+                "-tls-cert", str(cert), "-tls-key", str(key), "-tls-ca", pki.ca]  # fmt: skip
+        process = subprocess.Popen([sys.executable, "-m", "distcache.cli.dc_snoop", *argv],
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            assert "relaying" in next_line(process)
+            established = Client(snoop, tls=pki.client_files())
+            assert established.add(b"kept", b"across reloads", 60_000)
+            shutil.copy(other_ca.server.cert, cert)
+            shutil.copy(other_ca.server.key, key)
+            process.send_signal(signal.SIGHUP)
+            assert "reloaded" in next_line(process)
+            renewed = TLSFiles(pki.client.cert, pki.client.key, other_ca.ca)
+            with Client(snoop, tls=renewed) as client:  # the new certificate is presented
+                assert client.get(b"kept") == b"across reloads"
+            assert established.get(b"kept") == b"across reloads"  # not dropped
+            established.close()
+            assert process.poll() is None
         finally:
             process.terminate()
             process.wait(10)
