@@ -6,6 +6,7 @@ the one-line start-up errors."""
 from __future__ import annotations
 
 import os
+import re
 import select
 import shutil
 import signal
@@ -336,3 +337,38 @@ def test_workers_serve_tls_and_all_reload_on_sighup(pki, other_ca, tmp_path):
             with Client(tls, tls=TLSFiles(ca=other_ca.ca)) as renewed:
                 assert renewed.get(b"tls-workers") == b"one cache"
         assert children(server.pid) == processes  # reloaded, not restarted
+
+
+def test_the_dc_client_guides_unit_forwards_over_tls(pki, tmp_path):
+    """The proxy unit of the dc_client guide, with this host's files, port and user."""
+    from pathlib import Path
+
+    guide = (Path(__file__).parent.parent / "docs" / "guide" / "dc_client.rst").read_text()
+    unit = guide.split("# /etc/systemd/system/distcache-proxy.service", 1)[1]
+    exec_start = re.search(r"ExecStart=\S+((?:.*\\\n)*.*)", unit).group(1)
+    line = exec_start.replace("\\\n", " ")
+    assert "-server TLS:" in line and "-tls-ca" in line
+    upstream = tls_address()
+    files = {"web1.crt": pki.client.cert, "web1.key": pki.client.key, "ca.pem": pki.ca}
+    for name, path in files.items():
+        line = line.replace(f"/etc/distcache/{name}", path)
+    line = line.replace("/run/distcache-proxy", str(tmp_path))
+    line = line.replace("cache.example.net:9001", upstream.replace("127.0.0.1", "localhost")[4:])
+    line = line.replace("127.0.0.1:9401", f"127.0.0.1:{free_port()}")
+    user = "nobody" if os.geteuid() == 0 else None
+    line = line.replace("-user distcache", f"-user {user}" if user else "")
+    line = line.replace("-sockowner distcache", f"-sockowner {user}" if user else "")
+    with dc_server(*pki.server_flags(), listen=upstream):
+        argv = [sys.executable, "-m", "distcache.cli.dc_client", *line.split()]
+        process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            assert "forwarding to TLS:localhost:" in next_line(process)
+            with Client(f"UNIX:{tmp_path / 'scache'}") as apache:
+                wait_for(lambda: apache.have(b"warm-up") is False, "no TLS upstream")
+                assert apache.add(b"through", b"the unit", 60_000)
+            with Client(upstream, tls=pki.client_files()) as direct:
+                assert direct.get(b"through") == b"the unit"
+        finally:
+            process.terminate()
+            process.wait(10)
+            process.stderr.close()
