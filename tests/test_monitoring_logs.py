@@ -195,6 +195,39 @@ def test_a_daemon_logs_to_its_file_and_reopens_it_on_sighup(tmp_path, monkeypatc
     _wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing user needs root")
+def test_a_log_file_the_new_user_cannot_reopen_is_kept_on_sighup(tmp_path):
+    # Opened as root before the drop to nobody, who may neither open it nor create one in its
+    # directory: SIGHUP (and a rotation) must not kill the server, and the log goes on.
+    log = tmp_path / "dc.log"
+    listen = f"IP:127.0.0.1:{free_port()}"
+    pidfile = tmp_path / "dc.pid"
+    result = run_dc_server("-listen", listen, "-daemon", "-pidfile", str(pidfile),
+                           "-user", "nobody", "-log", str(log))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    pid = int(pidfile.read_text())
+    try:
+        _wait_for(lambda: log.exists() and "serving on" in log.read_text())
+        os.kill(pid, signal.SIGHUP)
+        time.sleep(0.2)
+        _send_garbage(listen)
+        _wait_for(lambda: "protocol error bad_version" in log.read_text())
+        rotated = tmp_path / "dc.log.1"
+        log.rename(rotated)
+        os.kill(pid, signal.SIGHUP)
+        time.sleep(0.2)
+        _send_garbage(listen)
+        _wait_for(lambda: rotated.read_text().count("bad_version") == 2)
+        _send_garbage(listen)
+        _wait_for(lambda: rotated.read_text().count("bad_version") == 3)
+        # One line when the first record finds the file out of sight, then one per SIGHUP.
+        assert rotated.read_text().count("cannot reopen the log file") == 3
+        assert os.path.exists(f"/proc/{pid}")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    _wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+
+
 def test_syslog_gets_tagged_lines(tmp_path):
     path = str(tmp_path / "log.sock")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:

@@ -223,3 +223,27 @@ def test_the_message_log_is_reopened_on_sighup_and_diagnostics_go_to_errlog(tmp_
     assert "HAVE" in (tmp_path / "snoop.log.1").read_text()
     assert "id=6166746572" in log.read_text()  # "after", in the new file
     assert "6166746572" not in (tmp_path / "snoop.log.1").read_text()
+
+
+def test_a_message_log_that_cannot_be_reopened_is_kept(tmp_path):
+    # logrotate moved the directory away: SIGHUP cannot reopen the path, and the relay goes on
+    # writing to the file it has, with one line about it in its diagnostics.
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    errlog = tmp_path / "snoop.err"
+    with (
+        dc_server() as server,
+        dc_snoop(tmp_path, server.listen, "-log", str(logs / "snoop.log"), "-errlog", str(errlog))
+        as (path, process),
+    ):  # fmt: skip
+        with connect_unix(path) as sock:
+            exchange(sock, have_request(1, b"before"), 1)
+        logs.rename(tmp_path / "old-logs")
+        process.send_signal(signal.SIGHUP)
+        time.sleep(0.2)
+        with connect_unix(path) as sock:
+            exchange(sock, have_request(2, b"after"), 1)
+        time.sleep(0.2)
+        assert process.poll() is None
+    assert "id=6166746572" in (tmp_path / "old-logs" / "snoop.log").read_text()
+    assert errlog.read_text().count("cannot reopen the message log") == 1

@@ -8,6 +8,7 @@ import contextlib
 import shutil
 import socket
 import ssl
+import warnings
 
 import pytest
 from serverproc import ServerThread
@@ -185,11 +186,53 @@ def test_a_tls_client_to_a_plain_listener_fails_cleanly(thread, pki):
         thread.stop(server)
 
 
+def tls_1_1_only_client(pki) -> ssl.SSLContext:
+    """A client offering TLS 1.1 and nothing else. OpenSSL's default security level forbids a
+    TLS 1.1 handshake on the client's own side (no acceptable signature algorithm), which would
+    make a refusal look like the server's; level 0 lets the client really offer it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context = client_context(pki.client_files())
+        context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return context
+
+
+def test_a_tls_1_1_client_is_able_to_complete_a_handshake(thread, pki):
+    # The control for the test below: a server that still accepts TLS 1.1 gets it from this client.
+    class OldServerTLS(ServerTLS):
+        @staticmethod
+        def _build(files):
+            context = server_context(files)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                context.minimum_version = ssl.TLSVersion.TLSv1_1
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            return context
+
+    server = start_server(thread, "TLS:127.0.0.1:0", tls=OldServerTLS(pki.server_files()))
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = tls_1_1_only_client(pki)
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=5) as raw,
+            client.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            assert tls.version() == "TLSv1.1"
+    except ssl.SSLError as error:
+        pytest.skip(f"this OpenSSL cannot speak TLS 1.1 at all: {error}")
+    finally:
+        thread.stop(server)
+
+
 def test_tls_1_1_is_refused(mutual_server, pki):
-    context = client_context(pki.client_files())
-    context.minimum_version = context.maximum_version = ssl.TLSVersion.TLSv1_1
-    with pytest.raises(ConnectionFailed):
-        Client(mutual_server, tls=context)
+    # The test above shows this client does get TLS 1.1 from a server that allows it.
+    with pytest.raises(ConnectionFailed) as caught:
+        Client(mutual_server, tls=tls_1_1_only_client(pki))
+    # The server's refusal (an alert, or asyncio closing the connection), not the client giving
+    # up before it asked ("no protocols available", "legacy sigalg disallowed").
+    reason = str(caught.value)
+    assert any(sign in reason for sign in ("protocol version", "PROTOCOL_VERSION", "(EOF)")), reason
 
 
 # -- files ----------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ the one-line start-up errors."""
 from __future__ import annotations
 
 import os
+import re
+import select
 import shutil
 import signal
 import subprocess
@@ -34,6 +36,13 @@ def other_ca(tmp_path_factory) -> PKI:
 
 def tls_address() -> str:
     return f"TLS:127.0.0.1:{free_port()}"
+
+
+def next_line(process: subprocess.Popen, timeout: float = 10.0) -> str:
+    """The next line a program writes to its stderr pipe, or a failure after ``timeout``."""
+    readable, _, _ = select.select([process.stderr], [], [], timeout)
+    assert readable, f"no line on stderr within {timeout} s"
+    return process.stderr.readline().decode()
 
 
 def wait_for(condition, what: str, timeout: float = 10.0) -> None:
@@ -88,7 +97,10 @@ def test_allow_without_a_plain_tcp_listener_is_refused(tmp_path):
 def test_dc_server_serves_unix_and_mutual_tls_listeners_at_once(pki, tmp_path):
     unix = tmp_path / "local.sock"
     tls = tls_address()
-    with dc_server("-listen", f"UNIX:{unix}", *pki.server_flags(), listen=tls):
+    with dc_server("-listen", f"UNIX:{unix}", *pki.server_flags(), listen=tls) as server:
+        # The start-up line names each listener as an operator would dial it, TLS included.
+        wait_for(lambda: "serving on" in server.stderr, "no start-up line")
+        assert f"serving on {tls}, UNIX:{unix};" in server.stderr, server.stderr
         with Client(tls, tls=pki.client_files()) as remote:
             assert remote.add(b"shared", b"one cache, two listeners", 60_000)
         with Client(f"UNIX:{unix}") as local:
@@ -212,8 +224,40 @@ def test_dc_test_and_dc_snoop_speak_tls_on_both_sides(pki, tmp_path):
                     assert time.monotonic() < deadline and process.poll() is None
                     time.sleep(0.05)
             assert snooped
+            startup = process.stderr.readline().decode()
+            assert f"relaying {snoop} to {tls}" in startup, startup
             wait_for(lambda: "ADD" in log.read_text(), "dc_snoop logged nothing")
             assert b"seen".hex() in log.read_text() or "seen" in log.read_text()
+        finally:
+            process.terminate()
+            process.wait(10)
+            process.stderr.close()
+
+
+def test_dc_snoop_reloads_its_files_on_sighup_and_keeps_relaying(pki, other_ca, tmp_path):
+    cert, key = tmp_path / "snoop.crt", tmp_path / "snoop.key"
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    upstream, snoop = tls_address(), tls_address()
+    with dc_server(*pki.server_flags(mutual=False), listen=upstream):
+        argv = ["-listen", snoop, "-server", upstream, "-log", str(tmp_path / "snoop.log"),
+                "-tls-cert", str(cert), "-tls-key", str(key), "-tls-ca", pki.ca]  # fmt: skip
+        process = subprocess.Popen([sys.executable, "-m", "distcache.cli.dc_snoop", *argv],
+                                   stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)  # fmt: skip
+        try:
+            assert "relaying" in next_line(process)
+            established = Client(snoop, tls=pki.client_files())
+            assert established.add(b"kept", b"across reloads", 60_000)
+            shutil.copy(other_ca.server.cert, cert)
+            shutil.copy(other_ca.server.key, key)
+            process.send_signal(signal.SIGHUP)
+            assert "reloaded" in next_line(process)
+            renewed = TLSFiles(pki.client.cert, pki.client.key, other_ca.ca)
+            with Client(snoop, tls=renewed) as client:  # the new certificate is presented
+                assert client.get(b"kept") == b"across reloads"
+            assert established.get(b"kept") == b"across reloads"  # not dropped
+            established.close()
+            assert process.poll() is None
         finally:
             process.terminate()
             process.wait(10)
@@ -293,3 +337,38 @@ def test_workers_serve_tls_and_all_reload_on_sighup(pki, other_ca, tmp_path):
             with Client(tls, tls=TLSFiles(ca=other_ca.ca)) as renewed:
                 assert renewed.get(b"tls-workers") == b"one cache"
         assert children(server.pid) == processes  # reloaded, not restarted
+
+
+def test_the_dc_client_guides_unit_forwards_over_tls(pki, tmp_path):
+    """The proxy unit of the dc_client guide, with this host's files, port and user."""
+    from pathlib import Path
+
+    guide = (Path(__file__).parent.parent / "docs" / "guide" / "dc_client.rst").read_text()
+    unit = guide.split("# /etc/systemd/system/distcache-proxy.service", 1)[1]
+    exec_start = re.search(r"ExecStart=\S+((?:.*\\\n)*.*)", unit).group(1)
+    line = exec_start.replace("\\\n", " ")
+    assert "-server TLS:" in line and "-tls-ca" in line
+    upstream = tls_address()
+    files = {"web1.crt": pki.client.cert, "web1.key": pki.client.key, "ca.pem": pki.ca}
+    for name, path in files.items():
+        line = line.replace(f"/etc/distcache/{name}", path)
+    line = line.replace("/run/distcache-proxy", str(tmp_path))
+    line = line.replace("cache.example.net:9001", upstream.replace("127.0.0.1", "localhost")[4:])
+    line = line.replace("127.0.0.1:9401", f"127.0.0.1:{free_port()}")
+    user = "nobody" if os.geteuid() == 0 else None
+    line = line.replace("-user distcache", f"-user {user}" if user else "")
+    line = line.replace("-sockowner distcache", f"-sockowner {user}" if user else "")
+    with dc_server(*pki.server_flags(), listen=upstream):
+        argv = [sys.executable, "-m", "distcache.cli.dc_client", *line.split()]
+        process = subprocess.Popen(argv, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        try:
+            assert "forwarding to TLS:localhost:" in next_line(process)
+            with Client(f"UNIX:{tmp_path / 'scache'}") as apache:
+                wait_for(lambda: apache.have(b"warm-up") is False, "no TLS upstream")
+                assert apache.add(b"through", b"the unit", 60_000)
+            with Client(upstream, tls=pki.client_files()) as direct:
+                assert direct.get(b"through") == b"the unit"
+        finally:
+            process.terminate()
+            process.wait(10)
+            process.stderr.close()

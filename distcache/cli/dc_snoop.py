@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 
 from .. import __version__
@@ -28,9 +29,16 @@ from ..server import bind_listeners, new_event_loop
 from ..server.run import STOP_SIGNALS, describe_socket
 from ..snoop import FORMATS, PcapRecorder, Snooper
 from .legacy_flags import TLS_FLAGS, CommandLine, Flag, run_parser
-from .monitoring import LOG_FLAG, start_logging
+from .monitoring import LOG_FLAG, start_logging, with_log_reopening
 from .service import StartupError
-from .tls_options import TLSSetupError, check_used, client_tls, files_from, server_tls
+from .tls_options import (
+    TLSSetupError,
+    check_used,
+    client_tls,
+    files_from,
+    reload_on_sighup,
+    server_tls,
+)
 
 log = logging.getLogger("distcache.snoop")
 
@@ -70,7 +78,8 @@ COMMAND_LINE = CommandLine(
     notes=(
         "Addresses: IP:<host>:<port>, UNIX:<path>, IP:[<ipv6>]:<port>, TLS:<host>:<port>.\n"
         "TLS on either side: the log and the pcap hold the decrypted distcache stream. The same\n"
-        "-tls-cert/-tls-key serve a TLS: -listen and are presented to a TLS: -server."
+        "-tls-cert/-tls-key serve a TLS: -listen and are presented to a TLS: -server.\n"
+        "SIGHUP re-reads the TLS files and reopens the -log file."
     ),
 )
 
@@ -90,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 tls_files = files_from(options)
                 check_used(tls_files, [listen, server])
                 tls = client_tls(tls_files, [server])
-                sockets = bind_listeners(listen, tls=server_tls(tls_files, [listen]))
+                listen_tls = server_tls(tls_files, [listen])
+                sockets = bind_listeners(listen, tls=listen_tls)
             except (AddressError, ListenError, TLSSetupError) as error:
                 raise StartupError(f"Error, {error}") from None
             try:
@@ -123,8 +133,10 @@ def main(argv: list[str] | None = None) -> int:
             f"dc_snoop {__version__} relaying {', '.join(map(describe_socket, sockets))} to "
             f"{server}; messages to {options['log'] or 'stdout'} as {options['format']}"
         )
+        # SIGHUP re-reads the TLS files (and reopens the log files) without dropping relays.
+        reload = with_log_reopening(reload_on_sighup([tls, listen_tls]))
         with asyncio.Runner(loop_factory=new_event_loop) as runner:
-            return runner.run(_serve(snooper, sockets, startup))
+            return runner.run(_serve(snooper, sockets, startup, reload))
 
 
 class _ReopenedOnSighup:
@@ -142,8 +154,17 @@ class _ReopenedOnSighup:
     def write(self, text: str) -> None:
         if self._reopen:
             self._reopen = False
-            self._file.close()
-            self._file = open(self.path, "a")  # noqa: SIM115
+            try:
+                reopened = open(self.path, "a")  # noqa: SIM115
+            except OSError as error:  # e.g. its directory moved away: keep the file we have
+                log.warning(
+                    "cannot reopen the message log %s (%s): still writing to the file already open",
+                    self.path,
+                    error.strerror or error,
+                )
+            else:
+                self._file.close()
+                self._file = reopened
         self._file.write(text)
 
     def flush(self) -> None:
@@ -156,11 +177,13 @@ class _ReopenedOnSighup:
         self._file.close()
 
 
-async def _serve(snooper: Snooper, sockets, startup: str = "") -> int:
+async def _serve(snooper: Snooper, sockets, startup: str = "", on_reload=None) -> int:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
+    if on_reload is not None:
+        loop.add_signal_handler(signal.SIGHUP, on_reload)
     await snooper.start(sockets)
     log.info("%s", startup)
     try:

@@ -62,27 +62,57 @@ class LogDestinationError(Exception):
 
 
 class ReopeningFileHandler(logging.handlers.WatchedFileHandler):
-    """A log file appended to, reopened when moved or deleted, or after :meth:`request_reopen`."""
+    """A log file appended to, reopened when moved or deleted, or after :meth:`request_reopen`.
+
+    A reopening that fails (a program that changed user may not open the file it opened as
+    root) keeps the file already open, says so there in one line, and stops watching for moves
+    until the next request, so a rotation the program cannot follow costs one line, not a crash
+    or a line per record.
+    """
 
     def __init__(self, path: str) -> None:
         super().__init__(path, mode="a", encoding="utf-8", errors="backslashreplace")
         self._reopen_requested = False
+        self._watching = True
 
     def request_reopen(self) -> None:
         """Reopen before the next record (safe to call from a signal handler)."""
         self._reopen_requested = True
 
     def reopenIfNeeded(self) -> None:
-        if self._reopen_requested:
-            self._reopen_requested = False
-            if self.stream is not None:
-                self.stream.flush()
-                self.stream.close()
-                self.stream = None
-            self.stream = self._open()
-            self._statstream()
+        if self.stream is None:
             return
-        super().reopenIfNeeded()
+        try:
+            if self._reopen_requested:
+                self._reopen_requested = False
+                self._reopen()
+            elif self._watching and self._moved():
+                self._reopen()
+        except OSError as error:  # the file, or the directory, is closed to the new user
+            self._watching = False
+            self._note(f"cannot reopen the log file {self.baseFilename} "
+                       f"({error.strerror or error}): still writing to the file already open")  # fmt: skip
+
+    def _moved(self) -> bool:
+        try:
+            status = os.stat(self.baseFilename)
+        except FileNotFoundError:
+            return True
+        return (status.st_dev, status.st_ino) != (self.dev, self.ino)
+
+    def _reopen(self) -> None:
+        stream = self._open()
+        self.stream.flush()
+        self.stream.close()
+        self.stream = stream
+        self._watching = True
+        self._statstream()
+
+    def _note(self, message: str) -> None:
+        record = logging.makeLogRecord(
+            {"name": __name__, "levelno": logging.WARNING, "levelname": "WARNING", "msg": message}
+        )
+        logging.FileHandler.emit(self, record)
 
 
 def setup_logging(program: str, destination: str | None = None, level: str | None = None):

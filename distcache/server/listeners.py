@@ -31,6 +31,7 @@ __all__ = [
     "bind_listeners",
     "close_listeners",
     "close_listeners_but",
+    "describe_socket",
     "listener_options",
     "listeners_per_worker",
     "reuse_port_copies",
@@ -236,7 +237,7 @@ def reuse_port_copies(sockets: list[socket.socket]) -> list[socket.socket]:
             copy.close()
             close_listeners(made)
             raise netio.ListenError(
-                f"cannot listen again on {sock.getsockname()}: {error.strerror or error}",
+                f"cannot listen again on '{describe_socket(sock)}': {error.strerror or error}",
                 error.errno,
             ) from None
         copies.append(copy)
@@ -295,6 +296,17 @@ def _bind_unix(address: Address) -> socket.socket:
             f"cannot listen on '{address}': {error.strerror or error}", error.errno
         ) from None
     return sock
+
+
+def describe_socket(sock: socket.socket) -> str:
+    """A listening socket in the address grammar (``IP:host:port``, ``TLS:host:port``,
+    ``UNIX:path``): what an operator would pass to reach it, TLS included."""
+    name = sock.getsockname()
+    if sock.family == socket.AF_UNIX:
+        return f"UNIX:{name}"
+    host, port = name[:2]
+    prefix = "TLS" if getattr(sock, "tls", None) is not None else "IP"
+    return f"{prefix}:[{host}]:{port}" if ":" in host else f"{prefix}:{host}:{port}"
 
 
 def unix_path_of(sockets: list[socket.socket]) -> str | None:

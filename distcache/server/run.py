@@ -17,6 +17,7 @@ from .. import __version__
 from ..cache import MemoryStore, SessionStore
 from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEER_BYTES
 from .handler import RequestHandler
+from .listeners import describe_socket
 from .progress import PROGRESS_INTERVAL, ProgressReporter
 from .relay import OwnerRelay
 from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Server
@@ -200,15 +201,6 @@ def describe_engine(server: Server) -> str:
     memory engine's owner), or the store's repr, which never shows a password."""
     store = server.store
     return "memory:" if type(store) in (MemoryStore, OwnerRelay) else repr(store)
-
-
-def describe_socket(sock: socket.socket) -> str:
-    """A listening socket in the address grammar (``IP:host:port``, ``UNIX:path``)."""
-    name = sock.getsockname()
-    if sock.family == socket.AF_UNIX:
-        return f"UNIX:{name}"
-    host, port = name[:2]
-    return f"IP:[{host}]:{port}" if ":" in host else f"IP:{host}:{port}"
 
 
 def _ignore() -> None:
