@@ -233,6 +233,39 @@ def test_the_proxy_prints_its_startup_line(tmp_path):
         assert f"forwarding to {server.listen} (upstream up)" in line
 
 
+def _startup_roles(stderr: str) -> list[str]:
+    """What each start-up line says its process is (its last field)."""
+    return sorted(line.rsplit("; ", 1)[1] for line in stderr.splitlines() if " serving on " in line)
+
+
+def test_the_startup_line_says_one_process_without_workers(tmp_path):
+    from proxyproc import dc_client
+
+    with dc_server() as server, dc_client(str(tmp_path / "p.sock"), server.listen) as proxy:
+        _wait_for(lambda: "serving on" in server.stderr and "serving on" in proxy.stderr)
+        assert _startup_roles(server.stderr) == ["one process"]
+        assert _startup_roles(proxy.stderr) == ["one process"]
+
+
+def test_each_startup_line_names_its_worker(tmp_path):
+    """With -workers N an operator reads from the start-up lines how many processes serve and
+    which is which."""
+    from proxyproc import dc_client
+
+    with (
+        dc_server("-workers", "2") as server,
+        dc_client(str(tmp_path / "p.sock"), server.listen, "-workers", "2") as proxy,
+    ):
+        _wait_for(lambda: server.stderr.count(" serving on ") == 3)
+        _wait_for(lambda: proxy.stderr.count(" serving on ") == 2)
+        assert _startup_roles(server.stderr) == [
+            "engine owner of 2 workers",
+            "worker 1 of 2",
+            "worker 2 of 2",
+        ]
+        assert _startup_roles(proxy.stderr) == ["worker 1 of 2", "worker 2 of 2"]
+
+
 # -- the bound, against a storm ----------------------------------------------------------------
 
 #: Connections sending garbage, from this many threads, for this long.
