@@ -409,3 +409,60 @@ def test_with_tls_sighup_reloads_the_certificates_and_reopens_the_log(tmp_path):
         _wait_for(lambda: log.exists() and "TLS certificates reloaded" in log.read_text())
         assert server.process.poll() is None
     assert "reloaded" not in (tmp_path / "dc.log.1").read_text()
+
+
+# -- one line per notable event ------------------------------------------------------------------
+
+
+def test_the_proxy_logs_the_upstream_lost_then_regained(tmp_path):
+    from proxyproc import dc_client
+
+    listen = f"IP:127.0.0.1:{free_port()}"
+    with (
+        dc_server(listen=listen) as server,
+        dc_client(str(tmp_path / "p.sock"), listen, "-retry", "100") as proxy,
+    ):
+        _wait_for(lambda: "(upstream up)" in proxy.stderr)
+        server.stop()
+        _wait_for(lambda: "lost the server connection" in proxy.stderr)
+        assert "connected to the server" not in proxy.stderr
+        with dc_server(listen=listen):
+            _wait_for(lambda: "connected to the server" in proxy.stderr)
+        lines = proxy.stderr.splitlines()
+        lost = next(i for i, line in enumerate(lines) if "lost the server connection" in line)
+        regained = next(i for i, line in enumerate(lines) if "connected to the server" in line)
+        assert lost < regained
+        assert lines[lost].split()[3] == "WARNING" and lines[regained].split()[3] == "INFO"
+        assert lines[regained].endswith(f"INFO distcache.proxy: connected to the server {listen}")
+
+
+def test_a_connection_over_the_cap_while_all_are_busy_is_refused_with_a_line(tmp_path):
+    """Two local clients wait on an upstream that never answers (busy, so none can be reclaimed):
+    the third is refused and the log says why."""
+    from proxyproc import connect_unix, dc_client
+
+    from distcache.protocol import get_request
+
+    path = str(tmp_path / "p.sock")
+    with socket.socket() as upstream:
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen()
+        address = f"IP:127.0.0.1:{upstream.getsockname()[1]}"
+        with dc_client(path, address, "-maxconns", "2") as proxy:
+            link, _ = upstream.accept()
+            with link, connect_unix(path) as first, connect_unix(path) as second:
+                request = get_request(1, b"k")
+                first.sendall(request)
+                second.sendall(request)
+                received = b""
+                link.settimeout(10)
+                while len(received) < 2 * len(request):  # both are at the server: busy
+                    received += link.recv(65536)
+                with connect_unix(path) as third:
+                    third.settimeout(10)
+                    assert third.recv(1) == b""  # closed at once
+                _wait_for(lambda: "refused" in proxy.stderr)
+    refusals = [line for line in proxy.stderr.splitlines() if "refused" in line]
+    assert len(refusals) == 1
+    assert " WARNING distcache.proxy" in refusals[0]
+    assert refusals[0].endswith("refused, all 2 connections are busy (the maximum)")
