@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from namespaces import needs_namespaces, run_in_namespace
 from serverproc import dc_server, free_port, run_dc_server, run_program
 
 from distcache.monitoring.ratelimit import (
@@ -466,3 +467,37 @@ def test_a_connection_over_the_cap_while_all_are_busy_is_refused_with_a_line(tmp
     assert len(refusals) == 1
     assert " WARNING distcache.proxy" in refusals[0]
     assert refusals[0].endswith("refused, all 2 connections are busy (the maximum)")
+
+
+_SYSLOG_IN_NAMESPACE = r"""
+exec 4</dev
+mount -t tmpfs tmpfs /dev
+for node in null zero random urandom; do
+  touch "/dev/$node" && mount --no-canonicalize --bind "/proc/self/fd/4/$node" "/dev/$node"
+done
+exec 4<&-
+"$PYTHON" - <<'PY'
+import socket, subprocess, sys
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+    syslog.bind("/dev/log")
+    syslog.settimeout(30)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "distcache.cli.dc_server", "-listen", "IP:127.0.0.1:9001",
+         "-log", "syslog"], stdin=subprocess.DEVNULL)
+    try:
+        print(syslog.recv(4096).decode())
+    finally:
+        server.terminate()
+        print("exit", server.wait(30))
+PY
+"""
+
+
+@needs_namespaces
+def test_syslog_without_an_address_reaches_dev_log():
+    """``-log syslog`` writes to the datagram socket at /dev/log (here a private one, in a mount
+    namespace of its own, so the host's syslog sees nothing)."""
+    result = run_in_namespace(_SYSLOG_IN_NAMESPACE)
+    first, status = result.stdout.splitlines()
+    assert first.startswith("<30>dc_server[") and "INFO distcache.server: dc_server " in first
+    assert status == "exit 0", result.stderr
