@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+
+from serverproc import START_TIMEOUT, connect_to
 
 GUIDE_DIR = Path(__file__).resolve().parents[1] / "docs" / "guide"
 
@@ -43,3 +50,27 @@ def replace_arg(args: list[str], flag: str, value: str) -> list[str]:
     """``args`` with the value of ``flag`` replaced (the flag must be there)."""
     index = args.index(flag)
     return [*args[: index + 1], value, *args[index + 2 :]]
+
+
+@contextlib.contextmanager
+def program(name: str, args: list[str], ready: str):
+    """One of our programs with exactly ``args``, until a client can connect to ``ready``."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", f"distcache.cli.{name}", *args],
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert process.poll() is None, process.stderr.read().decode(errors="replace")
+            with contextlib.suppress(OSError), connect_to(ready, 1.0):
+                break
+            assert time.monotonic() < deadline, f"{name} never accepted"
+            time.sleep(0.02)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+        process.wait(START_TIMEOUT)
+        process.stderr.close()

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
-from guides import GUIDE_DIR, code_blocks, exec_start, replace_arg, unit_files
-from serverproc import START_TIMEOUT, connect_to, free_port
+from guides import GUIDE_DIR, code_blocks, exec_start, program, replace_arg, unit_files
+from serverproc import START_TIMEOUT, free_port
 
 from distcache.address import parse_address
 from distcache.client import Client
@@ -224,30 +224,6 @@ def test_with_tickets_on_apache_resumes_without_asking_the_cache(tools, certific
             run_shell(save, tmp_path)
             assert run_shell(offer, tmp_path).startswith("Reused,")
     assert not cache_requests(log, "GET status=FOUND")
-
-
-@contextlib.contextmanager
-def program(name: str, args: list[str], ready: str):
-    """One of our programs with exactly ``args``, until a client can connect to ``ready``."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", f"distcache.cli.{name}", *args],
-        stdin=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, process.stderr.read().decode(errors="replace")
-            with contextlib.suppress(OSError), connect_to(ready, 1.0):
-                break
-            assert time.monotonic() < deadline, f"{name} never accepted"
-            time.sleep(0.02)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        process.wait(START_TIMEOUT)
-        process.stderr.close()
 
 
 def test_the_guides_units_carry_a_session_from_apache(tools, certificate, tmp_path):
