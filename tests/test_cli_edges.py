@@ -3,14 +3,17 @@ means what it says."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import struct
 import subprocess
 import sys
 
+import pytest
 from namespaces import needs_namespaces, run_in_namespace
 from serverproc import free_port, run_program
 
+from distcache.cli.legacy_flags import FlagExit
 from distcache.protocol import get_request
 
 
@@ -120,3 +123,31 @@ def test_dc_client_on_the_shared_default_refuses_what_is_there_and_says_why():
     assert "is not a socket; refusing to replace it" in result.stderr
     assert "is in use by a running server" in result.stderr
     assert result.stderr.count("no -listen was given") == 2
+
+
+EXTENSION_WORDS = [
+    (program, word)
+    for program in ("dc_server", "dc_test", "dc_client", "dc_snoop")
+    for flag in importlib.import_module(f"distcache.cli.{program}").COMMAND_LINE.flags
+    if flag.metavar is not None
+    for word in flag.names
+    if flag.extension or word != flag.names[0]
+]
+
+
+@pytest.mark.parametrize(("program", "word"), EXTENSION_WORDS)
+def test_an_extension_flag_is_named_as_typed(program, word):
+    """The legacy's extra dash (``Error, --sessions ...``) belongs to its own flags; an
+    extension or an alias is named with the one dash the user typed."""
+    command_line = importlib.import_module(f"distcache.cli.{program}").COMMAND_LINE
+    with pytest.raises(FlagExit) as exit:
+        command_line.parse([word])
+    assert exit.value.lines[0] == f"Error, {word} requires an argument"
+
+
+def test_an_invalid_extension_argument_names_the_flag_as_typed():
+    result = run_program("dc_server", "-listen", "IP:127.0.0.1:1", "-min-timeout", "soon")
+    assert result.returncode == 1
+    assert result.stderr.startswith("Error, -min-timeout given an invalid argument\n")
+    result = run_program("dc_server", "-listen", "IP:127.0.0.1:1", "-sessions", "1")
+    assert result.stderr.startswith("Error, --sessions given an invalid argument\n")

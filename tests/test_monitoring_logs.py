@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from namespaces import needs_namespaces, run_in_namespace
 from serverproc import dc_server, free_port, run_dc_server, run_program
 
 from distcache.monitoring.ratelimit import (
@@ -266,6 +267,39 @@ def test_the_proxy_prints_its_startup_line(tmp_path):
         assert f"forwarding to {server.listen} (upstream up)" in line
 
 
+def _startup_roles(stderr: str) -> list[str]:
+    """What each start-up line says its process is (its last field)."""
+    return sorted(line.rsplit("; ", 1)[1] for line in stderr.splitlines() if " serving on " in line)
+
+
+def test_the_startup_line_says_one_process_without_workers(tmp_path):
+    from proxyproc import dc_client
+
+    with dc_server() as server, dc_client(str(tmp_path / "p.sock"), server.listen) as proxy:
+        _wait_for(lambda: "serving on" in server.stderr and "serving on" in proxy.stderr)
+        assert _startup_roles(server.stderr) == ["one process"]
+        assert _startup_roles(proxy.stderr) == ["one process"]
+
+
+def test_each_startup_line_names_its_worker(tmp_path):
+    """With -workers N an operator reads from the start-up lines how many processes serve and
+    which is which."""
+    from proxyproc import dc_client
+
+    with (
+        dc_server("-workers", "2") as server,
+        dc_client(str(tmp_path / "p.sock"), server.listen, "-workers", "2") as proxy,
+    ):
+        _wait_for(lambda: server.stderr.count(" serving on ") == 3)
+        _wait_for(lambda: proxy.stderr.count(" serving on ") == 2)
+        assert _startup_roles(server.stderr) == [
+            "engine owner of 2 workers",
+            "worker 1 of 2",
+            "worker 2 of 2",
+        ]
+        assert _startup_roles(proxy.stderr) == ["worker 1 of 2", "worker 2 of 2"]
+
+
 # -- the bound, against a storm ----------------------------------------------------------------
 
 #: Connections sending garbage, from this many threads, for this long.
@@ -409,3 +443,94 @@ def test_with_tls_sighup_reloads_the_certificates_and_reopens_the_log(tmp_path):
         _wait_for(lambda: log.exists() and "TLS certificates reloaded" in log.read_text())
         assert server.process.poll() is None
     assert "reloaded" not in (tmp_path / "dc.log.1").read_text()
+
+
+# -- one line per notable event ------------------------------------------------------------------
+
+
+def test_the_proxy_logs_the_upstream_lost_then_regained(tmp_path):
+    from proxyproc import dc_client
+
+    listen = f"IP:127.0.0.1:{free_port()}"
+    with (
+        dc_server(listen=listen) as server,
+        dc_client(str(tmp_path / "p.sock"), listen, "-retry", "100") as proxy,
+    ):
+        _wait_for(lambda: "(upstream up)" in proxy.stderr)
+        server.stop()
+        _wait_for(lambda: "lost the server connection" in proxy.stderr)
+        assert "connected to the server" not in proxy.stderr
+        with dc_server(listen=listen):
+            _wait_for(lambda: "connected to the server" in proxy.stderr)
+        lines = proxy.stderr.splitlines()
+        lost = next(i for i, line in enumerate(lines) if "lost the server connection" in line)
+        regained = next(i for i, line in enumerate(lines) if "connected to the server" in line)
+        assert lost < regained
+        assert lines[lost].split()[3] == "WARNING" and lines[regained].split()[3] == "INFO"
+        assert lines[regained].endswith(f"INFO distcache.proxy: connected to the server {listen}")
+
+
+def test_a_connection_over_the_cap_while_all_are_busy_is_refused_with_a_line(tmp_path):
+    """Two local clients wait on an upstream that never answers (busy, so none can be reclaimed):
+    the third is refused and the log says why."""
+    from proxyproc import connect_unix, dc_client
+
+    from distcache.protocol import get_request
+
+    path = str(tmp_path / "p.sock")
+    with socket.socket() as upstream:
+        upstream.bind(("127.0.0.1", 0))
+        upstream.listen()
+        address = f"IP:127.0.0.1:{upstream.getsockname()[1]}"
+        with dc_client(path, address, "-maxconns", "2") as proxy:
+            link, _ = upstream.accept()
+            with link, connect_unix(path) as first, connect_unix(path) as second:
+                request = get_request(1, b"k")
+                first.sendall(request)
+                second.sendall(request)
+                received = b""
+                link.settimeout(10)
+                while len(received) < 2 * len(request):  # both are at the server: busy
+                    received += link.recv(65536)
+                with connect_unix(path) as third:
+                    third.settimeout(10)
+                    assert third.recv(1) == b""  # closed at once
+                _wait_for(lambda: "refused" in proxy.stderr)
+    refusals = [line for line in proxy.stderr.splitlines() if "refused" in line]
+    assert len(refusals) == 1
+    assert " WARNING distcache.proxy" in refusals[0]
+    assert refusals[0].endswith("refused, all 2 connections are busy (the maximum)")
+
+
+_SYSLOG_IN_NAMESPACE = r"""
+exec 4</dev
+mount -t tmpfs tmpfs /dev
+for node in null zero random urandom; do
+  touch "/dev/$node" && mount --no-canonicalize --bind "/proc/self/fd/4/$node" "/dev/$node"
+done
+exec 4<&-
+"$PYTHON" - <<'PY'
+import socket, subprocess, sys
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslog:
+    syslog.bind("/dev/log")
+    syslog.settimeout(30)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "distcache.cli.dc_server", "-listen", "IP:127.0.0.1:9001",
+         "-log", "syslog"], stdin=subprocess.DEVNULL)
+    try:
+        print(syslog.recv(4096).decode())
+    finally:
+        server.terminate()
+        print("exit", server.wait(30))
+PY
+"""
+
+
+@needs_namespaces
+def test_syslog_without_an_address_reaches_dev_log():
+    """``-log syslog`` writes to the datagram socket at /dev/log (here a private one, in a mount
+    namespace of its own, so the host's syslog sees nothing)."""
+    result = run_in_namespace(_SYSLOG_IN_NAMESPACE)
+    first, status = result.stdout.splitlines()
+    assert first.startswith("<30>dc_server[") and "INFO distcache.server: dc_server " in first
+    assert status == "exit 0", result.stderr

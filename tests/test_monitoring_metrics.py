@@ -233,3 +233,29 @@ def test_commands_on_a_store_engine_are_counted_and_an_unreachable_store_too():
     assert "RedisStore('redis://127.0.0.1:" in next(
         dict(labels)["engine"] for name, labels in samples if name == "distcache_info"
     )
+
+
+@pytest.mark.parametrize(
+    ("given", "reason"),
+    [
+        ("9400", "write 127.0.0.1:9400 for this host only, or IP:9400 for every IPv4 interface"),
+        ("TLS:127.0.0.1:9400", "metrics are plain HTTP"),
+        ("bogus", "bad address 'bogus': no prefix"),
+    ],
+)
+@pytest.mark.parametrize("program", ["dc_server", "dc_client"])
+def test_a_metrics_address_that_is_no_plain_listen_address_is_refused(
+    tmp_path, program, given, reason
+):
+    """A port alone would have to guess the interface (and used to mean all of them); TLS:
+    would promise an encryption the HTTP listener does not do. The error names what was given."""
+    from serverproc import run_program
+
+    args = ["-listen", f"UNIX:{tmp_path / 'l.sock'}", "-metrics", given]
+    if program == "dc_client":
+        args += ["-server", "IP:127.0.0.1:1"]
+    result = run_program(program, *args)
+    assert result.returncode == 1
+    first, second = result.stderr.splitlines()[:2]
+    assert first == f"Error, can't serve metrics on '{given}'"
+    assert second.startswith("Error, ") and reason in second

@@ -56,7 +56,7 @@ def test_help_prints_usage_and_exits_0(word):
             "Error, --progress given an invalid argument",
         ),
         (["-listen", "IP:1", "-progress", "-1"], "Error, --progress given an invalid argument"),
-        (["-listen", "IP:1", "-maxconns", "0"], "Error, --maxconns given an invalid argument"),
+        (["-listen", "IP:1", "-maxconns", "0"], "Error, -maxconns given an invalid argument"),
     ],
 )
 def test_bad_flags_exit_1_with_the_legacy_message_and_usage(args, message):

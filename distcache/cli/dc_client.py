@@ -193,6 +193,7 @@ def _run_proxy(
     *,
     worker=False,
     metrics_slot=None,
+    role="one process",
 ) -> int:
     def around(proxy: Proxy):
         return _metrics(proxy, metrics_sockets, metrics_slot) if metrics_sockets else None
@@ -205,7 +206,9 @@ def _run_proxy(
                 killable=killable,
                 reload=reload,
                 around=around,
-                on_started=lambda proxy: log.info("%s", _startup_line(proxy, metrics_sockets)),
+                on_started=lambda proxy: log.info(
+                    "%s", _startup_line(proxy, metrics_sockets, role)
+                ),
                 remove_socket_file=not worker,
             )
         )
@@ -236,7 +239,14 @@ def _supervise(settings: ProxySettings, sockets, options: dict, reload, metrics_
         defer_stop_requests(killable)
         slot = shared.slot(index) if shared is not None else None
         return _run_proxy(
-            settings, mine, killable, reload, metrics_sockets, worker=True, metrics_slot=slot
+            settings,
+            mine,
+            killable,
+            reload,
+            metrics_sockets,
+            worker=True,
+            metrics_slot=slot,
+            role=f"worker {index + 1} of {len(shares)}",
         )
 
     def remove_socket_file() -> None:
@@ -337,7 +347,7 @@ async def _metrics(proxy: Proxy, sockets, slot=None):
         await listener.close()
 
 
-def _startup_line(proxy: Proxy, metrics_sockets) -> str:
+def _startup_line(proxy: Proxy, metrics_sockets, role: str) -> str:
     settings = proxy.settings
     line = (
         f"dc_client {__version__} serving on {proxy.listen_address()}; forwarding to "
@@ -346,7 +356,7 @@ def _startup_line(proxy: Proxy, metrics_sockets) -> str:
     )
     if metrics_sockets:
         line += f"; metrics on {', '.join(describe_socket(sock) for sock in metrics_sockets)}"
-    return line
+    return f"{line}; {role}"
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ error *before* it has already ended the program with status 1.
 
 The legacy messages are reproduced because scripts match them. Two programs (dc_server, dc_test)
 print an extra dash in front of the flag in their error lines (``Error, --sessions given an invalid
-argument``); dc_client and dc_snoop print the flag as typed. ``doubled_dash`` selects the style.
+argument``); dc_client and dc_snoop print the flag as typed. ``doubled_dash`` selects the style,
+which applies to the legacy flags only: the extensions are always named as typed.
 
 A program declares its flags once (:class:`Flag`), gets a parsed ``dict`` from
 :meth:`CommandLine.parse`, or a :class:`FlagExit` carrying the status and the lines to print.
@@ -71,6 +72,11 @@ class Flag:
     repeat_error: str | None = None
     #: The flag may be given several times; its value is the list of arguments, in order.
     repeatable: bool = False
+
+    @property
+    def extension(self) -> bool:
+        """Not a legacy flag (its help says so first, as the usage shows it)."""
+        return self.help.startswith("extension")
 
 
 def decimal_in(low: int, high: int) -> Callable[[str], int]:
@@ -211,7 +217,10 @@ class CommandLine:
             flag = self._by_name.get(word)
             if flag is None:
                 raise self._error(f'Error, "{word}" not recognised')
-            shown = f"-{word}" if self.doubled_dash else word
+            # The legacy's extra dash only where scripts may match it: a legacy flag by its
+            # legacy name. An extension (or an alias) is named as the user typed it.
+            legacy = not flag.extension and word == flag.names[0]
+            shown = f"-{word}" if self.doubled_dash and legacy else word
             if flag.metavar is None:
                 values[flag.dest] = True
                 continue

@@ -36,8 +36,11 @@ METRICS_FLAG = Flag(
     "address",
 )
 
-#: Prefixes of the address grammar; anything else given to -metrics is a bare host:port.
-_PREFIXES = ("IP:", "IPv4:", "IPv6:", "UNIX:")
+#: Said for a bare port: which address is meant is the operator's choice to make.
+_BARE_PORT_HINT = (
+    "a port alone is no address: write 127.0.0.1:{port} for this host only, or IP:{port} for"
+    " every IPv4 interface"
+)
 
 
 def start_logging(program: str, destination: str | None, level: str | None) -> None:
@@ -49,12 +52,20 @@ def start_logging(program: str, destination: str | None, level: str | None) -> N
 
 
 def bind_metrics(text: str | None) -> list[socket.socket]:
-    """The bound sockets of ``-metrics`` (none without the flag), or raise StartupError."""
+    """The bound sockets of ``-metrics`` (none without the flag), or raise StartupError.
+
+    Any listen address of the grammar, a bare ``host:port`` included, but no ``TLS:`` (the
+    metrics are plain HTTP) and no port alone (it would have to guess the interface).
+    """
     if text is None:
         return []
-    address = text if text.startswith(_PREFIXES) else f"IP:{text}"
     try:
-        return bind_listeners(parse_address(address).require_listen())
+        if text.isascii() and text.isdigit():
+            raise AddressError(_BARE_PORT_HINT.format(port=text))
+        address = parse_address(text).require_listen()
+        if address.tls:
+            raise AddressError("metrics are plain HTTP: give an IP:, UNIX: or host:port address")
+        return bind_listeners(address)
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, can't serve metrics on '{text}'\nError, {error}") from None
 

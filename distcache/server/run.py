@@ -69,6 +69,8 @@ class RunOptions:
     min_timeout_ms: int = 0
     #: A worker's place in the metrics of the whole server (None: one process reports alone).
     metrics_slot: MetricsSlot | None = None
+    #: What this process is among the server's processes, for the start-up line (-workers).
+    role: str = "one process"
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -180,7 +182,7 @@ async def _serve_metrics(server: Server, options: RunOptions):
 
 
 def startup_line(server: Server, options: RunOptions) -> str:
-    """What an operator needs to know at start: where, which engine, how big."""
+    """What an operator needs to know at start: where, which engine, how big, which process."""
     listening = ", ".join(describe_socket(sock) for sock in server.sockets)
     store = server.store
     engine = (
@@ -193,7 +195,7 @@ def startup_line(server: Server, options: RunOptions) -> str:
     if options.metrics_sockets:
         metrics = ", ".join(describe_socket(sock) for sock in options.metrics_sockets)
         line += f"; metrics on {metrics}"
-    return line
+    return f"{line}; {options.role}"
 
 
 def describe_engine(server: Server) -> str:

@@ -94,6 +94,7 @@ def run_workers(
         specs = []
         for n in range(workers):
             worker_options, retire = with_metrics(n + 1)
+            worker_options = replace(worker_options, role=f"worker {n + 1} of {workers}")
             run = _store_worker(shares, n, engine_url, sessions, worker_options)
             specs.append(WorkerSpec("worker", run, on_exit=retire))
         return Supervisor(specs, **supervision).run()
@@ -112,7 +113,11 @@ def run_workers(
     supervisor_pid = os.getpid()
 
     owner_options, retire_owner = with_metrics(0, clients=False)  # its clients are the workers
-    owner_options = replace(owner_options, max_connections=max(workers * 4, 64))
+    owner_options = replace(
+        owner_options,
+        max_connections=max(workers * 4, 64),
+        role=f"engine owner of {workers} workers",
+    )
 
     def owner() -> int:
         close_listeners_but(shares, [])
@@ -140,6 +145,7 @@ def run_workers(
     specs = [WorkerSpec("engine owner", owner, stage=1, on_exit=retire_owner)]
     for n, share in enumerate(shares):
         worker_options, retire = with_metrics(n + 1)
+        worker_options = replace(worker_options, role=f"worker {n + 1} of {workers}")
         specs.append(WorkerSpec("worker", partial(worker, share, worker_options), on_exit=retire))
     return Supervisor(specs, on_exit=clean_up, **supervision).run()
 
