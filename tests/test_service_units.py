@@ -16,12 +16,14 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from guides import exec_start, program, replace_arg, unit_files
 from serverproc import free_port
+from tlspki import PKI
 
 from distcache.client import Client
 
@@ -99,12 +101,19 @@ def test_the_dc_server_guide_unit_runs(tmp_path):
 
 
 def test_the_dc_client_guide_unit_runs(tmp_path):
+    """The proxy forwards over mutual TLS, to a server of the same throw-away CA."""
     _, args = exec_start(unit_files("dc_client")["distcache-proxy.service"])
     args, where = _as_here(args, tmp_path)
-    upstream = f"IP:127.0.0.1:{free_port()}"
-    args = replace_arg(args, "-server", upstream)
+    pki = PKI(tmp_path)
+    port = free_port()
+    args = replace_arg(args, "-server", f"TLS:localhost:{port}")
+    for flag, path in (("-tls-cert", pki.client.cert), ("-tls-key", pki.client.key),
+                       ("-tls-ca", pki.ca)):  # fmt: skip
+        args = replace_arg(args, flag, path)
+    server = ["-listen", f"TLS:127.0.0.1:{port}", "-tls-cert", pki.server.cert,
+              "-tls-key", pki.server.key, "-tls-ca", pki.ca]  # fmt: skip
     with (
-        program("dc_server", ["-listen", upstream], upstream),
+        program("dc_server", server, f"IP:127.0.0.1:{port}"),
         program("dc_client", args, where["listen"]),
     ):
         _check_socket_file(args, where["listen"])
@@ -112,5 +121,6 @@ def test_the_dc_client_guide_unit_runs(tmp_path):
             for _ in range(100):  # until the proxy's connection to the server is up
                 if client.add(b"id", b"session", 60_000):
                     break
+                time.sleep(0.05)
             assert client.get(b"id") == b"session"
         _scrape(where["metrics"], "distcache_upstream")
