@@ -32,6 +32,7 @@ from serverproc import (
     run_program,
 )
 
+from distcache.cache import shared
 from distcache.client import Client
 from distcache.protocol import have_request
 from distcache.wire import Status
@@ -39,6 +40,11 @@ from distcache.workers import STOP_MARGIN, cpu_count
 
 PYTHON = shlex.quote(sys.executable)
 TIMEOUT = 10.0
+#: The memory engine's owner process: there is one only when the workers cannot share the cache
+#: (the extension is absent or disabled: DISTCACHE_NO_EXTENSIONS=1, inherited by the servers).
+OWNERS = 0 if shared.available() else 1
+#: The environment of a server whose workers relay to an owner even where they could share.
+RELAYING = {"DISTCACHE_NO_EXTENSIONS": "1"}
 
 
 def wait_for(predicate, timeout: float = TIMEOUT, what: str = "the condition"):
@@ -112,19 +118,23 @@ def only(pids: list[int], keep: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def server_with_workers(
-    *args: str, workers: int = 3, tmp_path=None, tcp: bool = False
+    *args: str, workers: int = 3, tmp_path=None, tcp: bool = False, relay: bool = False
 ) -> Iterator[DcServer]:
     """A dc_server with workers, on a UNIX socket unless ``tcp``: one shared listener, where a
     worker stopped by :func:`only` leaves the accepts to the others (on TCP each worker has a
-    listener of its own, on which connections would wait for it)."""
+    listener of its own, on which connections would wait for it). ``relay``: the workers relay
+    to an engine owner, extension or not."""
     listen = f"IP:127.0.0.1:{free_port()}"
     if not tcp:
         listen = f"UNIX:{tempfile.mkdtemp(prefix='dcw')}/scache"
-    env_tmp = {"TMPDIR": str(tmp_path)} if tmp_path is not None else {}
-    with _environment(env_tmp):
+    env = {"TMPDIR": str(tmp_path)} if tmp_path is not None else {}
+    if relay:
+        env.update(RELAYING)
+    with _environment(env):
         server = DcServer(["-workers", str(workers), "-log-level", "INFO", *args], listen=listen)
+    owners = 1 if relay else OWNERS
     try:
-        wait_for(lambda: len(started(server.stderr)) == workers + 1, what="the workers")
+        wait_for(lambda: len(started(server.stderr)) == workers + owners, what="the workers")
         yield server
     finally:
         server.stop()
@@ -182,7 +192,7 @@ def test_capacity_and_eviction_are_the_one_cache_s(tmp_path) -> None:
 
 def test_a_refused_add_is_answered_by_the_worker_alone() -> None:
     """The worker validates: with the owner stopped, a bad ADD still gets its refusal."""
-    with server_with_workers(workers=2) as server:
+    with server_with_workers(workers=2, relay=True) as server:
         owner = started(server.stderr)["engine owner"]
         payload = (0xFFFFFFFF).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"idsession"
         header = b"\x00\x11\x00\x00\x00" + (7).to_bytes(4, "big") + b"\x00\x00\x01"
@@ -214,7 +224,7 @@ def test_a_killed_worker_is_replaced_logged_and_the_cache_survives() -> None:
 
 
 def test_a_killed_engine_owner_is_replaced_and_the_workers_reconnect() -> None:
-    with server_with_workers(workers=2) as server:
+    with server_with_workers(workers=2, relay=True) as server:
         with Client(server.listen) as cache:
             assert cache.add(b"lost", b"with the owner", 60_000)
         owner = started(server.stderr)["engine owner"]
@@ -258,14 +268,18 @@ def test_a_crash_loop_backs_off(tmp_path) -> None:
         assert next_died - died >= delay  # each replacement waited its delay: no busy loop
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["default", "relay"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_stops_every_process(tmp_path, signum) -> None:
+def test_a_stop_signal_stops_every_process(tmp_path, signum, relay) -> None:
     pidfile = tmp_path / "dc_server.pid"
-    with server_with_workers("-pidfile", str(pidfile), workers=2, tmp_path=tmp_path) as server:
+    args = ("-pidfile", str(pidfile))
+    with server_with_workers(*args, workers=2, tmp_path=tmp_path, relay=relay) as server:
         assert pidfile.read_text() == str(server.pid)  # the parent's
         processes = children(server.pid)
-        assert len(processes) == 3
-        assert [p.name for p in tmp_path.glob("distcache-*")]  # the owner's private directory
+        owners = 1 if relay else OWNERS
+        assert len(processes) == 2 + owners
+        # The owner's private directory, only where there is an owner.
+        assert len(list(tmp_path.glob("distcache-*"))) == owners
         server.signal(signum)
         assert server.wait() == 0
         assert not any(alive(pid) for pid in processes)
@@ -278,7 +292,7 @@ def test_workers_auto_is_one_per_cpu() -> None:
     listen = f"IP:127.0.0.1:{free_port()}"
     server = DcServer(["-workers", "auto", "-log-level", "INFO"], listen=listen)
     try:
-        wait_for(lambda: len(started(server.stderr)) == cpu_count() + 1, what="the workers")
+        wait_for(lambda: len(started(server.stderr)) == cpu_count() + OWNERS, what="the workers")
         assert len(workers_of(server)) == cpu_count()
     finally:
         assert server.stop() == 0
@@ -304,7 +318,7 @@ def test_daemon_with_workers(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     parent = int(wait_for(pidfile.read_text, what="the pid file"))
     try:
-        processes = wait_for(lambda: len(children(parent)) == 3 and children(parent))
+        processes = wait_for(lambda: len(children(parent)) == 2 + OWNERS and children(parent))
         with Client(listen) as cache:
             assert cache.add(b"daemon", b"ok", 60_000)
             assert cache.get(b"daemon") == b"ok"
@@ -396,7 +410,7 @@ def _conformance(*args: str) -> subprocess.CompletedProcess:
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
     """No worker serves unsupervised: the kernel tells each one when the supervisor dies; and
     the orphaned owner removes the private directory that the supervisor could not."""
-    with server_with_workers(workers=2, tmp_path=tmp_path) as server:
+    with server_with_workers(workers=2, tmp_path=tmp_path, relay=True) as server:
         processes = children(server.pid)
         assert list(tmp_path.glob("distcache-*"))
         server.signal(signal.SIGKILL)
@@ -407,7 +421,7 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
 
 def test_each_worker_s_startup_line_names_the_engine() -> None:
     """A worker's engine is the owner's memory cache, named as one process names its own."""
-    with server_with_workers("-sessions", "100", workers=2) as server:
+    with server_with_workers("-sessions", "100", workers=2, relay=True) as server:
         wait_for(lambda: server.stderr.count(" serving on ") == 3, what="the start-up lines")
         engines = re.findall(r" serving on (\S+); engine (.+?); at most", server.stderr)
         owner = [engine for listen, engine in engines if listen.endswith("/engine")]
@@ -415,6 +429,27 @@ def test_each_worker_s_startup_line_names_the_engine() -> None:
         path = next(listen for listen, _ in engines if listen.endswith("/engine"))
         workers = [engine for listen, engine in engines if listen == server.listen]
         assert workers == [f"memory: (100 sessions, held by the engine owner on {path})"] * 2
+
+
+@pytest.mark.skipif(not shared.available(), reason="needs the shared memory cache's extension")
+def test_workers_share_the_cache_in_memory_without_an_owner(tmp_path) -> None:
+    """With the extension the workers are the only children, each answering from one cache
+    mapped before the fork; a worker killed outright takes nothing with it."""
+    with server_with_workers("-sessions", "100", workers=2, tmp_path=tmp_path) as server:
+        wait_for(lambda: server.stderr.count(" serving on ") == 2, what="the start-up lines")
+        engines = re.findall(r" serving on \S+; engine (.+?); at most", server.stderr)
+        assert engines == ["memory: (100 sessions, in memory shared by the workers)"] * 2
+        assert "engine owner" not in server.stderr
+        assert not list(tmp_path.glob("distcache-*"))  # no owner, no private directory
+        workers = workers_of(server)
+        assert children(server.pid) == set(workers)
+        with only(workers, workers[0]), Client(server.listen) as cache:
+            assert cache.add(b"outlives", b"its worker", 60_000)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: workers[0] not in workers_of(server), what="a replacement")
+        for pid in workers_of(server):
+            with only(workers_of(server), pid), Client(server.listen) as cache:
+                assert cache.get(b"outlives") == b"its worker"
 
 
 def _signal_masks(pid: int) -> dict[str, int]:
@@ -446,7 +481,7 @@ def test_sighup_never_stops_the_workers_or_their_supervisor(tmp_path, program, l
     with _environment({"TMPDIR": str(tmp_path)}):
         if program == "dc_server":
             running = DcServer(args, listen=listen)
-            pid, processes_expected = running.pid, 3
+            pid, processes_expected = running.pid, 2 + OWNERS
         else:
             upstream = DcServer([], listen=f"IP:127.0.0.1:{free_port()}")
             running = DcClient(str(tmp_path / "scache"), upstream.listen, *args)
@@ -562,6 +597,7 @@ def test_ctrl_c_stops_the_workers_before_the_engine_owner() -> None:
         stdin=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
+        env={**os.environ, **RELAYING},
     )
     try:
         wait_for(lambda: len(children(process.pid)) == 3, what="the workers")

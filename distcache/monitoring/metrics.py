@@ -141,7 +141,7 @@ def _memory_cache(cache) -> Iterator:
     yield GaugeMetricFamily(
         "distcache_current_sessions",
         "Sessions held now (an expired one counts until the next operation drops it).",
-        value=len(cache._entries),
+        value=cache.sessions_held,
     )
     yield GaugeMetricFamily(
         "distcache_current_bytes",
