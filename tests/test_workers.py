@@ -154,6 +154,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def shared_mappings(pid: int) -> list[str]:
+    """The anonymous shared mappings of ``pid`` (the kernel names them /dev/zero)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return [line.split()[0] for line in maps if "/dev/zero" in line]
+
+
 def workers_of(server) -> list[int]:
     return [pid for label, pid in started(server.stderr).items() if label.startswith("worker")]
 
@@ -342,6 +348,8 @@ def test_dc_client_workers_supervised_and_stopped(tmp_path) -> None:
         wait_for(lambda: len(started(proxy.stderr)) == 2, what="the workers")
         assert pidfile.read_text() == str(proxy.process.pid)
         workers = workers_of(proxy)
+        # Nothing of the server's shared cache in the proxy's processes.
+        assert not any(shared_mappings(pid) for pid in [proxy.process.pid, *workers])
         for pid in workers:  # each worker has its own upstream link to the one server
             with only(workers, pid), Client(f"UNIX:{path}") as cache:
                 assert cache.add(b"via-%d" % pid, b"s", 60_000)
@@ -443,6 +451,8 @@ def test_workers_share_the_cache_in_memory_without_an_owner(tmp_path) -> None:
         assert not list(tmp_path.glob("distcache-*"))  # no owner, no private directory
         workers = workers_of(server)
         assert children(server.pid) == set(workers)
+        mapped = shared_mappings(server.pid)  # made by the supervisor, kept by every worker
+        assert len(mapped) == 1 and all(shared_mappings(pid) == mapped for pid in workers)
         with only(workers, workers[0]), Client(server.listen) as cache:
             assert cache.add(b"outlives", b"its worker", 60_000)
         os.kill(workers[0], signal.SIGKILL)
