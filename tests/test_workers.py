@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -460,6 +461,38 @@ def test_workers_share_the_cache_in_memory_without_an_owner(tmp_path) -> None:
         for pid in workers_of(server):
             with only(workers_of(server), pid), Client(server.listen) as cache:
                 assert cache.get(b"outlives") == b"its worker"
+
+
+@pytest.mark.skipif(not shared.available(), reason="needs the shared memory cache's extension")
+def test_no_room_for_the_shared_cache_falls_back_to_the_relay(tmp_path) -> None:
+    """A shared cache of 60000 sessions maps 2 GB of address space (reserving none); under a
+    smaller address-space limit the server says so and its workers relay to an owner."""
+    listen = f"UNIX:{tmp_path}/scache"
+    argv = [sys.executable, "-m", "distcache.cli.dc_server", "-listen", listen, "-workers", "2"]
+    argv += ["-sessions", "60000", "-log-level", "INFO"]
+    limit = 1536 * 2**20
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            argv,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+        )
+    try:
+        log = tmp_path / "stderr"
+        wait_for(lambda: "engine owner" in log.read_text(), what="an engine owner")
+        assert "cannot map the cache in shared memory" in log.read_text()
+        wait_for(lambda: len(started(log.read_text())) == 3, what="the workers")
+
+        def serves() -> bool:
+            with contextlib.suppress(OSError), Client(listen) as cache:
+                return cache.add(b"relayed", b"all the same", 60_000)
+            return False
+
+        wait_for(serves, what="the server to answer")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
 
 
 def _signal_masks(pid: int) -> dict[str, int]:

@@ -32,6 +32,7 @@ finds itself orphaned (the supervisor was killed), so that no exit leaves it beh
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -56,6 +57,8 @@ from .relay import OwnerRelay
 from .run import RunOptions, defer_stop_requests, run_server, stop_requested_early
 
 __all__ = ["OWNER_SOCKET_NAME", "run_workers"]
+
+log = logging.getLogger("distcache.server")
 
 #: The owner's socket file, in the private directory the supervisor creates.
 OWNER_SOCKET_NAME = "engine"
@@ -99,7 +102,7 @@ def run_workers(
 
     memory = type(store) is MemoryStore
     # Made before the fork, so that every worker maps it (None without the extension).
-    shared_store = MemoryStore.sharing(store.cache.capacity) if memory else None
+    shared_store = _shared_store(store.cache.capacity) if memory else None
     if not memory or shared_store is not None:
         specs = []
         for n in range(workers):
@@ -169,6 +172,19 @@ def _store_worker(shares, number: int, engine_url: str, sessions: int, options: 
         return run_server(sockets, store, replace(options, progress=progress))
 
     return worker
+
+
+def _shared_store(capacity: int) -> MemoryStore | None:
+    """The memory engine in shared memory, or None: no extension, or no room to map it (a
+    limit on address space, strict overcommit), in which case the workers relay instead."""
+    try:
+        return MemoryStore.sharing(capacity)
+    except OSError as error:
+        log.warning(
+            "cannot map the cache in shared memory (%s): the workers relay to an engine owner",
+            error.strerror or error,
+        )
+        return None
 
 
 def _shared_worker(shares, number: int, store: MemoryStore, options: RunOptions):
