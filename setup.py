@@ -1,7 +1,11 @@
-"""The optional compiled decoder (distcache.protocol._cdecoder); everything else is in pyproject.toml.
+"""The optional compiled extensions; everything else is in pyproject.toml.
 
-As with aiohttp and msgpack, the extension is a speed-up, never a requirement: where no C compiler
-exists, or its build fails, the package installs without it and runs the pure-Python decoder.
+* distcache.protocol._cdecoder: the decoder's fast path;
+* distcache.cache._shared: the memory engine in shared memory, one cache for every worker of
+  ``dc_server -workers N`` (without it, the workers relay to one engine-owning process).
+
+As with aiohttp and msgpack, an extension is never a requirement: where no C compiler exists, or
+its build fails, the package installs without it and runs the pure-Python code.
 DISTCACHE_NO_EXTENSIONS=1 skips the build (and, at run time, the import).
 """
 
@@ -34,6 +38,15 @@ if not os.environ.get("DISTCACHE_NO_EXTENSIONS"):
             "distcache.protocol._cdecoder",
             ["distcache/protocol/_cdecoder.c"],
             depends=["distcache/protocol/_cdecoder_schema.h"],
+            optional=True,
+        )
+    )
+    extensions.append(
+        Extension(
+            "distcache.cache._shared",
+            ["distcache/cache/_shared.c"],
+            # pthread_mutex_consistent and friends live in libpthread before glibc 2.34.
+            libraries=["pthread"],
             optional=True,
         )
     )

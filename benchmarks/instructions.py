@@ -8,15 +8,17 @@ load runs (``callgrind_control`` zeroes the counters after a warm-up and dumps t
 and divides by the requests. Kernel time (system calls, wake-ups) is not counted: ``cpu.py``
 measures it.
 
-Loads (``--loads``): ``server``, one persistent client against ``dc_server``; ``proxy``, one
-client opening a connection per operation to ``dc_client`` on a UNIX socket, the proxy forwarding
-to a server that is not measured (the legacy one when given, else ours). The load generator is
-``dc_test`` (the legacy one when given). ``--floor`` adds ``cpu.py``'s floor, a check-free cache
-in Python on the same event loop (for the proxy load it answers locally, with no upstream hop).
-Needs valgrind.
+Loads (``--loads``): ``server``, ``--clients`` persistent clients (default 1) against
+``dc_server``, with ``-workers`` for each value of ``--workers`` other than 1 (every process of
+the server is counted: supervisor, workers and any engine owner, each under its own callgrind,
+whose figures are added up); ``proxy``, one client opening a connection per operation to
+``dc_client`` on a UNIX socket, the proxy forwarding to a server that is not measured (the
+legacy one when given, else ours). The load generator is ``dc_test`` (the legacy one when
+given). ``--floor`` adds ``cpu.py``'s floor, a check-free cache in Python on the same event loop
+(for the proxy load it answers locally, with no upstream hop). Needs valgrind.
 
     python benchmarks/instructions.py [--legacy-bin DIR] [--floor] [--loads server,proxy]
-                                      [--ops K] [--proxy-ops K]
+                                      [--ops K] [--proxy-ops K] [--workers 1,4] [--clients N]
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from cpu import (  # the sibling benchmark's programs and load
     Build,
+    LoadFailed,
     floor_build,
     free_port,
     legacy_build,
@@ -46,10 +49,13 @@ from cpu import (  # the sibling benchmark's programs and load
 START_SECONDS = 120.0
 
 
-def under_callgrind(argv: list[str], address: str, out: str, env: dict | None = None):
-    """Run ``argv`` under callgrind (slow to start and to stop); yields it once it serves."""
-    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no"]
-    return running([*vg, *argv], address, env, start=START_SECONDS, stop=30)
+def under_callgrind(
+    argv: list[str], address: str, out: str, env: dict | None = None, stop: float = 30
+):
+    """Run ``argv`` under callgrind (slow to start and to stop); yields it once it serves.
+    Each process writes to ``out.<pid>`` (a forked one too), its dumps to ``out.<pid>.<n>``."""
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", "--dump-instr=no"]
+    return running([*vg, *argv], address, env, start=START_SECONDS, stop=stop)
 
 
 def callgrind_control(option: str, pid: int) -> None:
@@ -66,11 +72,15 @@ def dumped_instructions(out: str) -> int:
     dumps = [name for name in glob.glob(out + ".*")]
     if not dumps:
         raise RuntimeError(f"callgrind wrote no dump to {out}.*")
-    with open(max(dumps, key=os.path.getmtime)) as f:
+    return _totals(max(dumps, key=os.path.getmtime))
+
+
+def _totals(dump: str) -> int:
+    with open(dump) as f:
         for line in f:
             if line.startswith(("summary:", "totals:")):
                 return int(line.split()[1])
-    raise RuntimeError("no totals in the callgrind dump")
+    raise RuntimeError(f"no totals in the callgrind dump {dump}")
 
 
 def count(target: subprocess.Popen, out: str, load, requests: int) -> float:
@@ -79,25 +89,60 @@ def count(target: subprocess.Popen, out: str, load, requests: int) -> float:
     load(None)
     callgrind_control("-d", target.pid)
     deadline = time.monotonic() + 30
-    while not glob.glob(out + ".*") and time.monotonic() < deadline:
+    while not glob.glob(out + ".*.*") and time.monotonic() < deadline:
         time.sleep(0.1)
     time.sleep(0.5)  # (the dump is written by the target itself)
     return dumped_instructions(out) / requests
 
 
-def server_count(build: Build, dc_test, ops: int, tmp: str) -> float:
+def server_count(build: Build, dc_test, ops: int, tmp: str, workers: str, clients: int) -> float:
     address = f"IP:127.0.0.1:{free_port()}"
-    out = os.path.join(tmp, f"server-{build.name}")
-    argv = [*build.server, "-listen", address, "-sessions", "512"]
+    out = os.path.join(tmp, f"server-{build.name}-{workers}")
+    argv = build.with_workers([*build.server, "-listen", address, "-sessions", "512"], workers)
     if build.name == "floor":
         argv = [*build.server, address]
+    if workers != "1" and build.workers:
+        return forked_count(argv, address, out, build.env, dc_test, ops, clients)
     with under_callgrind(argv, address, out, build.env) as server:
         return count(
             server,
             out,
-            lambda n: run_load(dc_test, [address], 1, n or ops, persistent=True),
-            ops,
+            lambda n: run_load(dc_test, [address], clients, n or ops, persistent=True),
+            clients * ops,
         )
+
+
+def warm_up(load, tries: int = 5) -> None:
+    """The warm-up load, run again while it fails: under valgrind a worker's first requests
+    may wait longer than dc_test does (the relay's engine owner is reached on first use)."""
+    for attempt in range(tries):
+        try:
+            load()
+            return
+        except LoadFailed:
+            if attempt == tries - 1:
+                raise
+
+
+def forked_count(argv, address, out, env, dc_test, ops, clients) -> float:
+    """Instructions per request of a server and every process it forks, all added up.
+
+    callgrind_control reaches only the process valgrind started, not the workers it forks, so
+    counters cannot be zeroed after a warm-up; instead the server runs twice, with a short and a
+    long load, each process writing its totals as it exits (to out.<pid>), and the difference
+    of the two runs is divided by the difference of their requests: start-up, warm-up and stop
+    cancel out."""
+    short = ops // 4
+    totals = []
+    for n in (short, ops):
+        with under_callgrind(argv, address, out, env, stop=300):
+            warm_up(lambda: run_load(dc_test, [address], clients, 200, persistent=True))
+            run_load(dc_test, [address], clients, n, persistent=True)
+        dumps = glob.glob(out + ".*")
+        totals.append(sum(_totals(dump) for dump in dumps))
+        for dump in dumps:
+            os.unlink(dump)
+    return (totals[1] - totals[0]) / (clients * (ops - short))
 
 
 def proxy_count(build: Build, upstream: Build, dc_test, ops: int, tmp: str) -> float:
@@ -128,6 +173,8 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=10000, help="operations, persistent client")
     parser.add_argument("--proxy-ops", type=int, default=2000, help="operations, a connection each")
     parser.add_argument("--floor", action="store_true", help="also count the check-free floor")
+    parser.add_argument("--workers", default="1", help="dc_server -workers values, e.g. 1,4")
+    parser.add_argument("--clients", type=int, default=1, help="persistent clients (server)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         sys.exit("needs valgrind (callgrind and callgrind_control)")
@@ -142,15 +189,23 @@ def main() -> None:
     print(f"instructions per request in user space (callgrind); load: {dc_test[0]}")
     tmp = tempfile.mkdtemp(prefix="dc-instructions-")
     try:
-        for load in args.loads.split(","):
+        runs = [
+            (load, workers)
+            for load in args.loads.split(",")
+            for workers in (args.workers.split(",") if load == "server" else ["1"])
+        ]
+        for load, workers in runs:
             counts = {}
             for build in builds:
                 if load == "server":
-                    counts[build.name] = server_count(build, dc_test, args.ops, tmp)
+                    counts[build.name] = server_count(
+                        build, dc_test, args.ops, tmp, workers, args.clients
+                    )
                 else:
                     counts[build.name] = proxy_count(build, upstream, dc_test, args.proxy_ops, tmp)
             what = (
-                "dc_server, 1 persistent client"
+                f"dc_server, {args.clients} persistent client(s)"
+                + (f", -workers {workers}" if workers != "1" else "")
                 if load == "server"
                 else "dc_client (UNIX), a connection per operation"
             )

@@ -50,7 +50,9 @@ def test_server_workers_metrics_add_up_every_process() -> None:
                 and value(samples, commands, command="get", status="hit") == 2
                 and value(samples, commands, command="get", status="miss") == 2
                 and value(samples, commands, command="have", status="hit") == 2
+                # one cache's, never added up over the workers that share it
                 and value(samples, "distcache_current_sessions") == 2
+                and value(samples, "distcache_current_bytes") == 2 * (3 + 10)
                 and value(samples, "distcache_limit_sessions") == 64
                 # the start-up probe of the test helper, then one connection per worker; the
                 # owner's connections (the workers' links) are not clients

@@ -313,7 +313,7 @@ def test_dc_client_can_listen_on_tls_with_client_certificates(pki, tmp_path):
 def test_workers_serve_tls_and_all_reload_on_sighup(pki, other_ca, tmp_path):
     """dc_server -workers 2 on a TLS listener: each worker's own socket keeps the TLS, and the
     supervisor passes SIGHUP on, so every worker serves the renewed certificate."""
-    from test_workers import children
+    from test_workers import OWNERS, children
 
     cert, key = tmp_path / "server.crt", tmp_path / "server.key"
     shutil.copy(pki.server.cert, cert)
@@ -321,7 +321,7 @@ def test_workers_serve_tls_and_all_reload_on_sighup(pki, other_ca, tmp_path):
     tls = tls_address()
     with dc_server("-tls-cert", str(cert), "-tls-key", str(key), "-log-level", "INFO",
                    "-workers", "2", listen=tls) as server:  # fmt: skip
-        wait_for(lambda: len(children(server.pid)) == 3, "the workers did not start")
+        wait_for(lambda: len(children(server.pid)) == 2 + OWNERS, "the workers did not start")
         processes = children(server.pid)
         with Client(tls, tls=TLSFiles(ca=pki.ca)) as first:
             assert first.add(b"tls-workers", b"one cache", 60_000)
@@ -331,7 +331,8 @@ def test_workers_serve_tls_and_all_reload_on_sighup(pki, other_ca, tmp_path):
         shutil.copy(other_ca.server.cert, cert)
         shutil.copy(other_ca.server.key, key)
         server.signal(signal.SIGHUP)
-        wait_for(lambda: server.stderr.count("reloaded") >= 3, "not every process reloaded")
+        reloading = 2 + OWNERS
+        wait_for(lambda: server.stderr.count("reloaded") >= reloading, "not every one reloaded")
         assert "received SIGHUP: passed on to the workers" in server.stderr
         for _ in range(10):
             with Client(tls, tls=TLSFiles(ca=other_ca.ca)) as renewed:

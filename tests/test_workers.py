@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import re
+import resource
 import shlex
 import signal
 import subprocess
@@ -32,6 +33,7 @@ from serverproc import (
     run_program,
 )
 
+from distcache.cache import shared
 from distcache.client import Client
 from distcache.protocol import have_request
 from distcache.wire import Status
@@ -39,6 +41,11 @@ from distcache.workers import STOP_MARGIN, cpu_count
 
 PYTHON = shlex.quote(sys.executable)
 TIMEOUT = 10.0
+#: The memory engine's owner process: there is one only when the workers cannot share the cache
+#: (the extension is absent or disabled: DISTCACHE_NO_EXTENSIONS=1, inherited by the servers).
+OWNERS = 0 if shared.available() else 1
+#: The environment of a server whose workers relay to an owner even where they could share.
+RELAYING = {"DISTCACHE_NO_EXTENSIONS": "1"}
 
 
 def wait_for(predicate, timeout: float = TIMEOUT, what: str = "the condition"):
@@ -112,19 +119,23 @@ def only(pids: list[int], keep: int) -> Iterator[None]:
 
 @contextlib.contextmanager
 def server_with_workers(
-    *args: str, workers: int = 3, tmp_path=None, tcp: bool = False
+    *args: str, workers: int = 3, tmp_path=None, tcp: bool = False, relay: bool = False
 ) -> Iterator[DcServer]:
     """A dc_server with workers, on a UNIX socket unless ``tcp``: one shared listener, where a
     worker stopped by :func:`only` leaves the accepts to the others (on TCP each worker has a
-    listener of its own, on which connections would wait for it)."""
+    listener of its own, on which connections would wait for it). ``relay``: the workers relay
+    to an engine owner, extension or not."""
     listen = f"IP:127.0.0.1:{free_port()}"
     if not tcp:
         listen = f"UNIX:{tempfile.mkdtemp(prefix='dcw')}/scache"
-    env_tmp = {"TMPDIR": str(tmp_path)} if tmp_path is not None else {}
-    with _environment(env_tmp):
+    env = {"TMPDIR": str(tmp_path)} if tmp_path is not None else {}
+    if relay:
+        env.update(RELAYING)
+    with _environment(env):
         server = DcServer(["-workers", str(workers), "-log-level", "INFO", *args], listen=listen)
+    owners = 1 if relay else OWNERS
     try:
-        wait_for(lambda: len(started(server.stderr)) == workers + 1, what="the workers")
+        wait_for(lambda: len(started(server.stderr)) == workers + owners, what="the workers")
         yield server
     finally:
         server.stop()
@@ -142,6 +153,12 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+def shared_mappings(pid: int) -> list[str]:
+    """The anonymous shared mappings of ``pid`` (the kernel names them /dev/zero)."""
+    with open(f"/proc/{pid}/maps") as maps:
+        return [line.split()[0] for line in maps if "/dev/zero" in line]
 
 
 def workers_of(server) -> list[int]:
@@ -182,7 +199,7 @@ def test_capacity_and_eviction_are_the_one_cache_s(tmp_path) -> None:
 
 def test_a_refused_add_is_answered_by_the_worker_alone() -> None:
     """The worker validates: with the owner stopped, a bad ADD still gets its refusal."""
-    with server_with_workers(workers=2) as server:
+    with server_with_workers(workers=2, relay=True) as server:
         owner = started(server.stderr)["engine owner"]
         payload = (0xFFFFFFFF).to_bytes(4, "big") + (2).to_bytes(4, "big") + b"idsession"
         header = b"\x00\x11\x00\x00\x00" + (7).to_bytes(4, "big") + b"\x00\x00\x01"
@@ -214,7 +231,7 @@ def test_a_killed_worker_is_replaced_logged_and_the_cache_survives() -> None:
 
 
 def test_a_killed_engine_owner_is_replaced_and_the_workers_reconnect() -> None:
-    with server_with_workers(workers=2) as server:
+    with server_with_workers(workers=2, relay=True) as server:
         with Client(server.listen) as cache:
             assert cache.add(b"lost", b"with the owner", 60_000)
         owner = started(server.stderr)["engine owner"]
@@ -295,14 +312,18 @@ def test_a_stop_signal_just_after_the_fork_reaches_the_program(tmp_path) -> None
     assert output.splitlines()[0] == "stopped early"
 
 
+@pytest.mark.parametrize("relay", [False, True], ids=["default", "relay"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_stops_every_process(tmp_path, signum) -> None:
+def test_a_stop_signal_stops_every_process(tmp_path, signum, relay) -> None:
     pidfile = tmp_path / "dc_server.pid"
-    with server_with_workers("-pidfile", str(pidfile), workers=2, tmp_path=tmp_path) as server:
+    args = ("-pidfile", str(pidfile))
+    with server_with_workers(*args, workers=2, tmp_path=tmp_path, relay=relay) as server:
         assert pidfile.read_text() == str(server.pid)  # the parent's
         processes = children(server.pid)
-        assert len(processes) == 3
-        assert [p.name for p in tmp_path.glob("distcache-*")]  # the owner's private directory
+        owners = 1 if relay else OWNERS
+        assert len(processes) == 2 + owners
+        # The owner's private directory, only where there is an owner.
+        assert len(list(tmp_path.glob("distcache-*"))) == owners
         server.signal(signum)
         assert server.wait() == 0
         assert not any(alive(pid) for pid in processes)
@@ -315,7 +336,7 @@ def test_workers_auto_is_one_per_cpu() -> None:
     listen = f"IP:127.0.0.1:{free_port()}"
     server = DcServer(["-workers", "auto", "-log-level", "INFO"], listen=listen)
     try:
-        wait_for(lambda: len(started(server.stderr)) == cpu_count() + 1, what="the workers")
+        wait_for(lambda: len(started(server.stderr)) == cpu_count() + OWNERS, what="the workers")
         assert len(workers_of(server)) == cpu_count()
     finally:
         assert server.stop() == 0
@@ -341,7 +362,7 @@ def test_daemon_with_workers(tmp_path) -> None:
     assert done.returncode == 0, done.stderr
     parent = int(wait_for(pidfile.read_text, what="the pid file"))
     try:
-        processes = wait_for(lambda: len(children(parent)) == 3 and children(parent))
+        processes = wait_for(lambda: len(children(parent)) == 2 + OWNERS and children(parent))
         with Client(listen) as cache:
             assert cache.add(b"daemon", b"ok", 60_000)
             assert cache.get(b"daemon") == b"ok"
@@ -365,6 +386,8 @@ def test_dc_client_workers_supervised_and_stopped(tmp_path) -> None:
         wait_for(lambda: len(started(proxy.stderr)) == 2, what="the workers")
         assert pidfile.read_text() == str(proxy.process.pid)
         workers = workers_of(proxy)
+        # Nothing of the server's shared cache in the proxy's processes.
+        assert not any(shared_mappings(pid) for pid in [proxy.process.pid, *workers])
         for pid in workers:  # each worker has its own upstream link to the one server
             with only(workers, pid), Client(f"UNIX:{path}") as cache:
                 assert cache.add(b"via-%d" % pid, b"s", 60_000)
@@ -433,7 +456,7 @@ def _conformance(*args: str) -> subprocess.CompletedProcess:
 def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
     """No worker serves unsupervised: the kernel tells each one when the supervisor dies; and
     the orphaned owner removes the private directory that the supervisor could not."""
-    with server_with_workers(workers=2, tmp_path=tmp_path) as server:
+    with server_with_workers(workers=2, tmp_path=tmp_path, relay=True) as server:
         processes = children(server.pid)
         assert list(tmp_path.glob("distcache-*"))
         server.signal(signal.SIGKILL)
@@ -444,7 +467,7 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path) -> None:
 
 def test_each_worker_s_startup_line_names_the_engine() -> None:
     """A worker's engine is the owner's memory cache, named as one process names its own."""
-    with server_with_workers("-sessions", "100", workers=2) as server:
+    with server_with_workers("-sessions", "100", workers=2, relay=True) as server:
         wait_for(lambda: server.stderr.count(" serving on ") == 3, what="the start-up lines")
         engines = re.findall(r" serving on (\S+); engine (.+?); at most", server.stderr)
         owner = [engine for listen, engine in engines if listen.endswith("/engine")]
@@ -452,6 +475,61 @@ def test_each_worker_s_startup_line_names_the_engine() -> None:
         path = next(listen for listen, _ in engines if listen.endswith("/engine"))
         workers = [engine for listen, engine in engines if listen == server.listen]
         assert workers == [f"memory: (100 sessions, held by the engine owner on {path})"] * 2
+
+
+@pytest.mark.skipif(not shared.available(), reason="needs the shared memory cache's extension")
+def test_workers_share_the_cache_in_memory_without_an_owner(tmp_path) -> None:
+    """With the extension the workers are the only children, each answering from one cache
+    mapped before the fork; a worker killed outright takes nothing with it."""
+    with server_with_workers("-sessions", "100", workers=2, tmp_path=tmp_path) as server:
+        wait_for(lambda: server.stderr.count(" serving on ") == 2, what="the start-up lines")
+        engines = re.findall(r" serving on \S+; engine (.+?); at most", server.stderr)
+        assert engines == ["memory: (100 sessions, in memory shared by the workers)"] * 2
+        assert "engine owner" not in server.stderr
+        assert not list(tmp_path.glob("distcache-*"))  # no owner, no private directory
+        workers = workers_of(server)
+        assert children(server.pid) == set(workers)
+        mapped = shared_mappings(server.pid)  # made by the supervisor, kept by every worker
+        assert len(mapped) == 1 and all(shared_mappings(pid) == mapped for pid in workers)
+        with only(workers, workers[0]), Client(server.listen) as cache:
+            assert cache.add(b"outlives", b"its worker", 60_000)
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: workers[0] not in workers_of(server), what="a replacement")
+        for pid in workers_of(server):
+            with only(workers_of(server), pid), Client(server.listen) as cache:
+                assert cache.get(b"outlives") == b"its worker"
+
+
+@pytest.mark.skipif(not shared.available(), reason="needs the shared memory cache's extension")
+def test_no_room_for_the_shared_cache_falls_back_to_the_relay(tmp_path) -> None:
+    """A shared cache of 60000 sessions maps 2 GB of address space (reserving none); under a
+    smaller address-space limit the server says so and its workers relay to an owner."""
+    listen = f"UNIX:{tmp_path}/scache"
+    argv = [sys.executable, "-m", "distcache.cli.dc_server", "-listen", listen, "-workers", "2"]
+    argv += ["-sessions", "60000", "-log-level", "INFO"]
+    limit = 1536 * 2**20
+    with open(tmp_path / "stderr", "w") as stderr:
+        process = subprocess.Popen(
+            argv,
+            stderr=stderr,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+        )
+    try:
+        log = tmp_path / "stderr"
+        wait_for(lambda: "engine owner" in log.read_text(), what="an engine owner")
+        assert "cannot map the cache in shared memory" in log.read_text()
+        wait_for(lambda: len(started(log.read_text())) == 3, what="the workers")
+
+        def serves() -> bool:
+            with contextlib.suppress(OSError), Client(listen) as cache:
+                return cache.add(b"relayed", b"all the same", 60_000)
+            return False
+
+        wait_for(serves, what="the server to answer")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(TIMEOUT) == 0
 
 
 def _signal_masks(pid: int) -> dict[str, int]:
@@ -483,7 +561,7 @@ def test_sighup_never_stops_the_workers_or_their_supervisor(tmp_path, program, l
     with _environment({"TMPDIR": str(tmp_path)}):
         if program == "dc_server":
             running = DcServer(args, listen=listen)
-            pid, processes_expected = running.pid, 3
+            pid, processes_expected = running.pid, 2 + OWNERS
         else:
             upstream = DcServer([], listen=f"IP:127.0.0.1:{free_port()}")
             running = DcClient(str(tmp_path / "scache"), upstream.listen, *args)
@@ -599,6 +677,7 @@ def test_ctrl_c_stops_the_workers_before_the_engine_owner() -> None:
         stdin=subprocess.DEVNULL,
         text=True,
         start_new_session=True,
+        env={**os.environ, **RELAYING},
     )
     try:
         wait_for(lambda: len(children(process.pid)) == 3, what="the workers")

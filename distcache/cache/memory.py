@@ -167,6 +167,11 @@ class MemoryCache:
         self._purge_expired(self._clock.now_ms())
         return len(self._entries)
 
+    @property
+    def sessions_held(self) -> int:
+        """Sessions held now, for the metrics (an expired one until an operation drops it)."""
+        return len(self._entries)
+
     def _admit(self, session_id: bytes) -> bytes:
         """Every operation's first step: the id as bytes, and expired entries gone."""
         if type(session_id) is not bytes:
@@ -276,9 +281,22 @@ class MemoryStore:
         return self.cache.count()
 
     async def close(self) -> None:
-        if self._cache is not None:
-            self._cache.clear()
-            self._cache = None
+        cache, self._cache = self._cache, None
+        # A shared cache outlives the worker that closes it: the others still serve from it.
+        if type(cache) is MemoryCache:
+            cache.clear()
+
+    @classmethod
+    def sharing(cls, capacity: int = DEFAULT_CACHE_SESSIONS) -> MemoryStore | None:
+        """The memory engine in memory shared with the processes forked after this call, one
+        cache for them all (:mod:`distcache.cache.shared`); None without its C extension."""
+        from .shared import SharedMemoryCache, available
+
+        if not available():
+            return None
+        store = cls.__new__(cls)
+        store._cache = SharedMemoryCache(capacity)
+        return store
 
     def __repr__(self) -> str:
         return f"MemoryStore({self._cache!r})" if self._cache else "MemoryStore(closed)"

@@ -7,7 +7,8 @@ prometheus_client writes the text exposition format. :class:`MetricsListener` an
 and a forked process keeps working.
 
 Names follow the memcached and Redis exporters (``*_total`` counters, ``*_current_*`` gauges).
-A program running several processes (``-workers``) reports them as one: see :mod:`.shared`.
+A program running several processes (``-workers``) reports them as one: see
+:mod:`distcache.monitoring.shared`.
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ def _memory_cache(cache) -> Iterator:
     yield GaugeMetricFamily(
         "distcache_current_sessions",
         "Sessions held now (an expired one counts until the next operation drops it).",
-        value=len(cache._entries),
+        value=cache.sessions_held,
     )
     yield GaugeMetricFamily(
         "distcache_current_bytes",

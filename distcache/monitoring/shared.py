@@ -46,6 +46,13 @@ _COMBINE: dict[str, Callable[[Iterable[float]], float]] = {
     "distcache_info": max,  # the same labels in every process: 1
     "distcache_upstream_up": min,  # 1 only while every worker has its server
     "process_start_time_seconds": min,  # the oldest
+    # The memory engine's: reported by its owner alone, or by every worker of a shared cache
+    # (the same cache, read by each): never added up.
+    "distcache_current_sessions": max,
+    "distcache_current_bytes": max,
+    "distcache_limit_sessions": max,
+    "distcache_evictions_total": max,
+    "distcache_expirations_total": max,
 }
 #: Metric types whose values describe the present, dropped with the process that reported them.
 _GAUGE_TYPES = ("gauge", "info", "stateset", "unknown")

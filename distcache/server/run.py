@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .. import __version__
-from ..cache import MemoryStore, SessionStore
+from ..cache import MemoryCache, MemoryStore, SessionStore
 from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEER_BYTES
 from .handler import RequestHandler
 from .listeners import describe_socket
@@ -185,9 +185,11 @@ def startup_line(server: Server, options: RunOptions) -> str:
     """What an operator needs to know at start: where, which engine, how big, which process."""
     listening = ", ".join(describe_socket(sock) for sock in server.sockets)
     store = server.store
-    engine = (
-        f"memory: ({store.cache.capacity} sessions)" if type(store) is MemoryStore else repr(store)
-    )
+    engine = repr(store)
+    if type(store) is MemoryStore:
+        cache = store.cache
+        shared = "" if type(cache) is MemoryCache else ", in memory shared by the workers"
+        engine = f"memory: ({cache.capacity} sessions{shared})"
     line = (
         f"dc_server {__version__} serving on {listening}; engine {engine}; "
         f"at most {server.max_connections} connections"

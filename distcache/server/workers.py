@@ -4,11 +4,17 @@ Every worker accepts on the inherited listeners and runs the same connection cod
 process (decoding, validation, refusals, order, back-pressure). Where the cache lives decides the
 rest:
 
-* **memory engine**: one more process, the engine's owner, serves the cache as a plain server on
-  a UNIX socket in a private directory (mode 0700) that the supervisor binds and keeps; each
-  worker forwards its requests there over one pipelined link (:mod:`distcache.server.relay`).
-  Capacity, eviction and every ADD/GET rule are the owner's, exactly as with one process. The
-  supervisor keeps the owner's listener open, so a replacement owner takes over the connections
+* **memory engine, shared**: where the optional extension ``distcache.cache._shared`` is built,
+  the supervisor makes the cache in shared memory before it forks (``MemoryStore.sharing``) and
+  every worker answers from it directly, as a single process answers from its own; capacity,
+  eviction and every ADD/GET rule are the one cache's. The cache outlives any worker (the
+  supervisor keeps it mapped too). The first worker reports ``-progress``, counting its own
+  requests.
+* **memory engine, relayed** (no extension, or ``DISTCACHE_NO_EXTENSIONS=1``): one more
+  process, the engine's owner, serves the cache as a plain server on a UNIX socket in a private
+  directory (mode 0700) that the supervisor binds and keeps; each worker forwards its requests
+  there over one pipelined link (:mod:`distcache.server.relay`). Capacity, eviction and every
+  ADD/GET rule are the owner's, exactly as with one process. The supervisor keeps the owner's listener open, so a replacement owner takes over the connections
   the workers make while it starts (the cache itself starts empty, as after a restart).
 * **Valkey/Redis**: each worker opens its own connection to the store; no owner is needed.
 
@@ -26,6 +32,7 @@ finds itself orphaned (the supervisor was killed), so that no exit leaves it beh
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -51,6 +58,8 @@ from .run import RunOptions, defer_stop_requests, run_server, stop_requested_ear
 
 __all__ = ["OWNER_SOCKET_NAME", "run_workers"]
 
+log = logging.getLogger("distcache.server")
+
 #: The owner's socket file, in the private directory the supervisor creates.
 OWNER_SOCKET_NAME = "engine"
 
@@ -66,7 +75,8 @@ def run_workers(
 ) -> int:
     """Supervise ``workers`` processes serving ``sockets`` (plus the owner of a memory ``store``)
     until a stop signal; return the exit status. ``options.on_ready`` is called once all are
-    started; ``-progress`` is reported by the owner (Valkey/Redis: by the first worker)."""
+    started; ``-progress`` is reported by the owner (shared cache, Valkey/Redis: by the first
+    worker)."""
     child_options = replace(options, on_ready=None)
     for sock in sockets:  # the pid file is written: clients may queue for the first worker
         sock.listen(BACKLOG)
@@ -90,12 +100,18 @@ def run_workers(
         slot = shared.slot(index, clients=clients)
         return replace(child_options, metrics_slot=slot), partial(shared.retire, index)
 
-    if type(store) is not MemoryStore:
+    memory = type(store) is MemoryStore
+    # Made before the fork, so that every worker maps it (None without the extension).
+    shared_store = _shared_store(store.cache.capacity) if memory else None
+    if not memory or shared_store is not None:
         specs = []
         for n in range(workers):
             worker_options, retire = with_metrics(n + 1)
             worker_options = replace(worker_options, role=f"worker {n + 1} of {workers}")
-            run = _store_worker(shares, n, engine_url, sessions, worker_options)
+            if shared_store is not None:
+                run = _shared_worker(shares, n, shared_store, worker_options)
+            else:
+                run = _store_worker(shares, n, engine_url, sessions, worker_options)
             specs.append(WorkerSpec("worker", run, on_exit=retire))
         return Supervisor(specs, **supervision).run()
     directory = tempfile.mkdtemp(prefix="distcache-")  # 0700: only this user reaches the owner
@@ -158,6 +174,32 @@ def _store_worker(shares, number: int, engine_url: str, sessions: int, options: 
         close_listeners_but(shares, sockets)
         defer_stop_requests(options.killable)
         store = open_engine(engine_url, sessions)
+        progress = options.progress if number == 0 else 0
+        return run_server(sockets, store, replace(options, progress=progress))
+
+    return worker
+
+
+def _shared_store(capacity: int) -> MemoryStore | None:
+    """The memory engine in shared memory, or None: no extension, or no room to map it (a
+    limit on address space, strict overcommit), in which case the workers relay instead."""
+    try:
+        return MemoryStore.sharing(capacity)
+    except OSError as error:
+        log.warning(
+            "cannot map the cache in shared memory (%s): the workers relay to an engine owner",
+            error.strerror or error,
+        )
+        return None
+
+
+def _shared_worker(shares, number: int, store: MemoryStore, options: RunOptions):
+    """A worker answering from the cache in shared memory (the first one reports -progress)."""
+    sockets = shares[number]
+
+    def worker() -> int:
+        close_listeners_but(shares, sockets)
+        defer_stop_requests(options.killable)
         progress = options.progress if number == 0 else 0
         return run_server(sockets, store, replace(options, progress=progress))
 
