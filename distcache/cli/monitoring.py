@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Callable
+from importlib import import_module
 
 from ..address import AddressError, parse_address
 from ..monitoring import LogDestinationError, setup_logging
@@ -65,7 +66,11 @@ def bind_metrics(text: str | None) -> list[socket.socket]:
         address = parse_address(text).require_listen()
         if address.tls:
             raise AddressError("metrics are plain HTTP: give an IP:, UNIX: or host:port address")
-        return bind_listeners(address)
+        sockets = bind_listeners(address)
+        # Loaded now, before -user drops privileges: the new user may not be able to read the
+        # interpreter's own library (a Python installed under root's home directory).
+        import_module("distcache.monitoring.metrics")
+        return sockets
     except (AddressError, ListenError) as error:
         raise StartupError(f"Error, can't serve metrics on '{text}'\nError, {error}") from None
 
