@@ -125,7 +125,16 @@ async def serve_listener(
     options = {"backlog": BACKLOG, **listener_options(sock), **options}
     protocol_factory = _guarded(sock, protocol_factory)
     if sock.family == socket.AF_UNIX:
-        return await loop.create_unix_server(protocol_factory, sock=sock, **options)
+        # The socket file is the program's: removed by it (by the supervisor under -workers, not
+        # by a worker that stops) and never looked at after a change of user, which may no
+        # longer reach its directory. Python 3.13's asyncio and uvloop would stat it here and
+        # unlink it at close; older asyncio neither does that nor knows the option.
+        try:
+            return await loop.create_unix_server(
+                protocol_factory, sock=sock, cleanup_socket=False, **options
+            )
+        except TypeError:
+            return await loop.create_unix_server(protocol_factory, sock=sock, **options)
     return await loop.create_server(protocol_factory, sock=sock, **options)
 
 
