@@ -7,6 +7,7 @@ import os
 import pwd
 import sys
 from collections.abc import Callable
+from importlib import import_module
 
 __all__ = ["become_user", "detach", "remove_pidfile", "write_pidfile"]
 
@@ -87,6 +88,11 @@ def become_user(name: str) -> None:
     ``KeyError`` for an unknown user and ``OSError`` when a switch is not permitted.
     """
     entry = pwd.getpwnam(name)
+    # What resolving a host name imports on first use (the event loop's thread pool, the idna
+    # codec), loaded while the interpreter's own library is still readable: it may not be for
+    # the new user (a Python installed under root's home directory).
+    for module in ("concurrent.futures.thread", "encodings.idna"):
+        import_module(module)
     os.initgroups(entry.pw_name, entry.pw_gid)
     os.setgid(entry.pw_gid)
     os.setuid(entry.pw_uid)
