@@ -42,6 +42,7 @@ import fcntl
 import logging
 import struct
 import termios
+from collections.abc import Callable
 from typing import Protocol
 
 __all__ = [
@@ -226,6 +227,9 @@ class ConnectionRegistry:
         #: Counters for logs and tests.
         self.refused = 0
         self.reclaimed = 0
+        #: Told the number of connections after each admission and each removal (a worker's
+        #: place in the balance of accepts, :mod:`distcache.server.accepting`).
+        self.on_count: Callable[[int], None] | None = None
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -268,6 +272,8 @@ class ConnectionRegistry:
                 connection.peer_group = group
         if self._emptied is not None:  # stopping: serve what it brought, then close
             asyncio.get_running_loop().call_soon(connection.finish)
+        if self.on_count is not None:
+            self.on_count(len(self.connections))
         return True
 
     def forget(self, connection: Peer) -> None:
@@ -281,6 +287,8 @@ class ConnectionRegistry:
             if not group.count:
                 del self._groups[key]
         self._closed_since_trim += 1
+        if self.on_count is not None:
+            self.on_count(len(self.connections))
         if self._emptied is not None and not self.connections:
             self._emptied.set()
 

@@ -6,6 +6,7 @@ tests stop (SIGSTOP) every other one, so that only it can accept.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import json
@@ -14,6 +15,7 @@ import re
 import resource
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -121,10 +123,10 @@ def only(pids: list[int], keep: int) -> Iterator[None]:
 def server_with_workers(
     *args: str, workers: int = 3, tmp_path=None, tcp: bool = False, relay: bool = False
 ) -> Iterator[DcServer]:
-    """A dc_server with workers, on a UNIX socket unless ``tcp``: one shared listener, where a
-    worker stopped by :func:`only` leaves the accepts to the others (on TCP each worker has a
-    listener of its own, on which connections would wait for it). ``relay``: the workers relay
-    to an engine owner, extension or not."""
+    """A dc_server with workers, on a UNIX socket unless ``tcp``: one listener shared by the
+    workers, where a worker stopped by :func:`only` leaves the accepts to the others (after a
+    short wait when it held fewer connections). ``relay``: the workers relay to an engine
+    owner, extension or not."""
     listen = f"IP:127.0.0.1:{free_port()}"
     if not tcp:
         listen = f"UNIX:{tempfile.mkdtemp(prefix='dcw')}/scache"
@@ -163,6 +165,70 @@ def shared_mappings(pid: int) -> list[str]:
 
 def workers_of(server) -> list[int]:
     return [pid for label, pid in started(server.stderr).items() if label.startswith("worker")]
+
+
+def serving_worker(server_port: int, client: socket.socket, workers: list[int]) -> int:
+    """Which of ``workers`` holds the server's end of ``client``'s TCP connection (read from the
+    kernel's socket table and each worker's open descriptors)."""
+    client_port = client.getsockname()[1]
+    wanted = f"{socket.htonl(0x7F000001):08X}:{server_port:04X} {socket.htonl(0x7F000001):08X}:{client_port:04X}"
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    inodes = [row[9] for row in rows if f"{row[1]} {row[2]}" == wanted]
+    assert inodes, f"no server end of the connection from port {client_port}"
+    for pid in workers:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inodes[0]}]":
+                    return pid
+    raise AssertionError(f"no worker holds the connection from port {client_port}")
+
+
+@pytest.mark.parametrize("together", [True, False], ids=["all-at-once", "one-by-one"])
+def test_persistent_connections_are_shared_out_evenly(together) -> None:
+    """Eight clients that stay connected land two on each of four workers, whether they connect
+    in one burst or one after the other: the busiest worker, not the average, caps what a
+    server does with few persistent clients (such as proxies). Left to the kernel, a burst goes
+    to the first worker to wake; with a listener per worker (SO_REUSEPORT), the kernel hashes
+    the connections, and four workers get two each only about one time in forty."""
+    with server_with_workers(workers=4, tcp=True) as server:
+        workers = workers_of(server)
+        port = int(server.listen.rsplit(":", 1)[1])
+        # (a worker still starting takes no turn: nobody waits for it)
+        wait_for(lambda: server.stderr.count(" serving on ") == 4, what="every worker to serve")
+        clients = []
+        try:
+            for number in range(8):
+                clients.append(server.connect(timeout=TIMEOUT))
+                if not together:
+                    ask(clients[-1], have_request(number, b"a session"))
+            if together:
+                for number, client in enumerate(clients):
+                    ask(client, have_request(number, b"a session"))  # served
+            held = collections.Counter(serving_worker(port, c, workers) for c in clients)
+            assert sorted(held.values()) == [2, 2, 2, 2], held
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_a_stopped_less_loaded_worker_delays_a_connection_only_briefly() -> None:
+    """The worker holding fewer connections is stopped (SIGSTOP): the busier one leaves the new
+    connection to it only for a moment, then serves it."""
+    with server_with_workers(workers=2, tcp=True) as server:
+        wait_for(lambda: server.stderr.count(" serving on ") == 2, what="every worker to serve")
+        workers = workers_of(server)
+        port = int(server.listen.rsplit(":", 1)[1])
+        with contextlib.ExitStack() as stack:
+            first = stack.enter_context(server.connect(timeout=TIMEOUT))
+            ask(first, have_request(1, b"a session"))
+            busier = serving_worker(port, first, workers)
+            with only(workers, busier):
+                second = stack.enter_context(server.connect(timeout=TIMEOUT))
+                started_at = time.monotonic()
+                ask(second, have_request(2, b"a session"))
+                assert time.monotonic() - started_at < 2.0
+                assert serving_worker(port, second, workers) == busier
 
 
 # -- one cache, whichever worker serves --------------------------------------------------------
@@ -489,8 +555,9 @@ def test_workers_share_the_cache_in_memory_without_an_owner(tmp_path) -> None:
         assert not list(tmp_path.glob("distcache-*"))  # no owner, no private directory
         workers = workers_of(server)
         assert children(server.pid) == set(workers)
-        mapped = shared_mappings(server.pid)  # made by the supervisor, kept by every worker
-        assert len(mapped) == 1 and all(shared_mappings(pid) == mapped for pid in workers)
+        # Made by the supervisor, kept by every worker: the cache and the workers' accept counts.
+        mapped = shared_mappings(server.pid)
+        assert len(mapped) == 2 and all(shared_mappings(pid) == mapped for pid in workers)
         with only(workers, workers[0]), Client(server.listen) as cache:
             assert cache.add(b"outlives", b"its worker", 60_000)
         os.kill(workers[0], signal.SIGKILL)

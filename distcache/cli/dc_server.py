@@ -193,9 +193,7 @@ def _start(options: SimpleNamespace) -> int:
     sockets = []
     for text in options.listen:
         try:
-            sockets += bind_listeners(
-                parse_address(text), tls=tls, allow=allow, reuse_port=options.workers > 1
-            )
+            sockets += bind_listeners(parse_address(text), tls=tls, allow=allow)
         except (AddressError, ListenError) as error:
             close_listeners(sockets)
             raise StartupError(f"Error, can't listen on '{text}'\nError, {error}") from None

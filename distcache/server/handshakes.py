@@ -12,23 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import socket
 from collections.abc import Callable
 
 from ..peers import ConnectionRegistry, PeerGroup, peer_key
 from ..tls import HANDSHAKE_TIMEOUT, ServerTLS
+from .accepting import Acceptor, AcceptSlot
 
-__all__ = ["ACCEPTS_PER_TURN", "TLSAcceptor"]
-
-log = logging.getLogger("distcache.server")
-
-#: Connections accepted in one go before the event loop serves the others.
-ACCEPTS_PER_TURN = 64
+__all__ = ["TLSAcceptor"]
 
 
-class TLSAcceptor:
-    """Serves one listening TLS socket (the parts of ``asyncio.Server`` that programs use)."""
+class TLSAcceptor(Acceptor):
+    """Serves one listening TLS socket, counting each connection from its accept on."""
 
     def __init__(
         self,
@@ -36,40 +31,14 @@ class TLSAcceptor:
         tls: ServerTLS,
         protocol_factory: Callable[[], asyncio.Protocol],
         registry: ConnectionRegistry,
+        balance: AcceptSlot | None = None,
     ) -> None:
-        self._sock = sock
+        super().__init__(sock, balance)
         self._tls = tls
         self._factory = protocol_factory
         self._registry = registry
-        self._loop = asyncio.get_running_loop()
-        self._serving = False
-        self._closed = asyncio.Event()
-        self.sockets = [sock]
 
-    async def start_serving(self) -> None:
-        if not self._serving and not self._closed.is_set():
-            self._serving = True
-            self._loop.add_reader(self._sock.fileno(), self.accept_now)
-
-    def is_serving(self) -> bool:
-        return self._serving
-
-    def accept_now(self) -> None:
-        """Take in the connections the kernel has queued (a stopping program's last call)."""
-        for _ in range(ACCEPTS_PER_TURN):
-            try:
-                connection, address = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:  # out of descriptors, say: the next turn tries again
-                log.warning("cannot accept a TLS connection: %s", error.strerror or error)
-                return
-            self._handshake(connection, address)
-
-    def _handshake(self, connection: socket.socket, address: object) -> None:
-        connection.setblocking(False)
-        if connection.family in (socket.AF_INET, socket.AF_INET6):
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def _take(self, connection: socket.socket, address: object) -> None:
         pending = _Handshake(self._loop.time())
         if not self._registry.admit(pending, peer_key(address), f"{_describe(address)} (TLS)"):
             connection.close()
@@ -94,17 +63,6 @@ class TLSAcceptor:
             )
         )
         pending.task.add_done_callback(done)
-
-    def close(self) -> None:
-        if self._serving:
-            self._serving = False
-            self._loop.remove_reader(self._sock.fileno())
-        if not self._closed.is_set():
-            self._closed.set()
-            self._sock.close()
-
-    async def wait_closed(self) -> None:
-        await self._closed.wait()
 
 
 class _Handshake:

@@ -23,6 +23,7 @@ from ..address import Address, AddressError, parse_address
 from ..allowlist import AllowList, guard
 from ..peers import ConnectionRegistry
 from ..tls import HANDSHAKE_TIMEOUT, ServerTLS
+from .accepting import Acceptor, AcceptSlot, PlainAcceptor
 from .handshakes import TLSAcceptor
 
 __all__ = [
@@ -107,18 +108,25 @@ async def serve_listener(
     protocol_factory: Callable[[], asyncio.Protocol],
     *,
     registry: ConnectionRegistry | None = None,
+    balance: AcceptSlot | None = None,
     **options: Any,
-) -> asyncio.AbstractServer | TLSAcceptor:
+) -> asyncio.AbstractServer | Acceptor:
     """Serve a bound socket with ``protocol_factory`` (listening with ``BACKLOG``): over TLS if it
     carries TLS, and closing refused peers at accept if it carries an allow-list. ``options`` go
     to asyncio. With ``registry``, the connections of a TLS socket count from their accept on
-    (a :class:`~distcache.server.handshakes.TLSAcceptor`)."""
+    (a :class:`~distcache.server.handshakes.TLSAcceptor`). With ``balance`` (a worker of
+    several), connections are accepted in turn with the other workers
+    (:mod:`distcache.server.accepting`)."""
     loop = asyncio.get_running_loop()
     tls = getattr(sock, "tls", None)
+    acceptor: Acceptor | None = None
     if tls is not None and registry is not None:
+        acceptor = TLSAcceptor(sock, tls, protocol_factory, registry, balance)
+    elif balance is not None:
+        acceptor = PlainAcceptor(sock, _guarded(sock, protocol_factory), balance)
+    if acceptor is not None:
         sock.listen(options.get("backlog", BACKLOG))
         sock.setblocking(False)
-        acceptor = TLSAcceptor(sock, tls, protocol_factory, registry)
         if options.get("start_serving", True):
             await acceptor.start_serving()
         return acceptor
@@ -184,7 +192,7 @@ async def stop_listening(
     queued = []
     if grace > 0:
         for listener, sock in zip(listeners, sockets, strict=True):
-            if isinstance(listener, TLSAcceptor):
+            if isinstance(listener, Acceptor):
                 listener.accept_now()  # they count, and finish, like the others
             else:
                 queued += serve_queued(sock, protocol_factory)

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from .. import __version__
 from ..cache import MemoryCache, MemoryStore, SessionStore
 from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEER_BYTES
+from .accepting import AcceptSlot
 from .handler import RequestHandler
 from .listeners import describe_socket
 from .progress import PROGRESS_INTERVAL, ProgressReporter
@@ -71,6 +72,8 @@ class RunOptions:
     metrics_slot: MetricsSlot | None = None
     #: What this process is among the server's processes, for the start-up line (-workers).
     role: str = "one process"
+    #: A worker's turn at accepting among the others (None: one process accepts everything).
+    accept_slot: AcceptSlot | None = None
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -145,7 +148,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
         stop.set()
     # Metrics first: once the cache listens (what launchers and tests wait for), they answer too.
     metrics = await _serve_metrics(server, options)
-    await server.start(sockets)
+    await server.start(sockets, options.accept_slot)
     log.info("%s", startup_line(server, options))
     if options.on_ready is not None:
         options.on_ready()

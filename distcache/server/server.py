@@ -9,6 +9,7 @@ import socket
 
 from ..cache import SessionStore
 from ..peers import DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEER_BYTES, ConnectionRegistry
+from .accepting import AcceptSlot
 from .connection import ServerConnection
 from .handler import RequestHandler
 from .listeners import serve_listener, stop_listening
@@ -63,11 +64,16 @@ class Server:
 
     # -- life cycle -------------------------------------------------------------------------
 
-    async def start(self, sockets: list[socket.socket]) -> None:
-        """Listen and accept on already bound sockets (see ``bind_listeners``)."""
+    async def start(self, sockets: list[socket.socket], balance: AcceptSlot | None = None) -> None:
+        """Listen and accept on already bound sockets (see ``bind_listeners``); a worker of
+        several takes its turn with the others through ``balance``."""
+        if balance is not None:
+            balance.attach(self.connections)
         for sock in sockets:
             self._listeners.append(
-                await serve_listener(sock, self._new_connection, registry=self.connections)
+                await serve_listener(
+                    sock, self._new_connection, registry=self.connections, balance=balance
+                )
             )
             self._sockets.append(sock)
         self.connections.start(asyncio.get_running_loop())

@@ -45,6 +45,7 @@ from ..address import parse_address
 from ..cache import MemoryStore, SessionStore
 from ..monitoring.logs import reopen_log_files
 from ..workers import Supervisor, WorkerSpec, stop_timeout_for
+from .accepting import AcceptCounts
 from .engines import open_engine
 from .listeners import (
     BACKLOG,
@@ -93,6 +94,9 @@ def run_workers(
     # -metrics: every child publishes its counters in shared memory (the owner in slot 0).
     shared = _shared_metrics(options, workers + 1)
 
+    # The workers take connections in turn: each holds no more than the least loaded one.
+    accepts = AcceptCounts(workers)
+
     def with_metrics(index: int, *, clients: bool = True) -> tuple[RunOptions, Callable | None]:
         """A child's options with its metrics slot, and what the parent does when it exits."""
         if shared is None:
@@ -100,14 +104,28 @@ def run_workers(
         slot = shared.slot(index, clients=clients)
         return replace(child_options, metrics_slot=slot), partial(shared.retire, index)
 
+    def for_worker(n: int) -> tuple[RunOptions, Callable[[], None]]:
+        """Worker ``n``'s options (role, metrics, turn at accepting), and what the parent does
+        when it exits."""
+        worker_options, retire_metrics = with_metrics(n + 1)
+        worker_options = replace(
+            worker_options, role=f"worker {n + 1} of {workers}", accept_slot=accepts.slot(n)
+        )
+
+        def retire() -> None:
+            accepts.retire(n)
+            if retire_metrics is not None:
+                retire_metrics()
+
+        return worker_options, retire
+
     memory = type(store) is MemoryStore
     # Made before the fork, so that every worker maps it (None without the extension).
     shared_store = _shared_store(store.cache.capacity) if memory else None
     if not memory or shared_store is not None:
         specs = []
         for n in range(workers):
-            worker_options, retire = with_metrics(n + 1)
-            worker_options = replace(worker_options, role=f"worker {n + 1} of {workers}")
+            worker_options, retire = for_worker(n)
             if shared_store is not None:
                 run = _shared_worker(shares, n, shared_store, worker_options)
             else:
@@ -160,8 +178,7 @@ def run_workers(
 
     specs = [WorkerSpec("engine owner", owner, stage=1, on_exit=retire_owner)]
     for n, share in enumerate(shares):
-        worker_options, retire = with_metrics(n + 1)
-        worker_options = replace(worker_options, role=f"worker {n + 1} of {workers}")
+        worker_options, retire = for_worker(n)
         specs.append(WorkerSpec("worker", partial(worker, share, worker_options), on_exit=retire))
     return Supervisor(specs, on_exit=clean_up, **supervision).run()
 
