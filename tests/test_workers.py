@@ -6,7 +6,6 @@ tests stop (SIGSTOP) every other one, so that only it can accept.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import itertools
 import json
@@ -15,7 +14,6 @@ import re
 import resource
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -167,23 +165,6 @@ def workers_of(server) -> list[int]:
     return [pid for label, pid in started(server.stderr).items() if label.startswith("worker")]
 
 
-def serving_worker(server_port: int, client: socket.socket, workers: list[int]) -> int:
-    """Which of ``workers`` holds the server's end of ``client``'s TCP connection (read from the
-    kernel's socket table and each worker's open descriptors)."""
-    client_port = client.getsockname()[1]
-    wanted = f"{socket.htonl(0x7F000001):08X}:{server_port:04X} {socket.htonl(0x7F000001):08X}:{client_port:04X}"
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    inodes = [row[9] for row in rows if f"{row[1]} {row[2]}" == wanted]
-    assert inodes, f"no server end of the connection from port {client_port}"
-    for pid in workers:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inodes[0]}]":
-                    return pid
-    raise AssertionError(f"no worker holds the connection from port {client_port}")
-
-
 @pytest.mark.parametrize("together", [True, False], ids=["all-at-once", "one-by-one"])
 def test_persistent_connections_are_shared_out_evenly(together) -> None:
     """Eight clients that stay connected land two on each of four workers, whether they connect
@@ -205,7 +186,7 @@ def test_persistent_connections_are_shared_out_evenly(together) -> None:
             if together:
                 for number, client in enumerate(clients):
                     ask(client, have_request(number, b"a session"))  # served
-            held = collections.Counter(serving_worker(port, c, workers) for c in clients)
+            held = {pid: _clients_of(pid, port) for pid in workers}
             assert sorted(held.values()) == [2, 2, 2, 2], held
         finally:
             for client in clients:
@@ -222,13 +203,13 @@ def test_a_stopped_less_loaded_worker_delays_a_connection_only_briefly() -> None
         with contextlib.ExitStack() as stack:
             first = stack.enter_context(server.connect(timeout=TIMEOUT))
             ask(first, have_request(1, b"a session"))
-            busier = serving_worker(port, first, workers)
+            (busier,) = [pid for pid in workers if _clients_of(pid, port) == 1]
             with only(workers, busier):
                 second = stack.enter_context(server.connect(timeout=TIMEOUT))
                 started_at = time.monotonic()
                 ask(second, have_request(2, b"a session"))
                 assert time.monotonic() - started_at < 2.0
-                assert serving_worker(port, second, workers) == busier
+                assert _clients_of(busier, port) == 2
 
 
 # -- one cache, whichever worker serves --------------------------------------------------------
@@ -779,8 +760,8 @@ def _clients_of(pid: int, port: int) -> int:
 
 
 def test_tcp_connections_are_spread_over_the_workers() -> None:
-    """Each worker has its own listening socket (SO_REUSEPORT): 20 persistent clients do not all
-    land on the worker that happened to accept first (with 2 workers, all 20 on one: 2 in 10^6)."""
+    """The workers take connections in turn: 20 persistent clients that wait in the backlog do
+    not all land on the worker that happens to accept first."""
     with server_with_workers(workers=2, tcp=True) as server:
         workers = workers_of(server)
         port = int(server.listen.rsplit(":", 1)[1])

@@ -64,7 +64,7 @@ MAX_QUEUED_WAIT = 0.1
 #: seconds stands aside (the first time, it only lets one turn of its loop go by).
 LOOK_AGAIN_WITHIN = 0.001
 
-#: A worker that is not accepting (starting, stopping or gone) in :class:`AcceptCounts`.
+#: A worker that is not accepting (stopping, or gone until its replacement serves).
 NOT_ACCEPTING = -1
 
 
@@ -78,10 +78,11 @@ class AcceptCounts:
 
     def __init__(self, workers: int) -> None:
         # An anonymous mmap is MAP_SHARED: the children forked after this see each other's writes.
+        # Every worker starts at 0, as one about to accept: clients that connect while the
+        # workers start (proxies reconnecting after a restart) are not all left to the first
+        # worker that is ready; the others take theirs once they are (or after MAX_QUEUED_WAIT).
         self._memory = mmap.mmap(-1, 8 * workers)
         self._counts = memoryview(self._memory).cast("q")
-        for index in range(workers):
-            self.retire(index)
 
     def __len__(self) -> int:
         return len(self._counts)
