@@ -65,7 +65,9 @@ def bind_listeners(
     """Bound sockets for ``address`` (one per resolved TCP address), not yet listening.
 
     ``reuse_port`` (TCP only) lets :func:`reuse_port_copies` bind more sockets to the same port,
-    one per worker process, among which the kernel spreads the connections evenly.
+    one per worker process, among which the kernel spreads the connections by a hash of their
+    addresses (``dc_client -workers``; the server's workers share one socket and take turns,
+    :mod:`distcache.server.accepting`).
 
     They start listening when a server starts serving them (with ``BACKLOG``), so that what a
     program does between binding and serving (detaching, writing its pid file) is done before
