@@ -212,6 +212,23 @@ def test_a_stopped_less_loaded_worker_delays_a_connection_only_briefly() -> None
                 assert _clients_of(busier, port) == 2
 
 
+def test_progress_counts_the_requests_of_every_worker() -> None:
+    """-progress is printed by the first worker, and counts what the others answered too."""
+    with server_with_workers("-progress", "1000", workers=2) as server:
+        wait_for(lambda: server.stderr.count(" serving on ") == 2, what="every worker to serve")
+        workers = workers_of(server)
+        with only(workers, workers[1]), Client(server.listen, timeout=TIMEOUT) as cache:
+            for number in range(20):
+                assert cache.add(b"session %d" % number, b"data", 60_000)
+        line = wait_for(
+            lambda: re.search(
+                r"Info, total operations = +(\d+) .*total sessions = +20 ", server.stderr
+            ),
+            what="a progress line",
+        )
+        assert int(line[1]) == 20
+
+
 # -- one cache, whichever worker serves --------------------------------------------------------
 
 

@@ -12,10 +12,17 @@ never spend more than about 1% of the store's time. Meanwhile the last count sta
 
 from __future__ import annotations
 
+import mmap
 import time
 from collections.abc import Awaitable, Callable
 
-__all__ = ["COUNT_COST_FACTOR", "PROGRESS_INTERVAL", "ProgressReporter", "format_progress"]
+__all__ = [
+    "COUNT_COST_FACTOR",
+    "PROGRESS_INTERVAL",
+    "OperationTotals",
+    "ProgressReporter",
+    "format_progress",
+]
 
 #: Seconds between evaluations (the legacy event loop's poll timeout).
 PROGRESS_INTERVAL = 0.5
@@ -23,6 +30,33 @@ PROGRESS_INTERVAL = 0.5
 _SESSION_CHECK_INTERVAL = 1.0
 #: A count that took T seconds waits this many times T before the next one.
 COUNT_COST_FACTOR = 100
+
+
+class OperationTotals:
+    """The operations answered by each worker of ``dc_server -workers N``, in memory shared with
+    the workers (made before the fork), so that the one reporting ``-progress`` counts them all.
+
+    Each worker writes only its own slot, every ``PROGRESS_INTERVAL``; a replacement worker
+    adds to what its predecessor counted.
+    """
+
+    def __init__(self, workers: int) -> None:
+        # An anonymous mmap is MAP_SHARED: the children forked after this see each other's writes.
+        self._memory = mmap.mmap(-1, 8 * workers)
+        self._totals = memoryview(self._memory).cast("q")
+
+    def slot(self, index: int) -> Callable[[int], None]:
+        """Worker ``index``'s publisher: called with its own count so far."""
+        totals = self._totals
+        before = totals[index]  # read in the worker, at its start: its predecessors' share
+
+        def publish(operations: int) -> None:
+            totals[index] = before + operations
+
+        return publish
+
+    def total(self) -> int:
+        return sum(self._totals)
 
 
 def format_progress(operations: int, operations_delta: int, sessions: int, sessions_delta: int):

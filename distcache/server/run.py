@@ -19,7 +19,7 @@ from ..peers import DEFAULT_GRACE_SECONDS, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_PEE
 from .accepting import AcceptSlot
 from .handler import RequestHandler
 from .listeners import describe_socket
-from .progress import PROGRESS_INTERVAL, ProgressReporter
+from .progress import PROGRESS_INTERVAL, OperationTotals, ProgressReporter
 from .relay import OwnerRelay
 from .server import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_PER_PEER, Server
 
@@ -74,6 +74,11 @@ class RunOptions:
     role: str = "one process"
     #: A worker's turn at accepting among the others (None: one process accepts everything).
     accept_slot: AcceptSlot | None = None
+    #: A worker's share of the whole server's operations count, which -progress reports
+    #: (None: this process's own count is the server's).
+    operations: OperationTotals | None = None
+    #: This worker's slot in ``operations``.
+    worker_index: int = 0
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -152,7 +157,7 @@ async def _serve(sockets: list[socket.socket], store: SessionStore, options: Run
     log.info("%s", startup_line(server, options))
     if options.on_ready is not None:
         options.on_ready()
-    progress = asyncio.ensure_future(_report_progress(server, options.progress))
+    progress = asyncio.ensure_future(_report_progress(server, options))
     try:
         await stop.wait()
     finally:
@@ -214,13 +219,24 @@ def _ignore() -> None:
     """SIGUSR1/SIGUSR2 without -killable: the server keeps running."""
 
 
-async def _report_progress(server: Server, every: int) -> None:
+async def _report_progress(server: Server, options: RunOptions) -> None:
+    """Print the -progress line when due; a worker of several publishes its count for the one
+    that reports (the first), which counts them all."""
+    every, totals = options.progress, options.operations
+    if not every and totals is None:
+        return
+    publish = totals.slot(options.worker_index) if totals is not None else None
     reporter = ProgressReporter(every, time.monotonic())
     while True:
         await asyncio.sleep(PROGRESS_INTERVAL)
-        line = await reporter.evaluate(time.monotonic(), server.operations, server.store.count)
-        if line is not None:
-            _to_stderr(line)
+        operations = server.operations
+        if publish is not None:
+            publish(operations)
+            operations = totals.total()
+        if every:
+            line = await reporter.evaluate(time.monotonic(), operations, server.store.count)
+            if line is not None:
+                _to_stderr(line)
 
 
 def _to_stderr(line: str) -> None:

@@ -8,8 +8,8 @@ rest:
   the supervisor makes the cache in shared memory before it forks (``MemoryStore.sharing``) and
   every worker answers from it directly, as a single process answers from its own; capacity,
   eviction and every ADD/GET rule are the one cache's. The cache outlives any worker (the
-  supervisor keeps it mapped too). The first worker reports ``-progress``, counting its own
-  requests.
+  supervisor keeps it mapped too). The first worker reports ``-progress``, counting the
+  requests of all workers (each publishes its count in shared memory twice a second).
 * **memory engine, relayed** (no extension, or ``DISTCACHE_NO_EXTENSIONS=1``): one more
   process, the engine's owner, serves the cache as a plain server on a UNIX socket in a private
   directory (mode 0700) that the supervisor binds and keeps; each worker forwards its requests
@@ -54,6 +54,7 @@ from .listeners import (
     close_listeners_but,
     listeners_per_worker,
 )
+from .progress import OperationTotals
 from .relay import OwnerRelay
 from .run import RunOptions, defer_stop_requests, run_server, stop_requested_early
 
@@ -96,6 +97,8 @@ def run_workers(
 
     # The workers take connections in turn: each holds no more than the least loaded one.
     accepts = AcceptCounts(workers)
+    # -progress counts the operations of all workers (without an owner, that sees them all).
+    operations = OperationTotals(workers) if options.progress else None
 
     def with_metrics(index: int, *, clients: bool = True) -> tuple[RunOptions, Callable | None]:
         """A child's options with its metrics slot, and what the parent does when it exits."""
@@ -105,11 +108,15 @@ def run_workers(
         return replace(child_options, metrics_slot=slot), partial(shared.retire, index)
 
     def for_worker(n: int) -> tuple[RunOptions, Callable[[], None]]:
-        """Worker ``n``'s options (role, metrics, turn at accepting), and what the parent does
-        when it exits."""
+        """Worker ``n``'s options (role, metrics, turn at accepting, share of -progress), and
+        what the parent does when it exits."""
         worker_options, retire_metrics = with_metrics(n + 1)
         worker_options = replace(
-            worker_options, role=f"worker {n + 1} of {workers}", accept_slot=accepts.slot(n)
+            worker_options,
+            role=f"worker {n + 1} of {workers}",
+            accept_slot=accepts.slot(n),
+            operations=operations,
+            worker_index=n,
         )
 
         def retire() -> None:
@@ -167,7 +174,7 @@ def run_workers(
         close_listeners_but(shares, mine)
         defer_stop_requests(options.killable)
         relay = OwnerRelay(owner_address, store.cache.capacity)
-        worker_options = replace(worker_options, progress=0, handler=relay)
+        worker_options = replace(worker_options, progress=0, operations=None, handler=relay)
         return run_server(mine, relay, worker_options)  # type: ignore[arg-type]
 
     def clean_up() -> None:
