@@ -155,6 +155,14 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[name] = value
 
 
+def every_worker_serves(server, workers: int) -> None:
+    """Wait for the start-up line of each worker (once it prints it, it takes its turn)."""
+    wait_for(
+        lambda: len(re.findall(r" serving on .*; worker \d+ of ", server.stderr)) == workers,
+        what="every worker to serve",
+    )
+
+
 def shared_mappings(pid: int) -> list[str]:
     """The anonymous shared mappings of ``pid`` (the kernel names them /dev/zero)."""
     with open(f"/proc/{pid}/maps") as maps:
@@ -176,7 +184,7 @@ def test_persistent_connections_are_shared_out_evenly(together) -> None:
         workers = workers_of(server)
         port = int(server.listen.rsplit(":", 1)[1])
         # (a worker still starting takes no turn: nobody waits for it)
-        wait_for(lambda: server.stderr.count(" serving on ") == 4, what="every worker to serve")
+        every_worker_serves(server, 4)
         clients = []
         try:
             for number in range(8):
@@ -197,7 +205,7 @@ def test_a_stopped_less_loaded_worker_delays_a_connection_only_briefly() -> None
     """The worker holding fewer connections is stopped (SIGSTOP): the busier one leaves the new
     connection to it only for a moment, then serves it."""
     with server_with_workers(workers=2, tcp=True) as server:
-        wait_for(lambda: server.stderr.count(" serving on ") == 2, what="every worker to serve")
+        every_worker_serves(server, 2)
         workers = workers_of(server)
         port = int(server.listen.rsplit(":", 1)[1])
         with contextlib.ExitStack() as stack:
@@ -215,7 +223,7 @@ def test_a_stopped_less_loaded_worker_delays_a_connection_only_briefly() -> None
 def test_progress_counts_the_requests_of_every_worker() -> None:
     """-progress is printed by the first worker, and counts what the others answered too."""
     with server_with_workers("-progress", "1000", workers=2) as server:
-        wait_for(lambda: server.stderr.count(" serving on ") == 2, what="every worker to serve")
+        every_worker_serves(server, 2)
         workers = workers_of(server)
         with only(workers, workers[1]), Client(server.listen, timeout=TIMEOUT) as cache:
             for number in range(20):
