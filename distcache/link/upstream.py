@@ -14,7 +14,9 @@ matched by that uid. The link is always in one of three states:
     legacy EMPTY reply). A link that was up and is lost (end of stream, socket error) is
     reconnected at once (the local clients should not pay a whole retry delay for one cut); a
     failed attempt, a server that broke the protocol, or a second loss within ``retry`` schedules the next attempt ``retry`` later, on a timer (not the legacy's
-    coarse poll), so a server that keeps failing is not hammered.
+    coarse poll), so a server that keeps failing is not hammered. An attempt fails whatever it
+    raises: an error no connect should give (a fault of the host, not of the server) is logged
+    at ERROR, but retried all the same, so the link recovers once the cause is gone.
 ``CONNECTING``
     an attempt is under way: requests wait for its outcome (forwarded, or answered DISCONNECTED if
     it fails), as the legacy did with requests queued to a backend whose connect then failed.
@@ -79,7 +81,7 @@ class LinkEvent(enum.Enum):
 
     ATTEMPT = "start-up, or the retry timer fires: a connect attempt begins"
     CONNECTED = "the connect attempt succeeded"
-    FAILED = "the connect attempt failed or timed out"
+    FAILED = "the connect attempt failed (whatever the error) or timed out"
     LOST = "end of stream, a socket error, or a protocol error from the server"
     CLOSED = "the proxy stops; no further attempt"
 
@@ -143,7 +145,7 @@ class UpstreamLink:
         self._attempt: asyncio.Task | None = None
         self._retry_timer: asyncio.TimerHandle | None = None
         self._closed = False
-        self._outage_logged = False
+        self._outage_logged = 0  # the highest level the outage was logged at
         self._last_quick_retry = float("-inf")  # loop time of the last at-once reconnect
 
     @property
@@ -244,13 +246,24 @@ class UpstreamLink:
                 tls=self.tls,
             )
         except (ConnectError, OSError) as error:
-            if not self._outage_logged:
-                self.log.warning(
-                    "cannot connect to the server: %s (retrying every %g s)", error, self.retry
-                )
-                self._outage_logged = True
-            if self.state is LinkState.CONNECTING:
-                self._went_down(LinkEvent.FAILED)
+            self._failed(logging.WARNING, error)
+        except Exception as error:  # (close()'s cancellation is no Exception: it passes)
+            # A fault rather than a refusal (seen: a LookupError from the idna codec after a
+            # change of user), but a failed attempt all the same: ending the task instead would
+            # leave the link CONNECTING, and every request waiting, for good.
+            self.log.debug("connect attempt failed", exc_info=True)
+            self._failed(logging.ERROR, f"{type(error).__name__}: {error}")
+
+    def _failed(self, level: int, reason: object) -> None:
+        """Log the outage (once per level: a fault that follows refusals still shows) and
+        schedule the next attempt."""
+        if self._outage_logged < level:
+            self.log.log(
+                level, "cannot connect to the server: %s (retrying every %g s)", reason, self.retry
+            )
+            self._outage_logged = level
+        if self.state is LinkState.CONNECTING:
+            self._went_down(LinkEvent.FAILED)
 
     def _connected(self, connection: _UpstreamConnection) -> None:
         if self._closed or self.state is not LinkState.CONNECTING:
@@ -259,7 +272,7 @@ class UpstreamLink:
         self.connections += 1
         if self._outage_logged or self.connections > 1:
             self.log.info("connected to the server %s", self.address)  # regained: INFO
-        self._outage_logged = False
+        self._outage_logged = 0
         self._move(LinkEvent.CONNECTED)
         self._connection = connection
         self._decoder = MessageDecoder(receives=Direction.RESPONSE)
