@@ -227,9 +227,9 @@ class ConnectionRegistry:
         #: Counters for logs and tests.
         self.refused = 0
         self.reclaimed = 0
-        #: Told the number of connections after each admission and each removal (a worker's
-        #: place in the balance of accepts, :mod:`distcache.server.accepting`).
-        self.on_count: Callable[[int], None] | None = None
+        #: Called after each admission and each removal (a worker's place in the balance of
+        #: accepts, :mod:`distcache.server.accepting`, publishes the new count).
+        self.on_change: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self.connections)
@@ -272,8 +272,8 @@ class ConnectionRegistry:
                 connection.peer_group = group
         if self._emptied is not None:  # stopping: serve what it brought, then close
             asyncio.get_running_loop().call_soon(connection.finish)
-        if self.on_count is not None:
-            self.on_count(len(self.connections))
+        if self.on_change is not None:
+            self.on_change()
         return True
 
     def forget(self, connection: Peer) -> None:
@@ -287,8 +287,8 @@ class ConnectionRegistry:
             if not group.count:
                 del self._groups[key]
         self._closed_since_trim += 1
-        if self.on_count is not None:
-            self.on_count(len(self.connections))
+        if self.on_change is not None:
+            self.on_change()
         if self._emptied is not None and not self.connections:
             self._emptied.set()
 

@@ -32,7 +32,6 @@ connection from its accept, before its handshake (ROBUST-10).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import mmap
 import select
@@ -84,9 +83,6 @@ class AcceptCounts:
         self._memory = mmap.mmap(-1, 8 * workers)
         self._counts = memoryview(self._memory).cast("q")
 
-    def __len__(self) -> int:
-        return len(self._counts)
-
     def __getitem__(self, index: int) -> int:
         return self._counts[index]
 
@@ -117,10 +113,10 @@ class AcceptSlot:
     def attach(self, registry: ConnectionRegistry) -> None:
         """Count ``registry``'s connections from now on, and accept."""
         self._registry = registry
-        registry.on_count = self.publish
+        registry.on_change = self.publish
         self.publish()
 
-    def publish(self, _count: int = 0) -> None:
+    def publish(self) -> None:
         registry = self._registry
         held = (len(registry) if registry is not None else 0) + self.arriving
         counts, me = self._counts, self._index
@@ -133,7 +129,7 @@ class AcceptSlot:
     def withdraw(self) -> None:
         """No more accepting here (the worker is stopping): do not wait for it."""
         if self._registry is not None:
-            self._registry.on_count = None
+            self._registry.on_change = None
         self._counts[self._index] = NOT_ACCEPTING
 
     def my_turn(self) -> bool:
@@ -286,7 +282,7 @@ class PlainAcceptor(Acceptor):
         arrival = None
         if balance is not None:
             arrival = _Arrival(factory(), balance)
-            factory = functools.partial(_same, arrival)
+            factory = lambda: arrival  # noqa: E731 - the protocol made above
         task = self._loop.create_task(self._loop.connect_accepted_socket(factory, connection))
 
         def done(task: asyncio.Task) -> None:
@@ -304,10 +300,6 @@ def _has_queued(sock: socket.socket) -> bool:
     return bool(readable)
 
 
-def _same(protocol: asyncio.Protocol) -> asyncio.Protocol:
-    return protocol
-
-
 class _Arrival(asyncio.Protocol):
     """Counts a connection as arriving until its own protocol registers it, then steps aside."""
 
@@ -319,22 +311,18 @@ class _Arrival(asyncio.Protocol):
         balance.arriving += 1
         balance.publish()
 
-    def arrived(self, publish: bool = True) -> None:
-        """Registered, or failed: no longer arriving (once)."""
+    def arrived(self) -> None:
+        """Registered (or refused), or failed: no longer arriving (once)."""
         balance = self._balance
         if balance is not None:
             self._balance = None
             balance.arriving -= 1
-            if publish:
-                balance.publish()
+            balance.publish()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        balance = self._balance
-        self.arrived(publish=False)  # the registration below publishes the count
         transport.set_protocol(self._inner)
-        self._inner.connection_made(transport)
-        if balance is not None:
-            balance.publish()  # (in case it was refused)
+        self._inner.connection_made(transport)  # registers it, or refuses it
+        self.arrived()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._inner.connection_lost(exc)
