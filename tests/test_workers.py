@@ -48,11 +48,14 @@ OWNERS = 0 if shared.available() else 1
 RELAYING = {"DISTCACHE_NO_EXTENSIONS": "1"}
 
 
-def wait_for(predicate, timeout: float = TIMEOUT, what: str = "the condition"):
+def wait_for(predicate, timeout: float = TIMEOUT, what: str = "the condition", log=None):
+    """Poll ``predicate`` until it is true; on timeout, fail with ``log()`` (a program's stderr)
+    when given, so that a failure in a clean CI run says what the program was doing."""
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            told = f":\n{log()}" if log is not None else ""
+            raise AssertionError(f"timed out waiting for {what}{told}")
         time.sleep(0.02)
     return value
 
@@ -135,7 +138,11 @@ def server_with_workers(
         server = DcServer(["-workers", str(workers), "-log-level", "INFO", *args], listen=listen)
     owners = 1 if relay else OWNERS
     try:
-        wait_for(lambda: len(started(server.stderr)) == workers + owners, what="the workers")
+        wait_for(
+            lambda: len(started(server.stderr)) == workers + owners,
+            what="the workers",
+            log=lambda: server.stderr,
+        )
         yield server
     finally:
         server.stop()
@@ -160,6 +167,7 @@ def every_worker_serves(server, workers: int) -> None:
     wait_for(
         lambda: len(re.findall(r" serving on .*; worker \d+ of ", server.stderr)) == workers,
         what="every worker to serve",
+        log=lambda: server.stderr,
     )
 
 
