@@ -163,7 +163,13 @@ def _late_reply_to_another() -> None:
     LocalConnection.answer = answer
 
 
+def _short_add_forwarded() -> None:
+    # What the legacy proxy did: the server then drops the link that every client shares.
+    local.check_forwardable = lambda request: None
+
+
 PATCHES = {
+    "short_add_forwarded": _short_add_forwarded,
     "uid_not_restored": _upstream_uid_kept,
     "empty_as_disconnected": lambda: setattr(
         LocalConnection, "answer", _answer_mapped({EMPTY_REPLY: DISCONNECTED_REPLY})

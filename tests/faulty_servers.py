@@ -153,6 +153,7 @@ class Connection(asyncio.Protocol):
         self.last_uid = None  # repeated_uid_ignored
         self.pending: list[list[bytes]] = []  # interleave_frames: replies not yet written
         self.queued = b""  # partial_frame_stalls_others: bytes held while another stalls
+        self.hoard: bytearray | None = None  # oversize_held: an oversize message, kept
 
     def connection_made(self, transport):
         self.transport = transport
@@ -188,6 +189,9 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data):
         self._arm_idle()
+        if self.hoard is not None:
+            self.hoard += data  # oversize_held: the message grows past the limits in memory
+            return
         if "crash_on_bad_version" in self.faults:
             buffered = bytes(self.decoder._buf[self.decoder._pos :]) + data
             if len(buffered) >= 5 and int.from_bytes(buffered[:2], "big") != PROTOCOL_VERSION:
@@ -244,6 +248,9 @@ class Connection(asyncio.Protocol):
         return True
 
     def _protocol_error(self, error: RemoteProtocolError):
+        if "oversize_held" in self.faults and error.reason == "message_too_large":
+            self.hoard = bytearray()  # every byte from now on is kept, awaiting a final frame
+            return
         if (
             "continue_after_error" in self.faults
             and not self.transport.is_closing()

@@ -165,7 +165,7 @@ def test_a_server_that_never_refuses_an_oversize_message_fails(tmp_path):
         hole.close()
     (result,) = report["results"]
     assert code == 1 and result["grade"] == "FAIL", result
-    assert result["requirement"]["id"] == "FRAG-3"
+    assert result["requirement"]["id"] == "ROBUST-3"
 
 
 # -- a running target gets a real verdict -------------------------------------------------------
