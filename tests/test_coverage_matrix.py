@@ -36,6 +36,17 @@ def test_no_must_requirement_of_the_wire_is_without_a_case():
     assert not must_gaps, f"MUST requirements no conformance case tests: {must_gaps}"
 
 
+def test_every_tested_must_requirement_has_a_fault_that_fails_its_cases():
+    """A case that no faulty target makes fail could pass anything: for each MUST the suite
+    tests, the mutation table names a fault that fails at least one of its cases on it."""
+    unproved = [
+        row.requirement.id
+        for row in coverage_matrix()
+        if row.status == "tested" and row.requirement.level == "MUST" and not row.proved
+    ]
+    assert not unproved, f"MUST requirements whose cases no fault makes fail: {unproved}"
+
+
 def test_a_requirement_without_a_case_is_a_gap_unless_checked_elsewhere():
     rows = {row.requirement.id: row for row in coverage_matrix()}
     assert rows["FRAME-8"].status == "elsewhere"  # a client's duty
