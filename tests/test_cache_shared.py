@@ -4,6 +4,7 @@ against a process that dies holding its lock (real forked processes, real SIGKIL
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import signal
@@ -13,9 +14,19 @@ import hypothesis.strategies as st
 import pytest
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from serverproc import ServerThread, address_of, ask, connect_to
 
 from distcache.cache import AddResult, ManualClock, MemoryCache, MemoryStore, shared
-from distcache.wire import MAX_SESSION_DATA, MAX_SESSION_ID, MAX_TIMEOUT_MS, MIN_CACHE_SESSIONS
+from distcache.cache.errors import StoreUnavailableError
+from distcache.protocol import add_request, get_request
+from distcache.server import Server, bind_listeners
+from distcache.wire import (
+    MAX_SESSION_DATA,
+    MAX_SESSION_ID,
+    MAX_TIMEOUT_MS,
+    MIN_CACHE_SESSIONS,
+    Status,
+)
 
 pytestmark = pytest.mark.skipif(
     not shared.available(), reason="the distcache.cache._shared extension is not built or disabled"
@@ -219,6 +230,60 @@ def test_a_lock_holder_killed_does_not_wedge_the_others() -> None:
     os.close(ready_w)
 
 
+def _stopped_holder(cache) -> tuple[int, int]:
+    """A forked process that takes the lock and is then stopped (SIGSTOP) holding it, as a
+    debugger would stop it; returns its pid and the pipe that, written to, makes it release the
+    lock and exit once it runs again."""
+    ready_r, ready_w = os.pipe()
+    release_r, release_w = os.pipe()
+
+    def child():
+        cache._hold_lock()
+        os.write(ready_w, b"x")
+        os.read(release_r, 1)
+        cache._release_lock()
+
+    pid = _fork(child)
+    assert os.read(ready_r, 1) == b"x"
+    os.kill(pid, signal.SIGSTOP)
+    for fd in (ready_r, ready_w, release_r):
+        os.close(fd)
+    return pid, release_w
+
+
+def _resume_and_release(pid: int, release: int) -> None:
+    os.kill(pid, signal.SIGCONT)
+    os.write(release, b"x")
+    os.close(release)
+    assert _wait(pid) == 0
+
+
+def test_a_lock_holder_stopped_fails_the_others_calls_instead_of_wedging_them() -> None:
+    """A stopped holder cannot be told from a slow one: a call waits for the lock at most
+    LOCK_WAIT_MS, then fails as an unreachable store does, naming the holder; the next calls
+    fail at once (no wait each) until the lock is free, and then the cache serves as before."""
+    cache = SharedMemoryCache(MIN_CACHE_SESSIONS)
+    cache.add(b"before", b"the stop", 60_000)
+    pid, release = _stopped_holder(cache)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=rf"locked .* by process {pid} "):
+            cache.get(b"before")
+        waited = time.monotonic() - started
+        assert shared.LOCK_WAIT_MS / 1000 <= waited < TIMEOUT
+        started = time.monotonic()
+        for call in (lambda: cache.add(b"new", b"s", 60_000), cache.count, cache.clear):
+            with pytest.raises(StoreUnavailableError):
+                call()
+        assert time.monotonic() - started < shared.LOCK_WAIT_MS / 1000  # none of them waited
+    finally:
+        _resume_and_release(pid, release)
+    assert cache.get(b"before") == b"the stop"
+    assert cache.add(b"after", b"it", 60_000) is AddResult.STORED
+    assert cache.recoveries == 0
+    cache._audit()
+
+
 @pytest.mark.parametrize(
     ("step", "stored"),
     [(1, False), (2, True), (3, True)],
@@ -304,3 +369,39 @@ def test_random_kills_of_busy_processes_leave_a_consistent_cache() -> None:
     assert cache.add(b"still", b"serving", 60_000) is AddResult.STORED
     assert cache.get(b"still") == b"serving"
     cache._audit()
+
+
+def test_a_server_answers_failures_while_a_stopped_process_holds_the_lock(caplog) -> None:
+    """What the clients of dc_server -workers see when one worker is stopped in the middle of an
+    operation: the failure answers of an unreachable store (GET: not found; ADD: could not
+    store) on connections that stay open, one ERROR line naming the stopped process, and the
+    cache serving again once it runs."""
+    store = MemoryStore.sharing(MIN_CACHE_SESSIONS)
+    store.cache.add(b"kept", b"session", 60_000)
+    servers = ServerThread()
+
+    async def start() -> Server:
+        server = Server(store)
+        await server.start(bind_listeners("IP:127.0.0.1:0"))
+        return server
+
+    server = servers.call(start())
+    try:
+        client = connect_to(address_of(server))
+        assert ask(client, get_request(1, b"kept")) == b"session"
+        pid, release = _stopped_holder(store.cache)
+        try:
+            with caplog.at_level(logging.ERROR, logger="distcache.server"):
+                assert ask(client, get_request(2, b"kept")) == bytes([Status.NOTOK])
+                added = ask(client, add_request(3, b"new", b"s", 60_000))
+                assert added == bytes([Status.ADD_MATCHING_SESSION])
+            lines = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(lines) == 1 and f"by process {pid} " in lines[0], lines
+        finally:
+            _resume_and_release(pid, release)
+        assert ask(client, get_request(4, b"kept")) == b"session"  # the same connection
+        assert ask(client, add_request(5, b"new", b"s", 60_000)) == bytes([Status.OK])
+        client.close()
+    finally:
+        servers.stop(server)
+        servers.close()

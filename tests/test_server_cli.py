@@ -373,6 +373,30 @@ def test_a_slow_count_is_not_repeated_until_it_has_paid_for_itself():
     assert lines[3] is not None and "total sessions =     2" in lines[3]
 
 
+def test_a_count_the_store_cannot_make_keeps_the_last_one():
+    """A store out of reach (or the shared cache locked by a stopped worker) when the sessions
+    are counted: the line keeps the last count and the reporting goes on."""
+    import asyncio
+
+    from distcache.cache.errors import StoreUnavailableError
+
+    answers = iter([3, StoreUnavailableError("store down"), 5])
+
+    async def count():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    reporter = ProgressReporter(10, start_time=0.0)
+    lines = [
+        asyncio.run(reporter.evaluate(now, ops, count)) for now, ops in [(1, 10), (2, 20), (3, 30)]
+    ]
+    assert "total sessions =     3" in lines[0]
+    assert "total sessions =     3  (=  0)" in lines[1]
+    assert "total sessions =     5" in lines[2]
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_min_timeout_raises_short_add_timeouts(workers):
     """-min-timeout: the opt-in floor for clients that send too short a timeout (Apache's

@@ -5,7 +5,11 @@
  * process-shared mutex guards it: when a worker dies holding it (SIGKILL, a crash), the next
  * process to lock it gets EOWNERDEAD, rebuilds every index from the slots (whose `used` flag is
  * the only truth, written last when a slot is filled and first when it is emptied) and carries
- * on.
+ * on. A worker *stopped* holding it (SIGSTOP, a debugger) cannot be detected that way, so a
+ * process waits for the lock at most `lock_wait_ms`, then fails the call with the `busy`
+ * exception it was given (the server answers the request as it does when a store is out of
+ * reach), naming the holder's pid; until it gets the lock again it does not wait at all, so
+ * its requests fail at once instead of each waiting in turn.
  *
  * The semantics are those of distcache.cache.memory.MemoryCache, operation by operation
  * (tests/test_cache_shared.py compares both): expired entries (now > expiry) are dropped first;
@@ -45,6 +49,7 @@ typedef struct {
 
 typedef struct {
     pthread_mutex_t lock;
+    int32_t holder;        /* pid of the process that last took the lock (for the error) */
     uint64_t key[2];       /* SipHash key: ids come from clients, chains must not be chosen */
     int64_t capacity, batch, max_id, max_session, data_size, nbuckets;
     int64_t count, bytes_held, evicted, expired, recoveries;
@@ -60,9 +65,20 @@ typedef struct {
     int32_t *buckets, *heap, *free_stack;
     unsigned char *data;
     int64_t max_timeout;
-    PyObject *stored, *duplicate, *clock;
+    PyObject *stored, *duplicate, *clock, *busy;
+    int64_t lock_wait_ns;  /* how long a call waits for the lock before it fails */
+    int outage;            /* the last wait timed out: try the lock without waiting */
     int held;              /* this object holds the lock through _hold_lock (tests) */
 } CacheObject;
+
+/* This process's pid, kept current across fork (getpid is a system call on every lock). */
+static pid_t my_pid;
+
+static void
+after_fork_in_child(void)
+{
+    my_pid = getpid();
+}
 
 /* Testing hook: the step of an ADD at which the process kills itself (0: never). */
 static int crash_at;
@@ -258,7 +274,25 @@ rebuild(CacheObject *c)
 static int
 lock(CacheObject *c)
 {
-    int rc = pthread_mutex_lock(&c->h->lock);
+    int rc = pthread_mutex_trylock(&c->h->lock);  /* free: no clock to read */
+    if (rc == EBUSY && c->outage) {
+        rc = ETIMEDOUT;
+    } else if (rc == EBUSY) {
+        struct timespec deadline;
+        clock_gettime(CLOCK_MONOTONIC, &deadline);
+        int64_t ns = deadline.tv_nsec + c->lock_wait_ns;
+        deadline.tv_sec += ns / 1000000000;
+        deadline.tv_nsec = ns % 1000000000;
+        rc = pthread_mutex_clocklock(&c->h->lock, CLOCK_MONOTONIC, &deadline);
+    }
+    if (rc == ETIMEDOUT) {
+        c->outage = 1;
+        PyErr_Format(c->busy, "the shared cache has been locked for over %lld ms by process %d "
+                     "(stopped or stuck?)", (long long)(c->lock_wait_ns / 1000000),
+                     (int)c->h->holder);
+        return -1;
+    }
+    c->outage = 0;
     if (rc == EOWNERDEAD) {
         rebuild(c);
         rc = pthread_mutex_consistent(&c->h->lock);
@@ -268,6 +302,7 @@ lock(CacheObject *c)
         PyErr_SetFromErrno(PyExc_OSError);
         return -1;
     }
+    c->h->holder = (int32_t)my_pid;
     return 0;
 }
 
@@ -541,19 +576,26 @@ round_up(size_t n, size_t to)
     return (n + to - 1) / to * to;
 }
 
-/* Cache(capacity, batch, max_id, max_session, max_timeout, stored, duplicate, clock) */
+/* Cache(capacity, batch, max_id, max_session, max_timeout, stored, duplicate, busy,
+ *       lock_wait_ms, clock) */
 static PyObject *
 cache_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     static char *names[] = {"capacity", "batch", "max_id", "max_session", "max_timeout",
-                            "stored", "duplicate", "clock", NULL};
-    long long capacity, batch, max_id, max_session, max_timeout;
-    PyObject *stored, *duplicate, *clock = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLLLOO|O", names, &capacity, &batch, &max_id,
-                                     &max_session, &max_timeout, &stored, &duplicate, &clock))
+                            "stored", "duplicate", "busy", "lock_wait_ms", "clock", NULL};
+    long long capacity, batch, max_id, max_session, max_timeout, lock_wait_ms;
+    PyObject *stored, *duplicate, *busy, *clock = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLLLLOOOL|O", names, &capacity, &batch,
+                                     &max_id, &max_session, &max_timeout, &stored, &duplicate,
+                                     &busy, &lock_wait_ms, &clock))
         return NULL;
+    if (!PyExceptionClass_Check(busy)) {
+        PyErr_SetString(PyExc_TypeError, "busy must be an exception class");
+        return NULL;
+    }
     if (capacity < 1 || capacity > INT32_MAX / 4 || batch < 1 || max_id < 0 || max_id > 65535 ||
-        max_session < 0 || max_session > INT32_MAX / 2 || max_timeout < 0) {
+        max_session < 0 || max_session > INT32_MAX / 2 || max_timeout < 0 || lock_wait_ms < 1 ||
+        lock_wait_ms > 3600000) {
         PyErr_SetString(PyExc_ValueError, "cache parameters out of range");
         return NULL;
     }
@@ -574,6 +616,8 @@ cache_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     c->stored = Py_NewRef(stored);
     c->duplicate = Py_NewRef(duplicate);
     c->clock = Py_NewRef(clock);
+    c->busy = Py_NewRef(busy);
+    c->lock_wait_ns = lock_wait_ms * 1000000;
     void *base = mmap(NULL, map_len, PROT_READ | PROT_WRITE,
                       MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (base == MAP_FAILED) {
@@ -637,6 +681,7 @@ cache_dealloc(CacheObject *c)
     Py_XDECREF(c->stored);
     Py_XDECREF(c->duplicate);
     Py_XDECREF(c->clock);
+    Py_XDECREF(c->busy);
     Py_TYPE(c)->tp_free((PyObject *)c);
 }
 
@@ -725,6 +770,11 @@ PyInit__shared(void)
 {
     if (PyType_Ready(&CacheType) < 0)
         return NULL;
+    my_pid = getpid();
+    if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
+        PyErr_SetString(PyExc_RuntimeError, "pthread_atfork failed");
+        return NULL;
+    }
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)
         return NULL;

@@ -5,8 +5,11 @@ the same observable behaviour (ADD/GET/REMOVE/HAVE rules, expiry, capacity, evic
 in an anonymous shared mapping by the optional C extension ``distcache.cache._shared``. Made
 before the workers are forked, it is the one cache they all answer from, with no process in
 between. A robust process-shared mutex guards it: a worker that dies holding the lock does not
-wedge the others (the next one to lock rebuilds the index), but a worker *stopped* holding it
-(SIGSTOP, a debugger) makes the others wait until it runs again.
+wedge the others (the next one to lock rebuilds the index). A worker *stopped* holding it
+(SIGSTOP, a debugger) cannot be told from a slow one, so a call waits for the lock at most
+``LOCK_WAIT_MS`` and then raises :class:`~distcache.cache.errors.StoreUnavailableError`, which
+the server answers as it does an unreachable store; until the lock is free again, calls fail at
+once rather than each waiting in turn.
 
 Every slot has room for the largest id and session the protocol admits (from
 :mod:`distcache.wire`); the mapping reserves no memory (``MAP_NORESERVE``), and a slot's pages
@@ -30,9 +33,15 @@ from distcache.wire import (
 )
 
 from .engine import AddResult, Clock, MonotonicClock
+from .errors import StoreUnavailableError
 from .memory import _check_capacity, eviction_batch
 
-__all__ = ["SharedMemoryCache", "available"]
+__all__ = ["LOCK_WAIT_MS", "SharedMemoryCache", "available"]
+
+#: How long a call waits for a lock that another process holds before it fails: the lock is
+#: held for microseconds, so this is a process stopped or stuck in the middle of an operation,
+#: far past a busy host's scheduling delays.
+LOCK_WAIT_MS = 500
 
 try:
     if os.environ.get("DISTCACHE_NO_EXTENSIONS"):
@@ -82,6 +91,8 @@ class SharedMemoryCache(_Cache or _Unavailable):  # type: ignore[misc]
             MAX_TIMEOUT_MS,
             AddResult.STORED,
             AddResult.DUPLICATE,
+            StoreUnavailableError,
+            LOCK_WAIT_MS,
             clock,
         )
 

@@ -11,6 +11,8 @@ coroutines costs a task per request.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable
 
 from ..cache import AddResult, CallbackStore, MemoryStore, SessionStore
@@ -20,6 +22,12 @@ from ..protocol import Request, check_add_fields, encode_status
 from ..wire import Operation, Status
 
 __all__ = ["OUTCOME_SLOTS", "UNAVAILABLE_SLOT", "RequestHandler", "outcome_slot"]
+
+log = logging.getLogger("distcache.server")
+
+#: Seconds between two log lines about a synchronous engine that keeps failing (the memory
+#: cache shared by -workers, locked by a stopped process): its requests may fail by thousands.
+UNAVAILABLE_LOG_INTERVAL = 10.0
 
 _OK = Status.OK
 _NOTOK = Status.NOTOK
@@ -99,6 +107,7 @@ class RequestHandler:
         "_submit",
         "_sync_calls",
         "_tasks",
+        "_unavailable_logged",
         "in_order",
         "min_timeout_ms",
         "outcomes",
@@ -118,6 +127,7 @@ class RequestHandler:
         #: Whether the engine executes calls in submission order (see CallbackStore.in_order).
         self.in_order = callbacks and bool(store.in_order)  # type: ignore[attr-defined]
         self._tasks: set[asyncio.Future] = set()
+        self._unavailable_logged = float("-inf")  # (monotonic) when the last failure was logged
         #: Answered requests by operation and outcome (see outcome_slot); read by the metrics.
         self.outcomes = [0] * (len(_ACTIONS) * OUTCOME_SLOTS)
         # Indexed by the operation's value: cheaper per request than a dict lookup.
@@ -142,13 +152,30 @@ class RequestHandler:
             timeout_ms, session_id, session = checked
             if timeout_ms < self.min_timeout_ms:
                 timeout_ms = self.min_timeout_ms
-            result = call(session_id, session, timeout_ms)
+            try:
+                result = call(session_id, session, timeout_ms)
+            except StoreUnavailableError as error:
+                return self._unavailable(request, error)
             self.outcomes[0 if result is _STORED else _DUPLICATE_SLOT] += 1
             return reply(request, result)
-        result = call(request.payload)
+        try:
+            result = call(request.payload)
+        except StoreUnavailableError as error:
+            return self._unavailable(request, error)
         # GET: a session or None; REMOVE, HAVE: True or False (the slot after OK is NOTOK's).
         self.outcomes[counted + (result is None or result is False)] += 1
         return reply(request, result)
+
+    def _unavailable(self, request: Request, error: StoreUnavailableError) -> bytes:
+        """The failure answer of a synchronous engine that could not act (the shared memory
+        cache whose lock a stopped process holds), logged at most every few seconds."""
+        operation = request.operation
+        self.outcomes[operation * OUTCOME_SLOTS + UNAVAILABLE_SLOT] += 1
+        now = time.monotonic()
+        if now - self._unavailable_logged >= UNAVAILABLE_LOG_INTERVAL:
+            self._unavailable_logged = now
+            log.error("%s: requests get the failure answer until it is free", error)
+        return request.respond_status(_UNAVAILABLE[operation])
 
     def begin(self, request: Request, finish: Callable[[object], None]) -> bytes | None:
         """Start answering ``request``: the reply now, or None when ``finish`` will get it.

@@ -7,14 +7,19 @@ line, or on the same ``-progress`` rule. Without ``-progress``, operations alone
 
 Counting is free on the memory engine but walks the keys of a shared store (``SCAN``), so a count
 that took T seconds is not repeated for ``COUNT_COST_FACTOR`` x T seconds: the progress line can
-never spend more than about 1% of the store's time. Meanwhile the last count stands.
+never spend more than about 1% of the store's time. Meanwhile the last count stands, as it
+does when the store cannot be reached (or the shared cache is locked by a stopped worker): the
+line goes on counting operations.
 """
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import time
 from collections.abc import Awaitable, Callable
+
+from ..cache.errors import StoreUnavailableError
 
 __all__ = [
     "COUNT_COST_FACTOR",
@@ -107,6 +112,8 @@ class ProgressReporter:
     async def _count(self, now: float, count_sessions: Callable[[], Awaitable[int]]) -> int:
         if now >= self._next_count:
             started = time.perf_counter()
-            self._counted = await count_sessions()
+            # Out of reach: the last count stands; the next is tried at the usual time.
+            with contextlib.suppress(StoreUnavailableError):
+                self._counted = await count_sessions()
             self._next_count = now + COUNT_COST_FACTOR * (time.perf_counter() - started)
         return self._counted
