@@ -76,34 +76,55 @@ async def expiry_not_insertion(t):
         t.fail(f"one ADD past a full cache left #{gone} gone, expected #{expected}")
 
 
+#: Overflows the ties case makes: each evicts the next ``eviction_batch`` sessions of the group
+#: with equal timeouts, so a target that breaks ties wrongly has as many chances to show it.
+_TIE_ROUNDS = 6
+
+
 @case(
     id="CACHE-2/eviction-ties-oldest-first",
     requirements=["CACHE-2"],
-    title="sessions with equal timeouts sent in one write are evicted oldest first",
+    title="sessions with equal timeouts sent in one write are evicted oldest first, overflow "
+    "after overflow",
     needs={"sessions:64"},
-    steps=40,
+    steps=60,
 )
 async def ties_oldest_first(t):
     capacity = t.sessions
+    batch = eviction_batch(capacity)
     probe = await t.connect()
     ids = _ids(t, capacity)
+    # The first sessions share one timeout and go in one write: a target stores many of them
+    # within one millisecond, so their expiry times tie and only the tie rule orders them. The
+    # others outlive them. Whatever the pace, the oldest of the group expire first or tie with
+    # the newer: evicting oldest first is right every time, and a busy target that spreads the
+    # group over several milliseconds only gives a wrong rule fewer ties to show on.
+    group = batch * _TIE_ROUNDS
+    timeouts = [_BASE_MS] * group + [_BASE_MS + 100 * _STEP_MS] * (capacity - group)
     uids = [t.uid() for _ in ids]
-    # One write: a fast target stores many of them within one millisecond, so their expiry
-    # times tie and only the tie rule orders them. Whatever the pace, oldest-first is right.
-    batch = b"".join(
-        add_request(uid, sid, t.new_session(24), _BASE_MS)
-        for uid, sid in zip(uids, ids, strict=True)
+    await probe.send(
+        b"".join(
+            add_request(uid, sid, t.new_session(24), timeout_ms)
+            for uid, sid, timeout_ms in zip(uids, ids, timeouts, strict=True)
+        )
     )
-    await probe.send(batch)
     for uid in uids:
         reply = await t.response(probe)
         t.check_header(reply, uid, Operation.ADD)
         t.expect_status(reply, [Status.OK], "ADD of a new id")
-    await t.stored(probe, t.new_id(), b"newest", timeout_ms=_BASE_MS + _STEP_MS)
-    gone = await _gone(t, probe, ids)
-    expected = list(range(1, eviction_batch(capacity) + 1))
-    if gone != expected:
-        t.fail(f"with equal timeouts the eviction took #{gone}, expected the oldest #{expected}")
+    for round_ in range(_TIE_ROUNDS):
+        # One ADD into the full cache evicts a batch; the others refill it for the next round.
+        for _ in range(batch):
+            await t.stored(probe, t.new_id(), b"newer", timeout_ms=_BASE_MS + 200 * _STEP_MS)
+        gone = await _gone(t, probe, ids[:group])
+        expected = list(range(1, batch * (round_ + 1) + 1))
+        if gone != expected:
+            t.fail(
+                f"with equal timeouts, overflow {round_ + 1} left #{gone} of the group gone, "
+                f"expected the oldest #{expected}"
+            )
+    if await _gone(t, probe, ids[group:]):
+        t.fail("an overflow evicted a session that outlives the group")
 
 
 def _capacity_case(capacity: int) -> None:
