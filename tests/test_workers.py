@@ -392,6 +392,38 @@ def test_a_stop_signal_just_after_the_fork_reaches_the_program(tmp_path) -> None
     assert output.splitlines()[0] == "stopped early"
 
 
+def test_a_stop_signal_while_a_worker_defers_stops_is_not_lost() -> None:
+    """A worker re-installs its early-stop handlers as it starts, while its supervisor may
+    already forward a stop (SIGUSR1 under -killable). Here SIGUSR1 arrives right after the first
+    change of its handler: it must be recorded, not pass through an "ignore" (it once did, and
+    the worker then served on until its supervisor killed it)."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from distcache.server import run
+
+        real_signal, sent = signal.signal, []
+
+        def signal_then_stop(signum, handler):
+            previous = real_signal(signum, handler)
+            if signum == signal.SIGUSR1 and not sent:
+                sent.append(True)
+                os.kill(os.getpid(), signal.SIGUSR1)  # the stop, at the worst moment
+            return previous
+
+        real_signal(signal.SIGUSR1, lambda *_: None)  # what the worker inherits
+        signal.signal = signal_then_stop
+        run.defer_stop_requests(killable=True)
+        signal.signal = real_signal
+        print("recorded" if run.stop_requested_early() else "lost")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert done.stdout.strip() == "recorded", done.stderr
+
+
 @pytest.mark.parametrize("relay", [False, True], ids=["default", "relay"])
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_stops_every_process(tmp_path, signum, relay) -> None:
@@ -732,7 +764,10 @@ def test_sigusr1_stops_all_only_with_killable(tmp_path) -> None:
     with server_with_workers("-killable", workers=2) as server:
         processes = children(server.pid)
         server.signal(signal.SIGUSR1)
-        assert server.wait() == 0
+        try:
+            assert server.wait() == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(server.stderr) from None
         assert not any(alive(pid) for pid in processes)
 
 

@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # prometheus_client is needed only with -metrics
 __all__ = [
     "RunOptions",
     "defer_stop_requests",
-    "ignore_stop_requests",
     "new_event_loop",
     "run_server",
     "stop_requested_early",
@@ -90,12 +89,6 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def ignore_stop_requests() -> None:
-    """Ignore SIGUSR1/SIGUSR2 (their default action kills) until the server installs handlers."""
-    for signum in KILLABLE_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
-
-
 #: Stop signals that arrived before the event loop installed its handlers.
 _early_stop_requests: list[int] = []
 
@@ -106,9 +99,14 @@ def defer_stop_requests(killable: bool) -> None:
     A supervisor (or a test) may signal the server while it is still starting; the request is
     honoured as soon as the loop starts.
     """
-    ignore_stop_requests()
-    for signum in (*STOP_SIGNALS, *(KILLABLE_SIGNALS if killable else ())):
-        signal.signal(signum, lambda signum, _frame: _early_stop_requests.append(signum))
+    # Each signal goes straight from its old handler to the new one: a stop that came between
+    # an "ignore" and the new handler would be lost (a worker's supervisor forwards stops the
+    # moment it has forked).
+    for signum in (*STOP_SIGNALS, *KILLABLE_SIGNALS):
+        if signum in KILLABLE_SIGNALS and not killable:
+            signal.signal(signum, signal.SIG_IGN)
+        else:
+            signal.signal(signum, lambda signum, _frame: _early_stop_requests.append(signum))
 
 
 def stop_requested_early() -> bool:
