@@ -14,7 +14,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 
-from serverproc import START_TIMEOUT, ServerThread, run_program
+from serverproc import START_TIMEOUT, ServerThread, read_shared_file, run_program
 
 from distcache.address import parse_address
 from distcache.proxy import Proxy, ProxySettings
@@ -79,8 +79,7 @@ class DcClient:
     def stderr(self) -> str:
         if self._stderr.closed:
             return self._final_stderr
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        return read_shared_file(self._stderr)
 
     def stop(self) -> int:
         if self.process.poll() is None:

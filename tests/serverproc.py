@@ -120,14 +120,26 @@ class DcServer:
 
     @property
     def stderr(self) -> str:
-        self._stderr.seek(0)
-        return self._stderr.read().decode(errors="replace")
+        return read_shared_file(self._stderr)
 
     def stop(self) -> int:
         """SIGTERM (if still running) and the exit status; stderr stays readable."""
         if self.process.poll() is None:
             self.signal(signal.SIGTERM)
         return self.wait()
+
+
+def read_shared_file(file) -> str:
+    """The whole text of a file that a running program writes to as its standard error.
+
+    The program's descriptor and ``file`` share one file offset: seeking it to read would make
+    the program's next line overwrite the start of the file (a start-up line then vanishes
+    from the log a test waits for). ``pread`` reads without moving it."""
+    chunks, offset = [], 0
+    while chunk := os.pread(file.fileno(), 1 << 16, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks).decode(errors="replace")
 
 
 @contextlib.contextmanager
