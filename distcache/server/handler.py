@@ -168,13 +168,18 @@ class RequestHandler:
 
     def _unavailable(self, request: Request, error: StoreUnavailableError) -> bytes:
         """The failure answer of a synchronous engine that could not act (the shared memory
-        cache whose lock a stopped process holds), logged at most every few seconds."""
-        operation = request.operation
-        self.outcomes[operation * OUTCOME_SLOTS + UNAVAILABLE_SLOT] += 1
+        cache whose lock a stopped process holds), logged at most every few seconds (an engine
+        on a store logs its own outages)."""
         now = time.monotonic()
         if now - self._unavailable_logged >= UNAVAILABLE_LOG_INTERVAL:
             self._unavailable_logged = now
             log.error("%s: requests get the failure answer until it is free", error)
+        return self._failure_answer(request)
+
+    def _failure_answer(self, request: Request) -> bytes:
+        """The answer to a request the store could not act on, counted as unavailable."""
+        operation = request.operation
+        self.outcomes[operation * OUTCOME_SLOTS + UNAVAILABLE_SLOT] += 1
         return request.respond_status(_UNAVAILABLE[operation])
 
     def begin(self, request: Request, finish: Callable[[object], None]) -> bytes | None:
@@ -200,8 +205,7 @@ class RequestHandler:
 
         def done(outcome: object) -> None:
             if isinstance(outcome, StoreUnavailableError):  # the engine logs the outage
-                outcomes[operation * OUTCOME_SLOTS + UNAVAILABLE_SLOT] += 1
-                finish(request.respond_status(_UNAVAILABLE[operation]))
+                finish(self._failure_answer(request))
             elif isinstance(outcome, BaseException):
                 finish(outcome)
             else:
